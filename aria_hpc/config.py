@@ -1,0 +1,242 @@
+"""One typed config tree (STYLE rules 1-3).
+
+Defaults live in the dataclasses below; a YAML file and dotted ``a.b=c`` overrides only change them.
+An unknown key is an error naming the key and its nearest valid spelling; values are checked
+against the field types; cross-field checks run when the config is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from aria_hpc.errors import ConfigError
+
+Policy = Literal["paired", "rc", "aria"]
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"  # run directory: resolved config, metrics.jsonl, checkpoints
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    policy: Policy = "aria"  # paired: true captions only; rc: uniform pool prompts; aria: adaptive
+    micro_batch_per_gpu: int = 64
+    grad_accum: int = 1
+    lr: float = 1e-4
+    log_every: int = 10
+
+
+@dataclass
+class RCConfig:
+    lam: float = 5.0  # p_rc(t) = exp(-lam (1 - t/T)); 5 in the RC authors' scripts
+    null_text_prob: float = 0.1
+
+
+@dataclass
+class AriaConfig:
+    alpha: float = 1.0  # tilt exponent; 0 is exactly RC
+    eps: float = 0.1  # floor: share of draws that follow pi regardless of estimates
+    beta: float = 0.1  # constant EMA rate of the per-region estimate m_k
+    warmup_steps: int = 100  # q = pi before this step
+    sync_every: int = 10  # steps between all-reduce + fold of the region statistics
+    timestep_bins: int = 10  # bins of the per-timestep loss baseline b(t)
+    baseline_beta: float = 0.1  # EMA rate of b(t)
+    init_estimate: float = 1.0  # m_k before region k is first observed
+    importance: bool = False  # weight random samples by pi_k / q_k (keeps RC's objective)
+
+
+@dataclass
+class BankConfig:
+    dir: str | None = None  # teacher-output bank; None = live teacher
+
+
+@dataclass
+class SimulateConfig:
+    """A synthetic discrepancy landscape for trying allocation knobs without a model."""
+
+    num_regions: int = 64
+    planted_regions: int = 4  # regions whose true discrepancy is planted_scale times the rest
+    planted_scale: float = 3.0
+    noise: float = 0.5  # std of a sample's normalised discrepancy around its region's truth
+    drift_per_step: float = 0.0  # linear change of the planted regions' truth per step
+    base_skew: float = 1.0  # pool shares pi_k ~ k^-base_skew (0 = equal regions)
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    run: RunConfig = field(default_factory=RunConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    rc: RCConfig = field(default_factory=RCConfig)
+    aria: AriaConfig = field(default_factory=AriaConfig)
+    bank: BankConfig = field(default_factory=BankConfig)
+    simulate: SimulateConfig = field(default_factory=SimulateConfig)
+
+    def validate(self) -> None:
+        """Cross-field and range checks; raises ConfigError naming the field."""
+        checks = [
+            (self.seed >= 0, "seed must be >= 0"),
+            (self.train.steps >= 1, "train.steps must be >= 1"),
+            (self.train.micro_batch_per_gpu >= 1, "train.micro_batch_per_gpu must be >= 1"),
+            (self.train.grad_accum >= 1, "train.grad_accum must be >= 1"),
+            (self.train.lr > 0, "train.lr must be > 0"),
+            (self.train.log_every >= 1, "train.log_every must be >= 1"),
+            (self.rc.lam >= 0, "rc.lam must be >= 0"),
+            (0 <= self.rc.null_text_prob < 1, "rc.null_text_prob must be in [0, 1)"),
+            (self.aria.alpha >= 0, "aria.alpha must be >= 0"),
+            (0 <= self.aria.eps <= 1, "aria.eps must be in [0, 1]"),
+            (0 < self.aria.beta <= 1, "aria.beta must be in (0, 1]"),
+            (0 < self.aria.baseline_beta <= 1, "aria.baseline_beta must be in (0, 1]"),
+            (self.aria.warmup_steps >= 0, "aria.warmup_steps must be >= 0"),
+            (self.aria.sync_every >= 1, "aria.sync_every must be >= 1"),
+            (self.aria.timestep_bins >= 1, "aria.timestep_bins must be >= 1"),
+            (self.aria.init_estimate > 0, "aria.init_estimate must be > 0"),
+            (self.simulate.num_regions >= 1, "simulate.num_regions must be >= 1"),
+            (0 <= self.simulate.planted_regions <= self.simulate.num_regions,
+             "simulate.planted_regions must be in [0, simulate.num_regions]"),
+            (self.simulate.planted_scale > 0, "simulate.planted_scale must be > 0"),
+            (self.simulate.noise >= 0, "simulate.noise must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- YAML file <- dotted overrides, type-checked and validated."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (pass a YAML file, e.g. configs/debug.yaml)")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}".splitlines()[0]) from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of config sections, not {type(data).__name__}")
+        _apply_mapping(cfg, data, prefix="")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.lr=1e-4)")
+        _set_dotted(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else raw)
+    cfg.validate()
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def save_resolved(cfg: Config, run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    out = run_dir / "config.yaml"
+    tmp = out.with_suffix(".yaml.tmp")
+    tmp.write_text(dump_yaml(cfg))
+    tmp.replace(out)
+    return out
+
+
+def all_keys(obj: Any = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the config tree (for messages and tests)."""
+    obj = Config() if obj is None else obj
+    keys = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        name = f"{prefix}{f.name}"
+        keys.extend(all_keys(value, name + ".") if dataclasses.is_dataclass(value) else [name])
+    return keys
+
+
+def _unknown(key: str, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _apply_mapping(obj: Any, data: dict[str, Any], prefix: str) -> None:
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if not isinstance(key, str) or not any(f.name == key for f in dataclasses.fields(obj)):
+            raise _unknown(str(dotted), all_keys())
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{dotted}' is a section; give it a mapping, not {value!r}")
+            _apply_mapping(current, value, dotted + ".")
+        else:
+            setattr(obj, key, _coerce(dotted, value, _field_type(obj, key)))
+
+
+def _set_dotted(cfg: Config, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    obj: Any = cfg
+    for part in parents:
+        child = getattr(obj, part, None) if part in {f.name for f in dataclasses.fields(obj)} else None
+        if not dataclasses.is_dataclass(child):
+            raise _unknown(key, all_keys())
+        obj = child
+    if leaf not in {f.name for f in dataclasses.fields(obj)}:
+        raise _unknown(key, all_keys())
+    if dataclasses.is_dataclass(getattr(obj, leaf)):
+        raise ConfigError(f"config key '{key}' is a section; override one of its fields, e.g. {key}.<field>=...")
+    setattr(obj, leaf, _coerce(key, value, _field_type(obj, leaf)))
+
+
+def _field_type(obj: Any, name: str) -> Any:
+    return typing.get_type_hints(type(obj))[name]
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check (and where unambiguous convert) a value to a field's declared type."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(map(str, choices))}; got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(key, value, args[0])
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"config key '{key}' must be of type {getattr(tp, '__name__', tp)}; got {value!r}")

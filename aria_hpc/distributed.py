@@ -1,0 +1,46 @@
+"""The one place that reads rank and world size (deepspeed launcher, torchrun, SLURM, or none).
+
+Everything else asks this module; with no launcher it falls back to one process, rank 0.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class WorldInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    source: str  # "env" (deepspeed launcher / torchrun), "slurm" or "single"
+
+
+def world_info(environ: dict[str, str] | None = None) -> WorldInfo:
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return WorldInfo(int(env["RANK"]), int(env["WORLD_SIZE"]),
+                         int(env.get("LOCAL_RANK", env["RANK"])), "env")
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        return WorldInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]),
+                         int(env.get("SLURM_LOCALID", 0)), "slurm")
+    return WorldInfo(0, 1, 0, "single")
+
+
+def is_distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum_(array: np.ndarray) -> None:
+    """In-place sum of a float64 NumPy array over all ranks, zero-copy; no-op on one process."""
+    if not is_distributed():
+        return
+    import torch
+    import torch.distributed as dist
+
+    dist.all_reduce(torch.from_numpy(array), op=dist.ReduceOp.SUM)

@@ -1,0 +1,56 @@
+"""Drawing random conditions: region k ~ q (alias table), then a prompt uniformly inside region k."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aria_hpc.regions.rng import counter_uniform, derive_key
+from aria_hpc.regions.table import RegionTable
+
+REGION_STREAM, PROMPT_STREAM = 0, 1
+
+
+class RegionIndex:
+    """The region map r(j) of a prompt pool, arranged for O(1) uniform draws inside a region."""
+
+    def __init__(self, region_of_prompt: np.ndarray, num_regions: int) -> None:
+        region_of_prompt = np.asarray(region_of_prompt, dtype=np.int64)
+        if region_of_prompt.ndim != 1 or len(region_of_prompt) == 0:
+            raise ValueError("the region map must be a non-empty 1-D array (one region per prompt)")
+        if region_of_prompt.min() < 0 or region_of_prompt.max() >= num_regions:
+            raise ValueError(f"the region map has ids outside [0, {num_regions})")
+        self.num_regions = num_regions
+        self.region_of_prompt = region_of_prompt
+        self.order = np.argsort(region_of_prompt, kind="stable")  # prompts grouped by region
+        self.sizes = np.bincount(region_of_prompt, minlength=num_regions)
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
+        self.base = self.sizes / len(region_of_prompt)  # pi_k: what RC samples implicitly
+
+    def prompts_in(self, regions: np.ndarray, key: int) -> np.ndarray:
+        """For each region id, a prompt drawn uniformly inside it (a pure function of key)."""
+        regions = np.asarray(regions, dtype=np.int64)
+        sizes = self.sizes[regions]
+        if (sizes == 0).any():
+            raise ValueError("asked for a prompt from an empty region")
+        u = counter_uniform(key, np.arange(len(regions), dtype=np.uint64))
+        within = np.minimum((u * sizes).astype(np.int64), sizes - 1)
+        return self.order[self.offsets[regions] + within]
+
+
+def update_allocation(table: RegionTable, *, step: int, policy: str, alpha: float, eps: float,
+                      warmup_steps: int) -> np.ndarray:
+    """Set the table's allocation for this step: pi for RC and during warm-up, else ARIA's q."""
+    if policy == "rc" or step < warmup_steps:
+        table.set_probabilities(table.base)
+        return table.base
+    if policy != "aria":
+        raise ValueError(f"no random-condition allocation for policy '{policy}'")
+    return table.probabilities(alpha, eps)
+
+
+def draw_conditions(table: RegionTable, index: RegionIndex, n: int, *, seed: int, rank: int,
+                    step: int) -> tuple[np.ndarray, np.ndarray]:
+    """n (region, prompt) draws for (seed, rank, step) from the table's current allocation."""
+    regions = table.sample(n, derive_key(seed, rank, step, REGION_STREAM))
+    prompts = index.prompts_in(regions, derive_key(seed, rank, step, PROMPT_STREAM))
+    return regions, prompts

@@ -1,0 +1,100 @@
+"""The region statistics table: Python facade over the C++ core (the only importer of _C)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from aria_hpc import _C
+
+_STATS = ("ema_mean", "ema_sq", "ema_weight", "age", "observations")
+
+
+class RegionTable:
+    """K regions' discrepancy statistics (DESIGN.md sections 3 and 5).
+
+    ``record`` is lock-free and thread-safe (the GIL is released); ``fold``, ``probabilities`` and
+    ``load_state_dict`` must not run concurrently with ``record``: the training loop calls them
+    between steps. ``accumulators`` is a (3, K) float64 view of [sum, sum of squares, count] that
+    shares memory with the table, so ``torch.from_numpy(table.accumulators)`` can be all-reduced
+    in place.
+    """
+
+    def __init__(self, num_regions: int, base: np.ndarray | None = None,
+                 init_estimate: float = 1.0) -> None:
+        base_arr = None if base is None else np.ascontiguousarray(base, dtype=np.float64)
+        self._table = _C.RegionTable(int(num_regions), base_arr, float(init_estimate))
+        self.accumulators: np.ndarray = self._table.accumulators
+
+    @property
+    def num_regions(self) -> int:
+        return self._table.num_regions
+
+    @property
+    def init_estimate(self) -> float:
+        return self._table.init_estimate
+
+    @property
+    def folds(self) -> int:
+        return self._table.folds
+
+    @property
+    def base(self) -> np.ndarray:
+        """pi_k, the normalised share of the pool in each region."""
+        return self._table.base()
+
+    def record(self, region_ids: np.ndarray, values: np.ndarray) -> None:
+        """Add per-sample values to their regions' sums. Raises ValueError (recording nothing) on
+        an id outside [0, K) or a non-finite value."""
+        self._table.record(region_ids, values)
+
+    def fold(self, beta: float) -> None:
+        """EMA update from the accumulators, then zero them (after the cross-rank all-reduce)."""
+        self._table.fold(float(beta))
+
+    def estimate(self) -> np.ndarray:
+        return self._table.estimate()
+
+    def variance(self) -> np.ndarray:
+        return self._table.variance()
+
+    def stats(self) -> dict[str, np.ndarray]:
+        state = self._table.get_state()
+        return {name: state[name] for name in _STATS}
+
+    @property
+    def q(self) -> np.ndarray:
+        """The current allocation (what ``sample`` draws from)."""
+        return self._table.get_state()["q"]
+
+    def probabilities(self, alpha: float, eps: float) -> np.ndarray:
+        """Compute, store and return the allocation q from the current estimates."""
+        return self._table.probabilities(float(alpha), float(eps))
+
+    def set_probabilities(self, q: np.ndarray) -> None:
+        self._table.set_probabilities(np.ascontiguousarray(q, dtype=np.float64))
+
+    def alias_table(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._table.alias_table()
+
+    def sample(self, n: int, key: int) -> np.ndarray:
+        """n region ids drawn from q by the alias method; a pure function of (q, key)."""
+        return self._table.sample(int(n), int(key))
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self._table.get_state()
+        state.update(num_regions=self.num_regions, init_estimate=self.init_estimate,
+                     accumulators=self.accumulators.copy())
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["num_regions"]) != self.num_regions:
+            raise ValueError(f"region table state has K={state['num_regions']}, this table has "
+                             f"K={self.num_regions}: the checkpoint was made with other regions")
+        if not np.allclose(np.asarray(state["base"]), self.base, rtol=1e-12, atol=0.0):
+            raise ValueError("region table state has a different base distribution pi: the "
+                             "checkpoint was made with another region map")
+        self._table.set_state({k: np.asarray(state[k], dtype=np.float64) for k in (*_STATS, "q", "base")}
+                              | {"folds": int(state["folds"])})
+        self.accumulators[...] = np.asarray(state["accumulators"], dtype=np.float64)

@@ -1,0 +1,231 @@
+#include "region_table.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+namespace aria {
+namespace {
+
+constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ULL;
+// Below this many samples per region, a dense per-call buffer costs more than it saves.
+constexpr int64_t kDenseMinSamplesPerRegion = 4;
+
+inline void atomic_add(double* target, double value) {
+  std::atomic_ref<double>(*target).fetch_add(value, std::memory_order_relaxed);
+}
+
+void check_sample(int64_t region, double value, int64_t num_regions) {
+  if (region < 0 || region >= num_regions) {
+    throw std::invalid_argument("region id " + std::to_string(region) + " is outside [0, " +
+                                std::to_string(num_regions) + ")");
+  }
+  if (!std::isfinite(value)) {
+    throw std::invalid_argument("value for region " + std::to_string(region) +
+                                " is not finite (NaN or inf loss?)");
+  }
+}
+
+}  // namespace
+
+uint64_t splitmix64(uint64_t x) {
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
+double counter_uniform(uint64_t key, uint64_t counter) {
+  return static_cast<double>(splitmix64(key + (counter + 1) * kGolden) >> 11) * 0x1.0p-53;
+}
+
+RegionTable::RegionTable(int64_t num_regions, std::vector<double> base, double init_estimate)
+    : num_regions_(num_regions), init_estimate_(init_estimate) {
+  if (num_regions < 1) throw std::invalid_argument("num_regions must be >= 1");
+  const auto k = static_cast<size_t>(num_regions);
+  if (base.empty()) base.assign(k, 1.0);
+  if (base.size() != k) {
+    throw std::invalid_argument("base has " + std::to_string(base.size()) + " entries, expected " +
+                                std::to_string(k));
+  }
+  double total = 0.0;
+  for (double p : base) {
+    if (!(p >= 0.0) || !std::isfinite(p)) throw std::invalid_argument("base must be finite, >= 0");
+    total += p;
+  }
+  if (!(total > 0.0)) throw std::invalid_argument("base must have a positive sum");
+  for (double& p : base) p /= total;
+  base_ = std::move(base);
+  accumulators_.assign(kRows * k, 0.0);
+  ema_mean_.assign(k, 0.0);
+  ema_sq_.assign(k, 0.0);
+  ema_weight_.assign(k, 0.0);
+  age_.assign(k, 0.0);
+  observations_.assign(k, 0.0);
+  set_probabilities(base_);
+}
+
+void RegionTable::record(const int64_t* region_ids, const double* values, int64_t n) {
+  const int64_t k = num_regions_;
+  double* sums = accumulators_.data();
+  double* squares = sums + k;
+  double* counts = sums + 2 * k;
+  if (n < kDenseMinSamplesPerRegion * k) {
+    // Few samples: validate all first (so an error records nothing), then publish per sample.
+    for (int64_t i = 0; i < n; ++i) check_sample(region_ids[i], values[i], k);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t r = region_ids[i];
+      const double v = values[i];
+      atomic_add(sums + r, v);
+      atomic_add(squares + r, v * v);
+      atomic_add(counts + r, 1.0);
+    }
+    return;
+  }
+  // Many samples: aggregate into a private interleaved buffer (one cache line per sample), then
+  // publish one atomic add per touched region and statistic.
+  std::vector<double> local(static_cast<size_t>(kRows * k), 0.0);
+  double* acc = local.data();
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = region_ids[i];
+    const double v = values[i];
+    if (r < 0 || r >= k || !std::isfinite(v)) check_sample(r, v, k);  // throws
+    double* slot = acc + kRows * r;
+    slot[0] += v;
+    slot[1] += v * v;
+    slot[2] += 1.0;
+  }
+  for (int64_t r = 0; r < k; ++r) {
+    const double* slot = acc + kRows * r;
+    if (slot[2] == 0.0) continue;
+    atomic_add(sums + r, slot[0]);
+    atomic_add(squares + r, slot[1]);
+    atomic_add(counts + r, slot[2]);
+  }
+}
+
+void RegionTable::fold(double beta) {
+  if (!(beta > 0.0 && beta <= 1.0)) throw std::invalid_argument("beta must be in (0, 1]");
+  const int64_t k = num_regions_;
+  double* sums = accumulators_.data();
+  double* squares = sums + k;
+  double* counts = sums + 2 * k;
+  for (int64_t r = 0; r < k; ++r) {
+    const double count = counts[r];
+    if (count > 0.0) {
+      ema_mean_[r] = (1.0 - beta) * ema_mean_[r] + beta * (sums[r] / count);
+      ema_sq_[r] = (1.0 - beta) * ema_sq_[r] + beta * (squares[r] / count);
+      ema_weight_[r] = (1.0 - beta) * ema_weight_[r] + beta;
+      age_[r] = 0.0;
+      observations_[r] += count;
+    } else {
+      age_[r] += 1.0;
+    }
+  }
+  std::fill(accumulators_.begin(), accumulators_.end(), 0.0);
+  ++folds_;
+}
+
+std::vector<double> RegionTable::estimate() const {
+  std::vector<double> m(static_cast<size_t>(num_regions_));
+  for (size_t r = 0; r < m.size(); ++r) {
+    m[r] = ema_weight_[r] > 0.0 ? ema_mean_[r] / ema_weight_[r] : init_estimate_;
+  }
+  return m;
+}
+
+std::vector<double> RegionTable::variance() const {
+  std::vector<double> var(static_cast<size_t>(num_regions_), 0.0);
+  for (size_t r = 0; r < var.size(); ++r) {
+    if (ema_weight_[r] > 0.0) {
+      const double mean = ema_mean_[r] / ema_weight_[r];
+      var[r] = std::max(0.0, ema_sq_[r] / ema_weight_[r] - mean * mean);
+    }
+  }
+  return var;
+}
+
+std::vector<double> RegionTable::probabilities(double alpha, double eps) {
+  if (!(eps >= 0.0 && eps <= 1.0)) throw std::invalid_argument("eps must be in [0, 1]");
+  if (!(alpha >= 0.0) || !std::isfinite(alpha)) throw std::invalid_argument("alpha must be >= 0");
+  // Discrepancies are non-negative; a negative estimate (possible only from negative inputs)
+  // is treated as zero so that the tilt stays defined.
+  std::vector<double> m = estimate();
+  for (double& v : m) v = std::max(v, 0.0);
+  const size_t k = m.size();
+  double base_total = 0.0, mean_m = 0.0;
+  for (size_t r = 0; r < k; ++r) {
+    base_total += base_[r];
+    mean_m += base_[r] * m[r];
+  }
+  mean_m /= base_total;
+  std::vector<double> tilt(k, 1.0);
+  if (mean_m > 0.0 && std::isfinite(mean_m)) {
+    for (size_t r = 0; r < k; ++r) tilt[r] = std::pow(m[r] / mean_m, alpha);
+  }
+  double z = 0.0;
+  for (size_t r = 0; r < k; ++r) z += base_[r] * tilt[r];
+  z /= base_total;
+  std::vector<double> q(k);
+  for (size_t r = 0; r < k; ++r) q[r] = base_[r] * (1.0 + (1.0 - eps) * (tilt[r] / z - 1.0));
+  set_probabilities(q);
+  return q;
+}
+
+void RegionTable::set_probabilities(const std::vector<double>& q) {
+  if (q.size() != static_cast<size_t>(num_regions_)) {
+    throw std::invalid_argument("probabilities have the wrong length");
+  }
+  double total = 0.0;
+  for (double p : q) {
+    if (!(p >= 0.0) || !std::isfinite(p)) {
+      throw std::invalid_argument("probabilities must be finite and >= 0");
+    }
+    total += p;
+  }
+  if (!(total > 0.0)) throw std::invalid_argument("probabilities must have a positive sum");
+  q_ = q;
+  build_alias();
+}
+
+// Vose's alias method. The worklists are stacks filled in index order, so the table is a
+// deterministic function of q (the NumPy reference builds the same one).
+void RegionTable::build_alias() {
+  const size_t k = q_.size();
+  double total = 0.0;
+  for (double p : q_) total += p;
+  std::vector<double> scaled(k);
+  std::vector<int64_t> small, large;
+  for (size_t r = 0; r < k; ++r) {
+    scaled[r] = q_[r] * static_cast<double>(k) / total;
+    (scaled[r] < 1.0 ? small : large).push_back(static_cast<int64_t>(r));
+  }
+  alias_prob_.assign(k, 1.0);
+  alias_index_.resize(k);
+  for (size_t r = 0; r < k; ++r) alias_index_[r] = static_cast<int64_t>(r);
+  while (!small.empty() && !large.empty()) {
+    const int64_t s = small.back();
+    small.pop_back();
+    const int64_t l = large.back();
+    large.pop_back();
+    alias_prob_[s] = scaled[s];
+    alias_index_[s] = l;
+    scaled[l] = (scaled[l] + scaled[s]) - 1.0;
+    (scaled[l] < 1.0 ? small : large).push_back(l);
+  }
+  // Leftovers (rounding) keep probability 1 and point to themselves.
+}
+
+void RegionTable::sample(int64_t n, uint64_t key, int64_t* out) const {
+  const auto k = static_cast<int64_t>(alias_prob_.size());
+  const double kd = static_cast<double>(k);
+  for (int64_t i = 0; i < n; ++i) {
+    const auto c = static_cast<uint64_t>(i);
+    int64_t column = static_cast<int64_t>(counter_uniform(key, 2 * c) * kd);
+    if (column >= k) column = k - 1;
+    out[i] = counter_uniform(key, 2 * c + 1) < alias_prob_[column] ? column : alias_index_[column];
+  }
+}
+
+}  // namespace aria

@@ -1,0 +1,70 @@
+// Region statistics table for ARIA (DESIGN.md sections 3 and 5).
+//
+// K regions of the conditioning space. Between syncs, every rank accumulates per-region
+// (sum d, sum d^2, count) of the timestep-normalised discrepancy d_i into one contiguous float64
+// block of shape (3, K). `record` is lock-free and safe from any number of threads: each call first
+// aggregates locally, then publishes with relaxed atomic adds (contention is per region, not per
+// sample). `fold` applies the deterministic EMA update
+//     m_k <- (1 - beta) m_k + beta * mean_k          (observed regions only)
+// with Adam-style bias correction, ages unobserved regions, and zeroes the block. Every rank that
+// folds the same (all-reduced) block from the same state reaches the same state.
+//
+// Plain C++20, no libtorch, no Python: the bindings live in bindings.cpp.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace aria {
+
+// Counter-based random numbers (splitmix64 finaliser over key + (counter + 1) * golden ratio).
+// The NumPy reference in aria_hpc/regions/rng.py computes the same bits.
+uint64_t splitmix64(uint64_t x);
+double counter_uniform(uint64_t key, uint64_t counter);  // in [0, 1), 53 random bits
+
+class RegionTable {
+ public:
+  static constexpr int kRows = 3;  // sum, sum of squares, count
+
+  RegionTable(int64_t num_regions, std::vector<double> base, double init_estimate);
+
+  int64_t num_regions() const { return num_regions_; }
+  double* accumulators() { return accumulators_.data(); }
+
+  // Lock-free, thread-safe. Throws std::invalid_argument (and records nothing) on an id outside
+  // [0, K) or a non-finite value.
+  void record(const int64_t* region_ids, const double* values, int64_t n);
+
+  // Not concurrent with record(): called by the training loop between steps, after the sync.
+  void fold(double beta);
+
+  // q_k = pi_k * (1 + (1 - eps) * (t_k / Z - 1)),  t_k = (m_k / mean_pi(m))^alpha,
+  // Z = sum(pi t) / sum(pi). Algebraically (1-eps) pi t / Z + eps pi, written so that alpha = 0
+  // gives q == pi bit for bit. Stores q and rebuilds the alias table.
+  std::vector<double> probabilities(double alpha, double eps);
+  void set_probabilities(const std::vector<double>& q);  // e.g. warm-up: q = pi
+  void sample(int64_t n, uint64_t key, int64_t* out) const;  // alias method, O(1) per draw
+
+  // State (everything fold/probabilities depend on), for checkpoints and tests.
+  std::vector<double> estimate() const;  // bias-corrected m_k; init_estimate where never observed
+  std::vector<double> variance() const;  // bias-corrected EMA of d^2 minus m^2 (0 if unobserved)
+
+  int64_t num_regions_;
+  double init_estimate_;
+  int64_t folds_ = 0;
+  std::vector<double> accumulators_;  // (3, K) row-major
+  std::vector<double> base_;          // pi_k, normalised
+  std::vector<double> ema_mean_;      // uncorrected EMA of mean_k
+  std::vector<double> ema_sq_;        // uncorrected EMA of mean of d^2
+  std::vector<double> ema_weight_;    // 1 - (1 - beta)^(observed folds): the bias correction
+  std::vector<double> age_;           // folds since the region was last observed
+  std::vector<double> observations_;  // total samples folded in
+  std::vector<double> q_;             // current allocation
+  std::vector<double> alias_prob_;
+  std::vector<int64_t> alias_index_;
+
+ private:
+  void build_alias();
+};
+
+}  // namespace aria
