@@ -44,3 +44,23 @@ def all_reduce_sum_(array: np.ndarray) -> None:
     import torch.distributed as dist
 
     dist.all_reduce(torch.from_numpy(array), op=dist.ReduceOp.SUM)
+
+
+def init(backend: str | None = None) -> WorldInfo:
+    """Join the process group described by the environment (no-op for one process)."""
+    info = world_info()
+    if info.world_size == 1:
+        return info
+    import torch
+    import torch.distributed as dist
+
+    from aria_hpc.errors import UserError
+
+    if not dist.is_initialized():
+        missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+        if missing:
+            raise UserError(f"world size {info.world_size} but {' and '.join(missing)} not set: start "
+                            "through the deepspeed launcher, torchrun or the slurm/ scripts")
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend, rank=info.rank, world_size=info.world_size)
+    return info

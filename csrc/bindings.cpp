@@ -69,13 +69,16 @@ PYBIND11_MODULE(_C, m) {
           "accumulators",
           [](py::object self) {
             auto& t = self.cast<RegionTable&>();
+            double* block = t.accumulators();  // settles the stripes first
             const auto k = static_cast<py::ssize_t>(t.num_regions());
             // Shares the table's memory; `self` as base keeps the table alive.
             return py::array_t<double>({py::ssize_t{RegionTable::kRows}, k},
                                        {k * py::ssize_t{sizeof(double)}, py::ssize_t{sizeof(double)}},
-                                       t.accumulators(), self);
+                                       block, self);
           },
-          "(3, K) float64 view of [sum, sum of squares, count], sharing memory with the table.")
+          "(3, K) float64 view of [sum, sum of squares, count], sharing memory with the table; "
+          "reading it settles the private stripes, so it holds every record() returned so far.")
+      .def("settle", &RegionTable::settle)
       .def(
           "record",
           [](RegionTable& t, const IdArray& ids, const ValueArray& values) {

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 namespace aria {
 namespace {
@@ -26,6 +27,12 @@ void check_sample(int64_t region, double value, int64_t num_regions) {
     throw std::invalid_argument("value for region " + std::to_string(region) +
                                 " is not finite (NaN or inf loss?)");
   }
+}
+
+// P(coin < threshold) = p for a uniform 64-bit coin (p = 1 accepts all but one value in 2^64,
+// and such columns alias to themselves).
+uint64_t alias_threshold(double p) {
+  return p >= 1.0 ? UINT64_MAX : static_cast<uint64_t>(p * 0x1.0p64);
 }
 
 }  // namespace
@@ -63,17 +70,100 @@ RegionTable::RegionTable(int64_t num_regions, std::vector<double> base, double i
   ema_weight_.assign(k, 0.0);
   age_.assign(k, 0.0);
   observations_.assign(k, 0.0);
+  num_stripes_ = std::clamp<int64_t>(std::thread::hardware_concurrency(), 2, 16);
+  stripes_ = std::make_unique<Stripe[]>(static_cast<size_t>(num_stripes_));
   set_probabilities(base_);
 }
 
+namespace {
+
+// Per-thread scratch for dense calls: (K, 3) interleaved, all zero between calls.
+std::vector<double>& scratch_for(int64_t num_regions) {
+  thread_local std::vector<double> scratch;
+  const auto size = static_cast<size_t>(RegionTable::kRows * num_regions);
+  if (scratch.size() != size) scratch.assign(size, 0.0);
+  return scratch;
+}
+
+// slots[3 r + (0, 1, 2)] += (v, v^2, 1). With checked = true, stops at the first bad sample and
+// returns its index (the caller then discards slots); returns -1 when every sample was good.
+template <bool checked>
+int64_t aggregate(const int64_t* region_ids, const double* values, int64_t n, int64_t k,
+                  double* slots) {
+  constexpr int64_t kPrefetch = 24;  // random slots: fetch ahead of the add
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + kPrefetch < n) {
+      const auto ahead = static_cast<uint64_t>(region_ids[i + kPrefetch]);
+      if (ahead < static_cast<uint64_t>(k)) __builtin_prefetch(slots + RegionTable::kRows * ahead, 1, 3);
+    }
+    const int64_t r = region_ids[i];
+    const double v = values[i];
+    if constexpr (checked) {
+      if (static_cast<uint64_t>(r) >= static_cast<uint64_t>(k) || !std::isfinite(v)) return i;
+    }
+    double* slot = slots + RegionTable::kRows * r;
+    slot[0] += v;
+    slot[1] += v * v;
+    slot[2] += 1.0;
+  }
+  return -1;
+}
+
+// Validate up front (for calls with few samples, where a scratch buffer would cost more).
+void check_all(const int64_t* region_ids, const double* values, int64_t n, int64_t k) {
+  for (int64_t i = 0; i < n; ++i) check_sample(region_ids[i], values[i], k);
+}
+
+}  // namespace
+
 void RegionTable::record(const int64_t* region_ids, const double* values, int64_t n) {
+  if (n <= 0) return;
+  const int64_t k = num_regions_;
+  const bool dense = n >= kDenseMinSamplesPerRegion * k;
+  // Claim a private stripe, starting from this thread's last one (rarely contended).
+  thread_local uint64_t preferred = 0;
+  for (int64_t attempt = 0; attempt < num_stripes_; ++attempt) {
+    const int64_t s = static_cast<int64_t>((preferred + attempt) % num_stripes_);
+    Stripe& stripe = stripes_[s];
+    if (stripe.busy.exchange(true, std::memory_order_acquire)) continue;
+    struct Release {
+      Stripe& stripe;
+      ~Release() { stripe.busy.store(false, std::memory_order_release); }
+    } release{stripe};
+    preferred = static_cast<uint64_t>(s);
+    if (stripe.slots.empty()) stripe.slots.assign(static_cast<size_t>(kRows * k), 0.0);
+    double* slots = stripe.slots.data();
+    if (!dense) {
+      check_all(region_ids, values, n, k);
+      aggregate<false>(region_ids, values, n, k, slots);
+    } else {
+      // One fused pass into a zeroed scratch (so a bad sample leaves the stripe untouched), then
+      // merge into the stripe, zeroing the scratch in the same sweep.
+      std::vector<double>& scratch = scratch_for(k);
+      const int64_t bad = aggregate<true>(region_ids, values, n, k, scratch.data());
+      if (bad >= 0) {
+        std::fill(scratch.begin(), scratch.end(), 0.0);
+        check_sample(region_ids[bad], values[bad], k);  // throws
+      }
+      for (size_t j = 0; j < scratch.size(); ++j) {
+        slots[j] += scratch[j];
+        scratch[j] = 0.0;
+      }
+    }
+    stripe.dirty = true;
+    return;
+  }
+  record_atomic(region_ids, values, n);
+}
+
+// Every stripe busy: aggregate locally, then publish with atomic adds on the shared block.
+void RegionTable::record_atomic(const int64_t* region_ids, const double* values, int64_t n) {
   const int64_t k = num_regions_;
   double* sums = accumulators_.data();
   double* squares = sums + k;
   double* counts = sums + 2 * k;
   if (n < kDenseMinSamplesPerRegion * k) {
-    // Few samples: validate all first (so an error records nothing), then publish per sample.
-    for (int64_t i = 0; i < n; ++i) check_sample(region_ids[i], values[i], k);
+    check_all(region_ids, values, n, k);
     for (int64_t i = 0; i < n; ++i) {
       const int64_t r = region_ids[i];
       const double v = values[i];
@@ -83,30 +173,46 @@ void RegionTable::record(const int64_t* region_ids, const double* values, int64_
     }
     return;
   }
-  // Many samples: aggregate into a private interleaved buffer (one cache line per sample), then
-  // publish one atomic add per touched region and statistic.
-  std::vector<double> local(static_cast<size_t>(kRows * k), 0.0);
-  double* acc = local.data();
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t r = region_ids[i];
-    const double v = values[i];
-    if (r < 0 || r >= k || !std::isfinite(v)) check_sample(r, v, k);  // throws
-    double* slot = acc + kRows * r;
-    slot[0] += v;
-    slot[1] += v * v;
-    slot[2] += 1.0;
+  std::vector<double>& scratch = scratch_for(k);
+  double* acc = scratch.data();
+  const int64_t bad = aggregate<true>(region_ids, values, n, k, acc);
+  if (bad < 0) {
+    for (int64_t r = 0; r < k; ++r) {
+      const double* slot = acc + kRows * r;
+      if (slot[2] == 0.0) continue;
+      atomic_add(sums + r, slot[0]);
+      atomic_add(squares + r, slot[1]);
+      atomic_add(counts + r, slot[2]);
+    }
   }
-  for (int64_t r = 0; r < k; ++r) {
-    const double* slot = acc + kRows * r;
-    if (slot[2] == 0.0) continue;
-    atomic_add(sums + r, slot[0]);
-    atomic_add(squares + r, slot[1]);
-    atomic_add(counts + r, slot[2]);
+  std::fill(scratch.begin(), scratch.end(), 0.0);
+  if (bad >= 0) check_sample(region_ids[bad], values[bad], k);  // throws
+}
+
+void RegionTable::settle() {
+  const int64_t k = num_regions_;
+  double* sums = accumulators_.data();
+  for (int64_t s = 0; s < num_stripes_; ++s) {
+    Stripe& stripe = stripes_[s];
+    // Not concurrent with record(); the acquire pairs with the last claimant's release.
+    if (stripe.busy.exchange(true, std::memory_order_acquire)) {
+      throw std::logic_error("settle() ran concurrently with record()");
+    }
+    if (stripe.dirty) {
+      double* slots = stripe.slots.data();
+      for (int64_t r = 0; r < k; ++r) {
+        for (int64_t j = 0; j < kRows; ++j) sums[j * k + r] += slots[kRows * r + j];
+      }
+      std::fill(stripe.slots.begin(), stripe.slots.end(), 0.0);
+      stripe.dirty = false;
+    }
+    stripe.busy.store(false, std::memory_order_release);
   }
 }
 
 void RegionTable::fold(double beta) {
   if (!(beta > 0.0 && beta <= 1.0)) throw std::invalid_argument("beta must be in (0, 1]");
+  settle();
   const int64_t k = num_regions_;
   double* sums = accumulators_.data();
   double* squares = sums + k;
@@ -215,16 +321,25 @@ void RegionTable::build_alias() {
     (scaled[l] < 1.0 ? small : large).push_back(l);
   }
   // Leftovers (rounding) keep probability 1 and point to themselves.
+  alias_entries_.resize(k);
+  for (size_t r = 0; r < k; ++r) {
+    alias_entries_[r] = {alias_threshold(alias_prob_[r]), alias_index_[r]};
+  }
 }
 
+// One 64-bit hash per draw: the high word of x * K is the column (uniform in [0, K)), the low
+// word is uniform too and independent of it, and serves as the coin against the threshold.
 void RegionTable::sample(int64_t n, uint64_t key, int64_t* out) const {
-  const auto k = static_cast<int64_t>(alias_prob_.size());
-  const double kd = static_cast<double>(k);
+  const auto k = static_cast<unsigned __int128>(alias_entries_.size());
+  const AliasEntry* entries = alias_entries_.data();
   for (int64_t i = 0; i < n; ++i) {
-    const auto c = static_cast<uint64_t>(i);
-    int64_t column = static_cast<int64_t>(counter_uniform(key, 2 * c) * kd);
-    if (column >= k) column = k - 1;
-    out[i] = counter_uniform(key, 2 * c + 1) < alias_prob_[column] ? column : alias_index_[column];
+    const uint64_t x = splitmix64(key + (static_cast<uint64_t>(i) + 1) * kGolden);
+    const unsigned __int128 product = static_cast<unsigned __int128>(x) * k;
+    const auto column = static_cast<int64_t>(product >> 64);
+    const auto coin = static_cast<uint64_t>(product);
+    // Branchless select: the coin is unpredictable, a branch would mispredict half the time.
+    const int64_t keep = -static_cast<int64_t>(coin < entries[column].threshold);
+    out[i] = (column & keep) | (entries[column].alias & ~keep);
   }
 }
 

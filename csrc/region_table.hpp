@@ -2,9 +2,15 @@
 //
 // K regions of the conditioning space. Between syncs, every rank accumulates per-region
 // (sum d, sum d^2, count) of the timestep-normalised discrepancy d_i into one contiguous float64
-// block of shape (3, K). `record` is lock-free and safe from any number of threads: each call first
-// aggregates locally, then publishes with relaxed atomic adds (contention is per region, not per
-// sample). `fold` applies the deterministic EMA update
+// block of shape (3, K). `record` is lock-free and safe from any number of threads:
+//   * a caller first tries to claim one of S private stripes (an atomic exchange, never a wait) and
+//     adds into it with plain stores: no atomic per sample, no flush;
+//   * if every stripe is busy it aggregates locally and publishes with relaxed atomic adds on the
+//     block (contention per region, not per sample).
+// Stripes are merged into the block by settle(), which reading the accumulators, fold() and the
+// cross-rank sync call first. Why stripes: a locked instruction costs ~9 ns on the machines we
+// measured, so flushing 3K atomics per call cannot beat one np.bincount pass at K = 65536.
+// `fold` applies the deterministic EMA update
 //     m_k <- (1 - beta) m_k + beta * mean_k          (observed regions only)
 // with Adam-style bias correction, ages unobserved regions, and zeroes the block. Every rank that
 // folds the same (all-reduced) block from the same state reaches the same state.
@@ -12,7 +18,9 @@
 // Plain C++20, no libtorch, no Python: the bindings live in bindings.cpp.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace aria {
@@ -29,13 +37,21 @@ class RegionTable {
   RegionTable(int64_t num_regions, std::vector<double> base, double init_estimate);
 
   int64_t num_regions() const { return num_regions_; }
-  double* accumulators() { return accumulators_.data(); }
+  // The (3, K) block, settled: holds every record() that returned before this call.
+  double* accumulators() {
+    settle();
+    return accumulators_.data();
+  }
 
   // Lock-free, thread-safe. Throws std::invalid_argument (and records nothing) on an id outside
   // [0, K) or a non-finite value.
   void record(const int64_t* region_ids, const double* values, int64_t n);
 
+  // Merge the private stripes into the block. Not concurrent with record(), like fold().
+  void settle();
+
   // Not concurrent with record(): called by the training loop between steps, after the sync.
+  // Settles first.
   void fold(double beta);
 
   // q_k = pi_k * (1 + (1 - eps) * (t_k / Z - 1)),  t_k = (m_k / mean_pi(m))^alpha,
@@ -64,7 +80,22 @@ class RegionTable {
   std::vector<int64_t> alias_index_;
 
  private:
+  struct Stripe {
+    std::atomic<bool> busy{false};
+    bool dirty = false;         // written only by the claimant, read by settle()
+    std::vector<double> slots;  // (K, 3) interleaved: one cache line per sample
+  };
+  struct AliasEntry {
+    uint64_t threshold;  // accept the column when the 64 leftover bits are below this
+    int64_t alias;
+  };
+
   void build_alias();
+  void record_atomic(const int64_t* region_ids, const double* values, int64_t n);
+
+  std::unique_ptr<Stripe[]> stripes_;
+  int64_t num_stripes_ = 0;
+  std::vector<AliasEntry> alias_entries_;
 };
 
 }  // namespace aria

@@ -103,10 +103,13 @@ def test_accumulators_are_zero_copy_and_all_reducible_through_torch():
     assert np.shares_memory(view, table.accumulators)
     tensor = torch.from_numpy(table.accumulators)
     table.record(np.array([1]), np.array([2.0]))
+    table.settle()  # per-thread stripes merge into the block (reading .accumulators also does)
     assert tensor[0, 1].item() == 2.0  # the tensor sees the C++ write
+    table.record(np.array([1]), np.array([1.0]))
+    assert table.accumulators[2, 1] == 2.0 and tensor[2, 1].item() == 2.0
     tensor.mul_(3)  # what an all-reduce does in place
     table.fold(1.0)
-    assert table.estimate()[1] == 2.0  # sum 6 / count 3
+    assert table.estimate()[1] == 1.5  # sum 9 / count 6
     del table
     assert tensor.shape == (3, 4)  # the view keeps the table alive
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aria_hpc.regions.rng import counter_uniform
+from aria_hpc.regions.rng import GOLDEN, splitmix64
 
 SUM, SQUARES, COUNT = 0, 1, 2  # rows of the (3, K) accumulator block
 
@@ -113,12 +113,26 @@ def build_alias(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def alias_draw(prob: np.ndarray, alias: np.ndarray, n: int, key: int) -> np.ndarray:
-    """n draws from an alias table; draw i uses counters 2i (column) and 2i+1 (coin)."""
-    k = len(prob)
-    i = np.arange(n, dtype=np.uint64)
-    column = np.minimum((counter_uniform(key, 2 * i) * k).astype(np.int64), k - 1)
-    coin = counter_uniform(key, 2 * i + 1)
-    return np.where(coin < prob[column], column, alias[column])
+    """n draws from an alias table, one 64-bit hash x per draw (bit for bit as the C++ table).
+
+    The high word of the 128-bit product x * K is the column; the low word, uniform and
+    independent of it, is the coin compared against prob * 2^64.
+    """
+    k = np.uint64(len(prob))
+    x = splitmix64(np.uint64(key) + (np.arange(n, dtype=np.uint64) + np.uint64(1)) * GOLDEN)
+    low32 = np.uint64(0xFFFFFFFF)
+    with np.errstate(over="ignore"):
+        # 128-bit product in 32-bit limbs: K < 2^32, so neither partial product overflows.
+        column = ((x >> np.uint64(32)) * k + (((x & low32) * k) >> np.uint64(32))) >> np.uint64(32)
+        coin = x * k  # the low 64 bits, wrapping
+    column = column.astype(np.int64)
+    return np.where(coin < alias_threshold(prob)[column], column, alias[column])
+
+
+def alias_threshold(prob: np.ndarray) -> np.ndarray:
+    """prob in [0, 1] as a 64-bit threshold: P(uniform 64-bit coin < threshold) = prob."""
+    below_one = np.where(prob >= 1.0, 0.0, prob)
+    return np.where(prob >= 1.0, np.uint64(2**64 - 1), (below_one * 2.0**64).astype(np.uint64))
 
 
 def importance_weights(regions: np.ndarray, base: np.ndarray, q: np.ndarray) -> np.ndarray:

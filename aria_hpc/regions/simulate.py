@@ -44,14 +44,19 @@ def make_landscape(cfg: Config) -> Landscape:
     return Landscape(index, truth, planted)
 
 
-def predicted_tracking_error(mu: float, q_k: float, cfg: Config) -> float:
-    """Lag under drift plus 3 standard deviations of a constant-beta EMA of per-fold means."""
+def predicted_tracking_error(mu: float, q_k: float, cfg: Config, sigmas: float = 3.0) -> float:
+    """Lag under drift plus `sigmas` standard deviations of a constant-beta EMA of per-fold means.
+
+    A region drawn with probability q_k gets about q_k * batch * sync_every samples per fold; the
+    EMA's stationary variance is beta / (2 - beta) times the per-fold mean's variance, and a linear
+    drift of delta per fold leaves a lag of delta (1 - beta) / beta.
+    """
     a, s = cfg.aria, cfg.simulate
     per_fold = max(q_k * cfg.train.micro_batch_per_gpu * a.sync_every, 1e-9)
     sample_var = mu * mu * (math.exp(s.noise**2) - 1.0)
     ema_std = math.sqrt(a.beta / (2.0 - a.beta) * sample_var / per_fold)
     lag = abs(s.drift_per_step) * a.sync_every * (1.0 - a.beta) / a.beta
-    return lag + 3.0 * ema_std
+    return lag + sigmas * ema_std
 
 
 def run_simulation(cfg: Config) -> Iterator[dict]:

@@ -14,9 +14,9 @@ _STATS = ("ema_mean", "ema_sq", "ema_weight", "age", "observations")
 class RegionTable:
     """K regions' discrepancy statistics (DESIGN.md sections 3 and 5).
 
-    ``record`` is lock-free and thread-safe (the GIL is released); ``fold``, ``probabilities`` and
-    ``load_state_dict`` must not run concurrently with ``record``: the training loop calls them
-    between steps. ``accumulators`` is a (3, K) float64 view of [sum, sum of squares, count] that
+    ``record`` is lock-free and thread-safe (the GIL is released); reading ``accumulators``,
+    ``settle``, ``fold``, ``probabilities`` and ``load_state_dict`` must not run concurrently with
+    ``record``: the training loop calls them between steps. ``accumulators`` is a (3, K) float64 view of [sum, sum of squares, count] that
     shares memory with the table, so ``torch.from_numpy(table.accumulators)`` can be all-reduced
     in place.
     """
@@ -25,7 +25,20 @@ class RegionTable:
                  init_estimate: float = 1.0) -> None:
         base_arr = None if base is None else np.ascontiguousarray(base, dtype=np.float64)
         self._table = _C.RegionTable(int(num_regions), base_arr, float(init_estimate))
-        self.accumulators: np.ndarray = self._table.accumulators
+
+    @property
+    def accumulators(self) -> np.ndarray:
+        """(3, K) float64 view of [sum, sum of squares, count] sharing the table's memory.
+
+        Reading it first merges the per-thread stripes (not concurrent with ``record``), so it
+        holds every record made so far; a view kept from earlier sees later records after the next
+        read of this property, ``settle()`` or ``fold``.
+        """
+        return self._table.accumulators
+
+    def settle(self) -> None:
+        """Merge the per-thread stripes into the accumulator block (not concurrent with record)."""
+        self._table.settle()
 
     @property
     def num_regions(self) -> int:

@@ -1,0 +1,90 @@
+"""The typed config tree: presets load, overrides are typed, bad input is one clear line and exit 2."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aria_hpc.config import Config, all_keys, dump_yaml, load_config, save_resolved
+from aria_hpc.errors import ConfigError
+from conftest import ROOT
+
+PRESETS = sorted((ROOT / "configs").glob("**/*.yaml"))
+
+
+def test_there_are_presets():
+    assert {p.name for p in PRESETS} >= {"debug.yaml", "simulate.yaml"}
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
+def test_every_preset_loads(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["train.lr=1e-4", "aria.alpha=2", "aria.importance=true", "bank.dir=/x",
+                             "train.policy=rc", "seed=7"])
+    assert cfg.train.lr == 1e-4 and isinstance(cfg.aria.alpha, float) and cfg.aria.alpha == 2.0
+    assert cfg.aria.importance is True and cfg.bank.dir == "/x" and cfg.train.policy == "rc" and cfg.seed == 7
+    assert load_config(None, ["bank.dir=null"]).bank.dir is None
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["aria.alpah=1"], r"unknown config key 'aria.alpah' \(did you mean 'aria.alpha'\?\)"),
+    (["trian.steps=3"], r"unknown config key 'trian.steps' \(did you mean 'train.steps'\?\)"),
+    (["train=3"], r"is a section"),
+    (["train.steps=ten"], r"'train.steps' must be of type int"),
+    (["train.steps=2.5"], r"'train.steps' must be of type int"),
+    (["aria.importance=1"], r"'aria.importance' must be of type bool"),
+    (["train.policy=random"], r"'train.policy' must be one of paired, rc, aria"),
+    (["aria.eps=1.5"], r"aria.eps must be in \[0, 1\]"),
+    (["aria.beta=0"], r"aria.beta must be in \(0, 1\]"),
+    (["train.steps"], r"not of the form key=value"),
+])
+def test_bad_overrides(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+    bad.write_text("train:\n  stepz: 3\n")
+    with pytest.raises(ConfigError, match="did you mean 'train.steps'"):
+        load_config(bad)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(ROOT / "configs" / "simulate.yaml", ["aria.alpha=0.5"])
+    path = save_resolved(cfg, tmp_path / "run")
+    assert load_config(path) == cfg
+    assert yaml.safe_load(dump_yaml(cfg))["aria"]["alpha"] == 0.5
+    assert "aria.sync_every" in all_keys() and "bank.dir" in all_keys()
+
+
+def test_cli_unknown_key_is_one_line_and_exit_2(aria_cli, tmp_path):
+    res = aria_cli("simulate", "configs/debug.yaml", "aria.alpah=1", f"run.dir={tmp_path}/r")
+    assert res.returncode == 2
+    assert res.stderr.strip() == "aria-hpc: error: unknown config key 'aria.alpah' (did you mean 'aria.alpha'?)"
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "r").exists()  # nothing written before the config was valid
+
+
+def test_cli_missing_config_file(aria_cli, tmp_path):
+    res = aria_cli("simulate", str(tmp_path / "missing.yaml"))
+    assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cli_dry_run_prints_resolved_config_and_writes_nothing(aria_cli, tmp_path):
+    res = aria_cli("simulate", "configs/debug.yaml", "aria.alpha=0.25", f"run.dir={tmp_path}/r", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert yaml.safe_load(res.stdout)["aria"]["alpha"] == 0.25
+    assert not (tmp_path / "r").exists()
