@@ -5,6 +5,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <functional>
 #include <thread>
 
 namespace aria {
@@ -77,12 +78,10 @@ RegionTable::RegionTable(int64_t num_regions, std::vector<double> base, double i
 
 namespace {
 
-// Per-thread scratch for dense calls: (K, 3) interleaved, all zero between calls.
-std::vector<double>& scratch_for(int64_t num_regions) {
-  thread_local std::vector<double> scratch;
-  const auto size = static_cast<size_t>(RegionTable::kRows * num_regions);
-  if (scratch.size() != size) scratch.assign(size, 0.0);
-  return scratch;
+// A zeroed (K, 3) scratch buffer, allocated on first use.
+double* zeroed_scratch(std::vector<double>& scratch, int64_t num_regions) {
+  if (scratch.empty()) scratch.assign(static_cast<size_t>(RegionTable::kRows * num_regions), 0.0);
+  return scratch.data();
 }
 
 // slots[3 r + (0, 1, 2)] += (v, v^2, 1). With checked = true, stops at the first bad sample and
@@ -120,8 +119,9 @@ void RegionTable::record(const int64_t* region_ids, const double* values, int64_
   if (n <= 0) return;
   const int64_t k = num_regions_;
   const bool dense = n >= kDenseMinSamplesPerRegion * k;
-  // Claim a private stripe, starting from this thread's last one (rarely contended).
-  thread_local uint64_t preferred = 0;
+  // Claim a private stripe, starting from one chosen by the thread id (rarely contended). No
+  // thread_local state: its teardown in a dlopen'd module races with glibc's TLS reuse.
+  const uint64_t preferred = std::hash<std::thread::id>{}(std::this_thread::get_id());
   for (int64_t attempt = 0; attempt < num_stripes_; ++attempt) {
     const int64_t s = static_cast<int64_t>((preferred + attempt) % num_stripes_);
     Stripe& stripe = stripes_[s];
@@ -130,7 +130,6 @@ void RegionTable::record(const int64_t* region_ids, const double* values, int64_
       Stripe& stripe;
       ~Release() { stripe.busy.store(false, std::memory_order_release); }
     } release{stripe};
-    preferred = static_cast<uint64_t>(s);
     if (stripe.slots.empty()) stripe.slots.assign(static_cast<size_t>(kRows * k), 0.0);
     double* slots = stripe.slots.data();
     if (!dense) {
@@ -139,13 +138,13 @@ void RegionTable::record(const int64_t* region_ids, const double* values, int64_
     } else {
       // One fused pass into a zeroed scratch (so a bad sample leaves the stripe untouched), then
       // merge into the stripe, zeroing the scratch in the same sweep.
-      std::vector<double>& scratch = scratch_for(k);
-      const int64_t bad = aggregate<true>(region_ids, values, n, k, scratch.data());
+      double* scratch = zeroed_scratch(stripe.scratch, k);
+      const int64_t bad = aggregate<true>(region_ids, values, n, k, scratch);
       if (bad >= 0) {
-        std::fill(scratch.begin(), scratch.end(), 0.0);
+        std::fill(stripe.scratch.begin(), stripe.scratch.end(), 0.0);
         check_sample(region_ids[bad], values[bad], k);  // throws
       }
-      for (size_t j = 0; j < scratch.size(); ++j) {
+      for (size_t j = 0; j < stripe.scratch.size(); ++j) {
         slots[j] += scratch[j];
         scratch[j] = 0.0;
       }
@@ -173,8 +172,8 @@ void RegionTable::record_atomic(const int64_t* region_ids, const double* values,
     }
     return;
   }
-  std::vector<double>& scratch = scratch_for(k);
-  double* acc = scratch.data();
+  std::vector<double> local;
+  double* acc = zeroed_scratch(local, k);
   const int64_t bad = aggregate<true>(region_ids, values, n, k, acc);
   if (bad < 0) {
     for (int64_t r = 0; r < k; ++r) {
@@ -185,7 +184,6 @@ void RegionTable::record_atomic(const int64_t* region_ids, const double* values,
       atomic_add(counts + r, slot[2]);
     }
   }
-  std::fill(scratch.begin(), scratch.end(), 0.0);
   if (bad >= 0) check_sample(region_ids[bad], values[bad], k);  // throws
 }
 

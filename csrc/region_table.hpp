@@ -84,6 +84,7 @@ class RegionTable {
     std::atomic<bool> busy{false};
     bool dirty = false;         // written only by the claimant, read by settle()
     std::vector<double> slots;  // (K, 3) interleaved: one cache line per sample
+    std::vector<double> scratch;  // zero between calls: a dense call's samples before merging
   };
   struct AliasEntry {
     uint64_t threshold;  // accept the column when the 64 leftover bits are below this
