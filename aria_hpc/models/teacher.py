@@ -1,0 +1,77 @@
+"""Teacher directories: a diffusers UNet + scheduler saved with save_pretrained, plus our metadata.
+
+Layout (what `aria-hpc teacher` writes and every stage loads):
+    TEACHER_DIR/unet/         UNet2DConditionModel.save_pretrained (safetensors)
+    TEACHER_DIR/scheduler/    DDPMScheduler.save_pretrained
+    TEACHER_DIR/aria_teacher.json  text encoder, token length, resolution, recipe
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aria_hpc.errors import UserError
+
+META_FILE = "aria_teacher.json"
+ASSETS = Path(__file__).resolve().parents[1] / "worlds" / "assets"
+
+
+def shipped_teacher_dir() -> Path:
+    return ASSETS / "shapes16" / "teacher"
+
+
+def build_unet(channels: list[int], *, layers_per_block: int, norm_num_groups: int, attention_head_dim: int,
+               resolution: int, cross_attention_dim: int, in_channels: int = 3):
+    """A UNet2DConditionModel: first stage plain, later stages cross-attend to the token states."""
+    from diffusers import UNet2DConditionModel
+
+    n = len(channels)
+    down = ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (n - 1)
+    up = ["CrossAttnUpBlock2D"] * (n - 1) + ["UpBlock2D"]
+    return UNet2DConditionModel(
+        sample_size=resolution, in_channels=in_channels, out_channels=in_channels,
+        block_out_channels=tuple(channels), layers_per_block=layers_per_block,
+        down_block_types=tuple(down), up_block_types=tuple(up), norm_num_groups=norm_num_groups,
+        cross_attention_dim=cross_attention_dim, attention_head_dim=attention_head_dim)
+
+
+def build_scheduler(num_train_timesteps: int, beta_schedule: str, prediction_type: str):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+                         prediction_type=prediction_type)
+
+
+@dataclass
+class Teacher:
+    unet: Any
+    scheduler: Any
+    meta: dict
+    path: Path
+
+
+def save_teacher(path: str | Path, unet, scheduler, meta: dict) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    unet.save_pretrained(path / "unet", safe_serialization=True)
+    scheduler.save_pretrained(path / "scheduler")
+    (path / META_FILE).write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def load_teacher(path: str | Path | None = None) -> Teacher:
+    """Load a teacher directory (the shipped shapes teacher when path is None), frozen, eval mode."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    path = Path(path) if path else shipped_teacher_dir()
+    missing = [p for p in ("unet/config.json", "scheduler/scheduler_config.json", META_FILE)
+               if not (path / p).is_file()]
+    if missing:
+        raise UserError(f"teacher directory {path} lacks {', '.join(missing)}: pass a directory written by "
+                        "`aria-hpc teacher` (teacher.dir=...), or leave teacher.dir unset for the shipped one")
+    unet = UNet2DConditionModel.from_pretrained(path / "unet").eval().requires_grad_(False)
+    scheduler = DDPMScheduler.from_pretrained(path / "scheduler")
+    return Teacher(unet, scheduler, json.loads((path / META_FILE).read_text()), path)

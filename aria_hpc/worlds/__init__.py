@@ -1,0 +1,1 @@
+"""Embedded worlds: the procedurally rendered shapes world, its teacher recipe and judge."""
