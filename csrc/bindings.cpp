@@ -7,6 +7,9 @@
 #include <string>
 
 #include "region_table.hpp"
+#ifdef ARIA_WITH_CUDA
+#include "cuda/region_stats.hpp"
+#endif
 
 namespace py = pybind11;
 using aria::RegionTable;
@@ -43,6 +46,22 @@ PYBIND11_MODULE(_C, m) {
   m.attr("cuda_compiled") = true;
 #else
   m.attr("cuda_compiled") = false;
+#endif
+
+#ifdef ARIA_WITH_CUDA
+  // Raw device pointers and a raw stream (no libtorch link): the facade passes tensor.data_ptr()
+  // and torch.cuda.current_stream().cuda_stream.
+  m.def(
+      "cuda_region_stats",
+      [](uintptr_t ids, uintptr_t values, bool values_float64, int64_t n, int64_t k, uintptr_t out,
+         uintptr_t error, uintptr_t stream) {
+        aria::cuda_region_stats(reinterpret_cast<const int64_t*>(ids), reinterpret_cast<const void*>(values),
+                                values_float64 ? aria::ValueType::kFloat64 : aria::ValueType::kFloat32, n, k,
+                                reinterpret_cast<double*>(out), reinterpret_cast<int*>(error),
+                                reinterpret_cast<void*>(stream));
+      },
+      py::arg("ids"), py::arg("values"), py::arg("values_float64"), py::arg("n"), py::arg("k"), py::arg("out"),
+      py::arg("error"), py::arg("stream"));
 #endif
 
   m.def(

@@ -111,3 +111,53 @@ class RegionTable:
         self._table.set_state({k: np.asarray(state[k], dtype=np.float64) for k in (*_STATS, "q", "base")}
                               | {"folds": int(state["folds"])})
         self.accumulators[...] = np.asarray(state["accumulators"], dtype=np.float64)
+
+
+def cuda_compiled() -> bool:
+    """Whether aria_hpc._C was built with the CUDA accumulation kernel (ARIA_CUDA=AUTO/ON + nvcc)."""
+    return bool(getattr(_C, "cuda_compiled", False))
+
+
+class DeviceRegionStats:
+    """The (3, K) accumulator block on a CUDA device, filled by our kernel on the current stream.
+
+    A training step whose per-sample losses live on the GPU records them here without any host
+    synchronisation; at ``aria.sync_every`` the block is all-reduced on the device and added into
+    the host table (``flush_into``), which then folds as usual.
+    """
+
+    def __init__(self, num_regions: int, device) -> None:
+        import torch
+
+        if not cuda_compiled():
+            raise RuntimeError("aria_hpc._C was built without CUDA: rebuild on a machine with nvcc "
+                               "(ARIA_CUDA=ON pip install . fails loudly where it is missing)")
+        self.num_regions = int(num_regions)
+        self.block = torch.zeros(3, self.num_regions, dtype=torch.float64, device=device)
+        self.error = torch.zeros(1, dtype=torch.int32, device=device)
+
+    def record(self, region_ids, values) -> None:
+        """Asynchronous: ids (n,) integer and values (n,) float32/float64 tensors on the device."""
+        import torch
+
+        ids = region_ids.detach().to(device=self.block.device, dtype=torch.int64).contiguous()
+        vals = values.detach().to(self.block.device)
+        if vals.dtype not in (torch.float32, torch.float64):
+            vals = vals.float()
+        vals = vals.contiguous()
+        if ids.shape != vals.shape or ids.ndim != 1:
+            raise ValueError("region_ids and values must be 1-D of equal length")
+        stream = torch.cuda.current_stream(self.block.device).cuda_stream
+        _C.cuda_region_stats(ids.data_ptr(), vals.data_ptr(), vals.dtype == torch.float64, ids.numel(),
+                             self.num_regions, self.block.data_ptr(), self.error.data_ptr(), stream)
+
+    def flush_into(self, table: RegionTable, all_reduce=None) -> None:
+        """(All-reduce on the device,) add into the host table's block, and zero; synchronises."""
+        if all_reduce is not None:
+            all_reduce(self.block)
+        if int(self.error.item()):
+            self.error.zero_()
+            raise ValueError("a recorded region id was outside [0, K) or a value was not finite "
+                             "(NaN or inf loss?); those samples were skipped")
+        table.accumulators[...] += self.block.cpu().numpy()
+        self.block.zero_()

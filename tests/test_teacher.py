@@ -1,0 +1,71 @@
+"""Teachers and judges: the shipped ones load through the user-facing code; a tiny one trains."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from aria_hpc.config import load_config, to_dict
+from aria_hpc.errors import UserError
+from conftest import ROOT
+from aria_hpc.models.sampling import ddim_sample
+from aria_hpc.models.teacher import load_teacher, shipped_teacher_dir
+from aria_hpc.worlds.judge import load_judge
+from aria_hpc.worlds.shapes import ALL_COMBINATIONS, ShapesWorld
+
+
+def test_shipped_teacher_and_judge_load_and_run():
+    teacher = load_teacher()  # teacher.dir unset: the shipped one
+    assert teacher.meta["world"] == "shapes" and teacher.meta["text_encoder"]["dim"] == 384
+    unet = teacher.unet
+    assert not any(p.requires_grad for p in unet.parameters())
+    x = torch.randn(2, 3, 16, 16)
+    tokens, mask = torch.randn(2, 24, 384), torch.ones(2, 24, dtype=torch.bool)
+    out = unet(x, torch.tensor([10, 900]), encoder_hidden_states=tokens, encoder_attention_mask=mask).sample
+    assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()
+    assert teacher.scheduler.config.prediction_type == teacher.meta["recipe"]["teacher"]["prediction_type"]
+    samples = ddim_sample(unet, teacher.scheduler, tokens, mask, steps=2, seed=0)
+    assert samples.shape == (2, 3, 16, 16) and samples.abs().max() <= 1
+
+    judge = load_judge()
+    world = ShapesWorld()
+    renders = torch.from_numpy(np.stack([world.render_id(i) for i in range(0, 960, 40)]))
+    predicted = judge.predict(renders)
+    labels = np.array([ALL_COMBINATIONS[i].labels() for i in range(0, 960, 40)])
+    assert predicted.shape == (24, 5) and (predicted == labels).mean() >= 0.98
+    assert judge.features(renders).shape == (24, judge.feature_dim)
+    size = sum(p.stat().st_size for p in shipped_teacher_dir().parent.rglob("*") if p.is_file())
+    assert size <= 25 * 2**20  # teacher plus judge
+
+
+def test_shipped_teacher_records_its_recipe():
+    """The shipped teacher's metadata and resolved recipe match configs/shapes_teacher.yaml."""
+    meta = json.loads((shipped_teacher_dir() / "aria_teacher.json").read_text())
+    shipped = load_config(shipped_teacher_dir().parent / "recipe.yaml")
+    recipe = load_config(ROOT / "configs" / "shapes_teacher.yaml")
+    assert shipped.teacher == recipe.teacher and shipped.world == recipe.world and shipped.seed == recipe.seed
+    assert meta["recipe"]["teacher"] == to_dict(recipe)["teacher"]
+
+
+def test_tiny_teacher_trains_through_the_cli(aria_cli, tmp_path, tiny_bert_dir):
+    res = aria_cli("teacher", "configs/debug.yaml", f"run.dir={tmp_path}/run", f"text_encoder.dir={tiny_bert_dir}",
+                   "text_encoder.max_length=12", "text_encoder.batch_size=1024", "teacher.block_out_channels=[8,16]",
+                   "teacher.attention_head_dim=4", "teacher.steps=3", "teacher.batch_size=8", "teacher.log_every=1",
+                   "judge.steps=3", "judge.batch_size=8", "teacher.eval_per_split=2", "teacher.sample_steps=2")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "teacher step 3/3" in res.stdout and "unseen" in res.stdout
+    teacher = load_teacher(tmp_path / "run" / "teacher")
+    assert teacher.unet.config.block_out_channels == [8, 16] or tuple(teacher.unet.config.block_out_channels) == (8, 16)
+    assert teacher.meta["text_encoder"]["dim"] == 32
+    judge = load_judge(tmp_path / "run" / "judge")
+    assert judge.predict(torch.zeros(1, 3, 16, 16)).shape == (1, 5)
+    report = json.loads((tmp_path / "run" / "teacher_eval.json").read_text())
+    assert set(report["splits"]) == {"seen", "under", "unseen"}
+
+
+def test_missing_teacher_or_judge_directory(tmp_path):
+    with pytest.raises(UserError, match="lacks unet/config.json"):
+        load_teacher(tmp_path)
+    with pytest.raises(UserError, match="lacks judge.json"):
+        load_judge(tmp_path)
