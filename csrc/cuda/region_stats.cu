@@ -26,13 +26,17 @@ __device__ inline bool valid(int64_t r, T v, int64_t k) {
   return r >= 0 && r < k && isfinite(static_cast<double>(v));
 }
 
-template <typename T>
-__global__ void region_stats_shared(const int64_t* __restrict__ ids, const T* __restrict__ values,
-                                    int64_t n, int64_t k, double* __restrict__ out,
-                                    int* __restrict__ error) {
-  extern __shared__ double shared[];  // (3, k)
-  for (int64_t j = threadIdx.x; j < 3 * k; j += blockDim.x) shared[j] = 0.0;
-  __syncthreads();
+// kShared: accumulate in block-private shared memory, then one global atomic per block, region and
+// statistic; otherwise straight into the global block.
+template <typename T, bool kShared>
+__global__ void region_stats(const int64_t* __restrict__ ids, const T* __restrict__ values, int64_t n,
+                             int64_t k, double* __restrict__ out, int* __restrict__ error) {
+  extern __shared__ double shared[];  // (3, k) when kShared
+  double* target = kShared ? shared : out;
+  if constexpr (kShared) {
+    for (int64_t j = threadIdx.x; j < 3 * k; j += blockDim.x) shared[j] = 0.0;
+    __syncthreads();
+  }
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     const int64_t r = ids[i];
@@ -41,35 +45,19 @@ __global__ void region_stats_shared(const int64_t* __restrict__ ids, const T* __
       atomicExch(error, 1);
       continue;
     }
-    atomicAdd(shared + r, v);
-    atomicAdd(shared + k + r, v * v);
-    atomicAdd(shared + 2 * k + r, 1.0);
+    atomicAdd(target + r, v);
+    atomicAdd(target + k + r, v * v);
+    atomicAdd(target + 2 * k + r, 1.0);
   }
-  __syncthreads();
-  for (int64_t r = threadIdx.x; r < k; r += blockDim.x) {
-    const double count = shared[2 * k + r];
-    if (count == 0.0) continue;
-    atomicAdd(out + r, shared[r]);
-    atomicAdd(out + k + r, shared[k + r]);
-    atomicAdd(out + 2 * k + r, count);
-  }
-}
-
-template <typename T>
-__global__ void region_stats_global(const int64_t* __restrict__ ids, const T* __restrict__ values,
-                                    int64_t n, int64_t k, double* __restrict__ out,
-                                    int* __restrict__ error) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const int64_t r = ids[i];
-    const double v = static_cast<double>(values[i]);
-    if (!valid(r, values[i], k)) {
-      atomicExch(error, 1);
-      continue;
+  if constexpr (kShared) {
+    __syncthreads();
+    for (int64_t r = threadIdx.x; r < k; r += blockDim.x) {
+      const double count = shared[2 * k + r];
+      if (count == 0.0) continue;
+      atomicAdd(out + r, shared[r]);
+      atomicAdd(out + k + r, shared[k + r]);
+      atomicAdd(out + 2 * k + r, count);
     }
-    atomicAdd(out + r, v);
-    atomicAdd(out + k + r, v * v);
-    atomicAdd(out + 2 * k + r, 1.0);
   }
 }
 
@@ -84,9 +72,9 @@ void launch(const int64_t* ids, const T* values, int64_t n, int64_t k, double* o
   const int blocks = static_cast<int>(std::min<int64_t>(wanted, 4 * static_cast<int64_t>(sms)));
   if (k <= kSharedMaxRegions) {
     const size_t shared = 3 * static_cast<size_t>(k) * sizeof(double);
-    region_stats_shared<T><<<blocks, kThreads, shared, stream>>>(ids, values, n, k, out, error);
+    region_stats<T, true><<<blocks, kThreads, shared, stream>>>(ids, values, n, k, out, error);
   } else {
-    region_stats_global<T><<<blocks, kThreads, 0, stream>>>(ids, values, n, k, out, error);
+    region_stats<T, false><<<blocks, kThreads, 0, stream>>>(ids, values, n, k, out, error);
   }
   const cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) {
