@@ -63,7 +63,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from aria_hpc.conditioning.embeddings import build_shard, shard_range
+    from aria_hpc.conditioning.embeddings import build_shard, check_complete_shard, shard_expectation, shard_range
     from aria_hpc.conditioning.encoders import TextEncoder
     from aria_hpc.conditioning.pool import PromptPool, materialise_pool
 
@@ -79,6 +79,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
     pool = PromptPool(materialise_pool(embed_dir, cfg.pool.files, cfg.pool.jsonl_field, cfg.shapes_world()))
     print(f"pool: {len(pool)} prompts, digest {pool.digest[:16]}; encoder {encoder.model_dir} ({encoder.dim}-d)",
           flush=True)
+    for index in shards:  # refuse before any work if a finished shard belongs to another pool/encoder
+        expect = shard_expectation(pool, encoder, index, cfg.embed.shards, cfg.embed.store_tokens)
+        check_complete_shard(embed_dir, expect, index, cfg.embed.shards)
     for index in shards:
         start, stop = shard_range(len(pool), index, cfg.embed.shards)
         with tqdm(total=stop - start, desc=f"shard {index}/{cfg.embed.shards}", unit="prompt",

@@ -92,7 +92,7 @@ def test_embed_shards_independently_then_completes(tmp_path, tiny_bert_dir):
 
 
 def test_embed_resumes_after_sigkill_and_matches_an_uninterrupted_build(tmp_path, tiny_bert_dir):
-    files = write_pool_files(tmp_path, n=3000)
+    files = write_pool_files(tmp_path, n=900)
     cfg = write_config(tmp_path, tiny_bert_dir, files, batch_size=8)
     proc = subprocess.Popen([sys.executable, "-m", "aria_hpc.cli", "embed", str(cfg), "--quiet"], cwd=ROOT,
                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -143,20 +143,28 @@ def test_regions_are_deterministic_and_report_split_composition(tmp_path, tiny_b
     assert not np.array_equal(load_regions(tmp_path / "emb" / "regions.h5").region, a.region)
 
 
-def test_embed_and_regions_bad_input(tmp_path, tiny_bert_dir, tiny_clip_dir):
+def test_embed_and_regions_bad_input(tmp_path, tiny_bert_dir, tiny_clip_dir, capsys):
+    """Each mistake is one line on stderr and exit code 2 (in-process: the same code path as the CLI)."""
+    from aria_hpc.cli import main
+
     cfg = write_config(tmp_path, tiny_bert_dir, write_pool_files(tmp_path, n=30), shards=2)
-    res = run_cli("regions", cfg)
-    assert res.returncode == 2 and "run `aria-hpc embed CONFIG` first" in res.stderr
-    res = run_cli("embed", cfg, "--shard", "3/2")
-    assert res.returncode == 2 and "--shard 3/2" in res.stderr
-    res = run_cli("embed", cfg, "--shard", "x")
-    assert res.returncode == 2 and "takes i/n" in res.stderr
-    assert run_cli("embed", cfg, "--quiet").returncode == 0
-    res = run_cli("embed", cfg, f"text_encoder.dir={tiny_clip_dir}")
-    assert res.returncode == 2 and "another pool or encoder" in res.stderr and "--rebuild" in res.stderr
-    before = (tmp_path / "emb" / "shard-00000-of-00002.h5").read_bytes()
-    assert (tmp_path / "emb" / "shard-00000-of-00002.h5").read_bytes() == before  # untouched
-    res = run_cli("embed", cfg, f"text_encoder.dir={tiny_clip_dir}", "--rebuild", "--quiet")
-    assert res.returncode == 0, res.stderr
+
+    def fails(*args, message):
+        capsys.readouterr()
+        assert main([*map(str, args)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+
+    fails("regions", cfg, message="run `aria-hpc embed CONFIG` first")
+    fails("embed", cfg, "--shard", "3/2", message="--shard 3/2")
+    fails("embed", cfg, "--shard", "x", message="takes i/n")
+    assert main(["embed", str(cfg), "--quiet"]) == 0
+    shard = tmp_path / "emb" / "shard-00000-of-00002.h5"
+    before = shard.read_bytes()
+    fails("embed", cfg, f"text_encoder.dir={tiny_clip_dir}", message="another pool or encoder")
+    assert shard.read_bytes() == before  # untouched
+    fails("regions", cfg, "regions.k=500", message="larger than the pool")
+    assert main(["embed", str(cfg), f"text_encoder.dir={tiny_clip_dir}", "--rebuild", "--quiet"]) == 0
+    # And through a real subprocess: exit code 2, no traceback.
     res = run_cli("regions", cfg, "regions.k=500")
-    assert res.returncode == 2 and "larger than the pool" in res.stderr
+    assert res.returncode == 2 and "Traceback" not in res.stderr

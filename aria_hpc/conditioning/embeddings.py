@@ -50,20 +50,34 @@ def _matches(f: h5py.File, expect: dict) -> list[str]:
     return [k for k, v in expect.items() if f.attrs.get(k) != v]
 
 
+def shard_expectation(pool: PromptPool, encoder, index: int, shards: int, store_tokens: bool) -> dict:
+    """The attributes a shard built from this pool and encoder carries."""
+    start, stop = shard_range(len(pool), index, shards)
+    return {"pool_digest": pool.digest, "encoder_digest": encoder.digest, "start": start, "stop": stop,
+            "max_length": encoder.max_length, "store_tokens": store_tokens}
+
+
+def check_complete_shard(embed_dir: Path, expect: dict, index: int, shards: int) -> bool:
+    """True if the shard is complete and matches; UserError if it exists for another pool/encoder."""
+    final = embed_dir / shard_name(index, shards)
+    if not final.exists():
+        return False
+    with h5py.File(final, "r", locking=False) as f:
+        bad = _matches(f, expect)
+    if bad:
+        raise UserError(f"{final} was built for another pool or encoder (differs in {', '.join(bad)}): "
+                        "use another embed.dir, or pass --rebuild")
+    return True
+
+
 def build_shard(embed_dir: Path, pool: PromptPool, encoder, index: int, shards: int, *, batch_size: int,
                 store_tokens: bool, progress: Callable[[int, int], None] | None = None) -> ShardResult:
     """Embed rows [start, stop) of the pool into one shard, resuming a partial one."""
-    start, stop = shard_range(len(pool), index, shards)
+    expect = shard_expectation(pool, encoder, index, shards, store_tokens)
+    start, stop = expect["start"], expect["stop"]
     final = embed_dir / shard_name(index, shards)
     partial = final.with_name(final.name + ".partial")
-    expect = {"pool_digest": pool.digest, "encoder_digest": encoder.digest, "start": start, "stop": stop,
-              "max_length": encoder.max_length, "store_tokens": store_tokens}
-    if final.exists():
-        with h5py.File(final, "r", locking=False) as f:
-            bad = _matches(f, expect)
-        if bad:
-            raise UserError(f"{final} was built for another pool or encoder (differs in {', '.join(bad)}): "
-                            "use another embed.dir, or pass --rebuild")
+    if check_complete_shard(embed_dir, expect, index, shards):
         return ShardResult(index, stop - start, stop - start)
 
     done = 0

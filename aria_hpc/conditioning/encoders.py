@@ -56,6 +56,9 @@ class TextEncoder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a bar per load on stderr hides our one-line errors
 
         self.model_dir = Path(model_dir) if model_dir else default_text_encoder_dir()
         if not (self.model_dir / "config.json").is_file():
