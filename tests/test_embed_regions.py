@@ -46,6 +46,8 @@ def test_pool_dedups_with_stable_ids_and_digest(tmp_path):
     assert (pool.split == -1).all()
     again = PromptPool(materialise_pool(tmp_path / "p2", files, "prompt", None))
     assert again.digest == pool.digest
+    with pytest.raises(UserError, match="other prompt sources"):  # same dir, other files: never reused
+        materialise_pool(tmp_path / "p1", files[:1], "prompt", None)
     (tmp_path / "c.txt").write_text("one more\n")
     assert PromptPool(materialise_pool(tmp_path / "p3", files + [str(tmp_path / "c.txt")], "prompt", None)).digest != pool.digest
 

@@ -59,15 +59,37 @@ def iter_sources(files: list[str], jsonl_field: str, world) -> Iterator[tuple[st
         yield prompt, int(splits[combo]), int(combo)
 
 
+def describe_sources(files: list[str], jsonl_field: str, world) -> str:
+    """What a pool is built from: file names, sizes and mtimes, or the embedded world's settings."""
+    if files:
+        stats = []
+        for name in files:
+            p = Path(name)
+            if not p.is_file():
+                raise UserError(f"prompt file {p} does not exist (pool.files lists text or JSONL files)")
+            st = p.stat()
+            stats.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
+        return json.dumps({"files": stats, "jsonl_field": jsonl_field})
+    return json.dumps({"world": "shapes", "unseen_pairs": list(world.unseen_pairs),
+                       "under_pairs": list(world.under_pairs)})
+
+
 def materialise_pool(out_dir: Path, files: list[str], jsonl_field: str, world) -> Path:
-    """Write out_dir/prompts.h5 (unless a complete one exists); returns its path.
+    """Write out_dir/prompts.h5 (unless one from the same sources exists); returns its path.
 
     Written to a temporary name and renamed, so concurrent job-array tasks doing the same work
-    cannot leave a half-written pool behind.
+    cannot leave a half-written pool behind. A pool built from other sources (other files, a
+    file changed since, other world splits) is an error, never silently reused.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / POOL_FILE
+    sources = describe_sources(files, jsonl_field, world)
     if path.exists():
+        with h5py.File(path, "r", locking=False) as f:
+            built_from = f.attrs.get("sources")
+        if built_from != sources:
+            raise UserError(f"{path} was built from other prompt sources (pool.files, their contents, or "
+                            "the world's splits changed): use another embed.dir, or pass --rebuild")
         return path
     tmp = out_dir / f".{POOL_FILE}.{os.getpid()}.tmp"
     seen: set[bytes] = set()
@@ -103,7 +125,7 @@ def materialise_pool(out_dir: Path, files: list[str], jsonl_field: str, world) -
             raise UserError("the prompt pool is empty: pool.files has no non-empty prompt")
         f.attrs["count"] = text.shape[0]
         f.attrs["digest"] = digest.hexdigest()
-        f.attrs["sources"] = json.dumps(files or ["embedded:shapes"])
+        f.attrs["sources"] = sources
     os.replace(tmp, path)
     return path
 
