@@ -25,14 +25,23 @@ def _resolve(args: argparse.Namespace) -> Config | None:
     return None if args.dry_run else cfg
 
 
+def _start_run(args: argparse.Namespace) -> tuple[Config, Path] | None:
+    """Resolve the config (None on --dry-run) and save it into run.dir, for run-directory commands."""
+    cfg = _resolve(args)
+    if cfg is None:
+        return None
+    run_dir = Path(cfg.run.dir)
+    save_resolved(cfg, run_dir)
+    return cfg, run_dir
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from aria_hpc.regions.simulate import run_simulation
 
-    cfg = _resolve(args)
-    if cfg is None:
+    started = _start_run(args)
+    if started is None:
         return 0
-    run_dir = Path(cfg.run.dir)
-    save_resolved(cfg, run_dir)
+    cfg, run_dir = started
     print(f"{'step':>6} {'q(planted)':>11} {'pi(planted)':>12} {'truth':>7} {'estimate':>9} "
           f"{'max err':>8} {'predicted':>10}")
     with open(run_dir / "metrics.jsonl", "w") as log:
@@ -140,11 +149,10 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     from aria_hpc.worlds.shapes import SPLITS
     from aria_hpc.worlds.teacher_recipe import train_teacher
 
-    cfg = _resolve(args)
-    if cfg is None:
+    started = _start_run(args)
+    if started is None:
         return 0
-    run_dir = Path(cfg.run.dir)
-    save_resolved(cfg, run_dir)
+    cfg, run_dir = started
     report = train_teacher(cfg, run_dir, log=lambda msg: print(msg, flush=True))
     attrs = ("shape", "colour", "position", "size", "background", "mean", "all")
     print(f"\nteacher samples read back by the judge (DDIM {report['sample_steps']} steps, guidance 1.0)")
