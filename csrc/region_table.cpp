@@ -86,12 +86,12 @@ double* zeroed_scratch(std::vector<double>& scratch, int64_t num_regions) {
 
 // slots[3 r + (0, 1, 2)] += (v, v^2, 1). With checked = true, stops at the first bad sample and
 // returns its index (the caller then discards slots); returns -1 when every sample was good.
-template <bool checked>
-int64_t aggregate(const int64_t* region_ids, const double* values, int64_t n, int64_t k,
-                  double* slots) {
+template <bool checked, bool prefetch>
+int64_t aggregate_impl(const int64_t* region_ids, const double* values, int64_t n, int64_t k,
+                       double* slots) {
   constexpr int64_t kPrefetch = 24;  // random slots: fetch ahead of the add
   for (int64_t i = 0; i < n; ++i) {
-    if (i + kPrefetch < n) {
+    if (prefetch && i + kPrefetch < n) {
       const auto ahead = static_cast<uint64_t>(region_ids[i + kPrefetch]);
       if (ahead < static_cast<uint64_t>(k)) __builtin_prefetch(slots + RegionTable::kRows * ahead, 1, 3);
     }
@@ -106,6 +106,14 @@ int64_t aggregate(const int64_t* region_ids, const double* values, int64_t n, in
     slot[2] += 1.0;
   }
   return -1;
+}
+
+// Prefetching pays only when the slots do not fit in cache; below that it is extra instructions.
+template <bool checked>
+int64_t aggregate(const int64_t* region_ids, const double* values, int64_t n, int64_t k, double* slots) {
+  constexpr int64_t kCachedRegions = 8192;  // 3 * 8192 doubles = 192 KiB
+  return k > kCachedRegions ? aggregate_impl<checked, true>(region_ids, values, n, k, slots)
+                            : aggregate_impl<checked, false>(region_ids, values, n, k, slots);
 }
 
 // Validate up front (for calls with few samples, where a scratch buffer would cost more).
@@ -330,8 +338,10 @@ void RegionTable::build_alias() {
 void RegionTable::sample(int64_t n, uint64_t key, int64_t* out) const {
   const auto k = static_cast<unsigned __int128>(alias_entries_.size());
   const AliasEntry* entries = alias_entries_.data();
+  uint64_t counter = key;  // key + (i + 1) * golden, advanced by addition
   for (int64_t i = 0; i < n; ++i) {
-    const uint64_t x = splitmix64(key + (static_cast<uint64_t>(i) + 1) * kGolden);
+    counter += kGolden;
+    const uint64_t x = splitmix64(counter);
     const unsigned __int128 product = static_cast<unsigned __int128>(x) * k;
     const auto column = static_cast<int64_t>(product >> 64);
     const auto coin = static_cast<uint64_t>(product);
