@@ -117,7 +117,8 @@ def test_embed_resumes_after_sigkill_and_matches_an_uninterrupted_build(tmp_path
     assert res.returncode == 0, res.stderr
     assert "resumed at row" in res.stdout, res.stdout[-500:]
 
-    clean_cfg = write_config(tmp_path / "clean", tiny_bert_dir, files, batch_size=8) if (tmp_path / "clean").mkdir() is None else None
+    (tmp_path / "clean").mkdir()
+    clean_cfg = write_config(tmp_path / "clean", tiny_bert_dir, files, batch_size=8)
     res = run_cli("embed", clean_cfg, "--quiet")
     assert res.returncode == 0, res.stderr
     with h5py.File(emb / "shard-00000-of-00001.h5") as a, h5py.File(tmp_path / "clean" / "emb" / "shard-00000-of-00001.h5") as b:

@@ -26,8 +26,7 @@ NO_LABEL = -1
 
 
 def iter_file_prompts(path: Path, jsonl_field: str) -> Iterator[str]:
-    if not path.is_file():
-        raise UserError(f"prompt file {path} does not exist (pool.files lists text or JSONL files)")
+    """Non-empty prompts of one file (its existence is checked by describe_sources, first)."""
     jsonl = path.suffix in (".jsonl", ".json")
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
