@@ -164,6 +164,26 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bank(args: argparse.Namespace) -> int:
+    from aria_hpc.bank.writer import build_bank
+
+    if args.shards is not None:
+        args.overrides = [*args.overrides, f"bank.shards={args.shards}"]
+    cfg = _resolve(args)
+    if cfg is None:
+        return 0
+    if not cfg.bank.dir:
+        raise UserError("bank.dir is not set: give the directory the bank lives in (bank.dir=runs/bank)")
+    save_resolved(cfg, Path(cfg.bank.dir) / "runs" / f"bank-{'all' if args.shard is None else args.shard}")
+    result = build_bank(cfg, shards=None if args.shard is None else [args.shard], rebuild=args.rebuild,
+                        executor=args.executor, log=lambda msg: print(msg, flush=True))
+    m = result["manifest"]
+    state = "complete" if m["complete"] else f"incomplete (missing shards {m['missing'][:8]})"
+    print(f"teacher forwards: {result['teacher_forwards']}")
+    print(f"bank {cfg.bank.dir}: {m['entries']} entries in {len(m['shards'])} shards, {state}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aria-hpc",
@@ -181,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("regions", help="k-means regions of the conditioning space from the embeddings")
     _add_config_args(p)
     p.set_defaults(func=cmd_regions)
+    p = sub.add_parser("bank", help="cache teacher outputs in HDF5 shards (idempotent; --shard i, --executor)")
+    _add_config_args(p)
+    p.add_argument("--shards", type=int, help="number of shards (overrides bank.shards)")
+    p.add_argument("--shard", type=int, metavar="i", help="build only shard i (a job-array task)")
+    p.add_argument("--executor", choices=("local", "slurm", "debug"),
+                   help="submit one submitit array task per missing shard instead of building in-process")
+    p.add_argument("--rebuild", action="store_true", help="replace a bank built with another fingerprint")
+    p.set_defaults(func=cmd_bank)
     p = sub.add_parser("teacher", help="train the shapes-world teacher and judge, and measure the teacher")
     _add_config_args(p)
     p.set_defaults(func=cmd_teacher)

@@ -58,7 +58,30 @@ class AriaConfig:
 
 @dataclass
 class BankConfig:
+    """Teacher outputs cached in HDF5 shards (aria_hpc/bank). Entries follow RC's schedule (rc.*)."""
+
     dir: str | None = None  # teacher-output bank; None = live teacher
+    entries: int = 20000  # planned entries, before the per-region top-up
+    shards: int = 4  # independent shards (one job-array task each: --shard i)
+    min_per_region: int = 8  # random-conditioned entries every region gets at least
+    batch_size: int = 256  # teacher forward batch while building
+    features: list[str] = field(default_factory=list)  # teacher block outputs to store, e.g. mid_block
+    pairs: str | None = None  # HDF5 with images (n,C,H,W) and prompt_ids (n,); None = the shapes world's
+    vae_dir: str | None = None  # AutoencoderKL dir: latent mode (paired images encoded once)
+    prefetch: int = 2  # batches the reader prepares ahead in a background thread
+
+
+@dataclass
+class LaunchConfig:
+    """How submitit runs job arrays and sweeps (executor local | slurm | debug)."""
+
+    folder: str = "runs/submitit"  # submitit logs and pickles
+    partition: str | None = None
+    timeout_min: int = 60
+    cpus_per_task: int = 2
+    gpus_per_node: int = 0
+    mem_gb: int = 8
+    array_parallelism: int = 16
 
 
 @dataclass
@@ -122,6 +145,7 @@ class TeacherConfig:
     """The teacher a run distils from, and the recipe `aria-hpc teacher` trains one with."""
 
     dir: str | None = None  # None = the shapes teacher shipped inside the package
+    init_from: str | None = None  # `aria-hpc teacher` continues from this teacher directory's weights
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
     layers_per_block: int = 1
     norm_num_groups: int = 8
@@ -161,6 +185,7 @@ class Config:
     rc: RCConfig = field(default_factory=RCConfig)
     aria: AriaConfig = field(default_factory=AriaConfig)
     bank: BankConfig = field(default_factory=BankConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -210,6 +235,12 @@ class Config:
             (self.teacher.steps >= 1 and self.teacher.batch_size >= 1, "teacher.steps and teacher.batch_size must be >= 1"),
             (0 <= self.teacher.null_text_prob < 1, "teacher.null_text_prob must be in [0, 1)"),
             (0 < self.teacher.ema_decay < 1, "teacher.ema_decay must be in (0, 1)"),
+            (self.bank.entries >= 1 and self.bank.shards >= 1, "bank.entries and bank.shards must be >= 1"),
+            (self.bank.shards <= self.bank.entries, "bank.shards must be <= bank.entries"),
+            (self.bank.min_per_region >= 0, "bank.min_per_region must be >= 0"),
+            (self.bank.batch_size >= 1 and self.bank.prefetch >= 0, "bank.batch_size must be >= 1, bank.prefetch >= 0"),
+            (self.launch.timeout_min >= 1 and self.launch.array_parallelism >= 1,
+             "launch.timeout_min and launch.array_parallelism must be >= 1"),
             (self.judge.steps >= 1 and self.judge.batch_size >= 1, "judge.steps and judge.batch_size must be >= 1"),
         ]
         for ok, message in checks:

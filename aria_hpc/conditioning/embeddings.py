@@ -21,6 +21,7 @@ import numpy as np
 
 from aria_hpc.conditioning.pool import PromptPool
 from aria_hpc.errors import UserError
+from aria_hpc.fsio import fsync_path
 
 
 def shard_range(count: int, index: int, shards: int) -> tuple[int, int]:
@@ -36,14 +37,6 @@ class ShardResult:
     index: int
     rows: int
     resumed_from: int  # rows found already written (0 = fresh start, rows = complete already)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _matches(f: h5py.File, expect: dict) -> list[str]:
@@ -118,7 +111,7 @@ def build_shard(embed_dir: Path, pool: PromptPool, encoder, index: int, shards: 
             if progress:
                 progress(index, done)
         f.attrs["complete"] = True
-    _fsync(partial)
+    fsync_path(partial)
     os.replace(partial, final)
     return ShardResult(index, n, resumed_from)
 

@@ -20,7 +20,8 @@ import torch
 from aria_hpc.config import Config
 from aria_hpc.conditioning.encoders import TextEncoder
 from aria_hpc.models.sampling import ddim_sample
-from aria_hpc.models.teacher import build_scheduler, build_unet, save_teacher
+from aria_hpc.errors import UserError
+from aria_hpc.models.teacher import build_scheduler, build_unet, load_teacher, save_teacher
 from aria_hpc.worlds.judge import attribute_accuracy, load_judge, save_judge, train_judge
 from aria_hpc.worlds.shapes import ALL_COMBINATIONS, SPLITS, TEMPLATES, ShapesWorld, render
 
@@ -45,6 +46,25 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+def continue_from(path: str, unet, scheduler, log) -> dict:
+    """Load a saved teacher's weights into `unet` (same architecture and noise schedule); its recipe."""
+    prev = load_teacher(path)
+    keys = ("block_out_channels", "layers_per_block", "norm_num_groups", "attention_head_dim",
+            "cross_attention_dim", "sample_size")
+    def norm(v):
+        return list(v) if isinstance(v, (list, tuple)) else v
+
+    differ = [k for k in keys if norm(prev.unet.config[k]) != norm(unet.config[k])]
+    differ += [k for k in ("prediction_type", "beta_schedule", "num_train_timesteps")
+               if prev.scheduler.config[k] != scheduler.config[k]]
+    if differ:
+        raise UserError(f"teacher.init_from={path} differs from this recipe in {', '.join(differ)}: "
+                        "set teacher.* to the values of that teacher, or drop teacher.init_from")
+    unet.load_state_dict(prev.unet.state_dict())
+    log(f"continuing from the teacher in {path}")
+    return prev.meta.get("recipe", {})
+
+
 def train_teacher(cfg: Config, out_dir: Path, log=print) -> dict:
     tc = cfg.teacher
     torch.manual_seed(cfg.seed)
@@ -67,6 +87,7 @@ def train_teacher(cfg: Config, out_dir: Path, log=print) -> dict:
                       norm_num_groups=tc.norm_num_groups, attention_head_dim=tc.attention_head_dim,
                       resolution=world.resolution, cross_attention_dim=encoder.dim)
     scheduler = build_scheduler(tc.num_train_timesteps, tc.beta_schedule, tc.prediction_type)
+    init_recipe = continue_from(tc.init_from, unet, scheduler, log) if tc.init_from else None
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=tc.lr, weight_decay=0.01)
     log(f"teacher: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters")
@@ -99,7 +120,8 @@ def train_teacher(cfg: Config, out_dir: Path, log=print) -> dict:
     timings["teacher_train_s"] = time.perf_counter() - t0
 
     meta = {"world": "shapes", "resolution": world.resolution, "text_encoder": encoder_meta(cfg, encoder),
-            "recipe": {"seed": cfg.seed, "teacher": asdict(tc), "world": asdict(cfg.world)}}
+            "recipe": {"seed": cfg.seed, "teacher": asdict(tc), "world": asdict(cfg.world),
+                       "init_from_recipe": init_recipe}}
     save_teacher(out_dir / "teacher", ema, scheduler, meta)
 
     t0 = time.perf_counter()
@@ -109,7 +131,7 @@ def train_teacher(cfg: Config, out_dir: Path, log=print) -> dict:
         jc = cfg.judge
         judge = train_judge(world, steps=jc.steps, batch_size=jc.batch_size, lr=jc.lr, noise_max=jc.noise_max,
                             gain=jc.gain, seed=cfg.seed, log=log)
-        save_judge(judge, out_dir / "judge")
+    save_judge(judge, out_dir / "judge")
     timings["judge_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

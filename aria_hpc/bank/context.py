@@ -1,0 +1,232 @@
+"""Everything a bank is computed from, loaded and checked once, and its fingerprint.
+
+The paired set x0 (pixels, or VAE latents in latent mode) is stored once in ``BANK_DIR/x0.h5`` so
+readers regenerate noised inputs without the original images or the VAE.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from aria_hpc.bank.plan import NULL, Conditioning
+from aria_hpc.config import Config
+from aria_hpc.errors import UserError
+from aria_hpc.fsio import array_digest, fsync_path
+
+SCHEMA_VERSION = 1
+X0_FILE = "x0.h5"
+
+
+def scheduler_fingerprint(scheduler) -> str:
+    return json.dumps({k: v for k, v in dict(scheduler.config).items() if k != "_diffusers_version"},
+                      sort_keys=True, default=str)
+
+
+def fingerprint_diff(have: dict, want: dict) -> list[str]:
+    """Names of the fingerprint fields that differ (sampling parameters named one by one)."""
+    out = []
+    for key in sorted(set(have) | set(want)):
+        a, b = have.get(key), want.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            out.append(key)
+    return out
+
+
+def paired_images(cfg: Config, pool) -> tuple[np.ndarray, np.ndarray]:
+    """(n, C, H, W) float32 images in [-1, 1] and (n, c) caption prompt ids."""
+    if cfg.bank.pairs:
+        path = Path(cfg.bank.pairs)
+        if not path.is_file():
+            raise UserError(f"bank.pairs={path} does not exist: give an HDF5 file with datasets images "
+                            "(n,C,H,W) and prompt_ids (n,), or unset it for the shapes world")
+        with h5py.File(path, "r", locking=False) as f:
+            if "images" not in f or "prompt_ids" not in f:
+                raise UserError(f"bank.pairs={path} needs datasets 'images' and 'prompt_ids'")
+            images, ids = f["images"][:].astype(np.float32), f["prompt_ids"][:].astype(np.int64)
+        if ids.min() < 0 or ids.max() >= len(pool):
+            raise UserError(f"bank.pairs={path}: prompt_ids must index the pool (0..{len(pool) - 1})")
+        return images, ids[:, None]
+    if cfg.pool.files:
+        raise UserError("the shapes world's paired set needs the world's own prompt pool: unset pool.files, "
+                        "or give bank.pairs (images + prompt_ids into your pool)")
+    from aria_hpc.worlds.shapes import TEMPLATES
+
+    images, combos = cfg.shapes_world().paired_set()
+    captions = combos[:, None] * len(TEMPLATES) + np.arange(len(TEMPLATES))[None]
+    if not np.array_equal(pool.combination[captions[:, 0]], combos):
+        raise UserError("the prompt pool is not the shapes world's: rebuild the embeddings (aria-hpc embed --rebuild)")
+    return images, captions
+
+
+def encode_latents(vae_dir: str, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """VAE posterior means times the VAE's scaling factor (deterministic), float32."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(images[start:start + batch_size])
+            out.append(vae.encode(x).latent_dist.mean * vae.config.scaling_factor)
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+def ensure_x0(bank_dir: Path, cfg: Config, images: np.ndarray, captions: np.ndarray, image_set: str) -> np.ndarray:
+    """x0 of the paired set, read from BANK_DIR/x0.h5 or computed (VAE-encoded in latent mode) and stored."""
+    path = bank_dir / X0_FILE
+    if path.is_file():
+        with h5py.File(path, "r", locking=False) as f:
+            if f.attrs.get("image_set_digest") == image_set:
+                return f["x0"][:]
+    x0 = encode_latents(cfg.bank.vae_dir, images, cfg.bank.batch_size) if cfg.bank.vae_dir else images
+    bank_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with h5py.File(tmp, "w") as f:
+        f["x0"] = x0
+        f["captions"] = captions
+        f.attrs["image_set_digest"] = image_set
+        f.attrs["x0_digest"] = array_digest(x0)
+        f.attrs["space"] = "latent" if cfg.bank.vae_dir else "pixel"
+    fsync_path(tmp)
+    os.replace(tmp, path)
+    return x0
+
+
+def load_x0(bank_dir: Path) -> np.ndarray:
+    with h5py.File(bank_dir / X0_FILE, "r", locking=False) as f:
+        x0 = f["x0"][:]
+        if array_digest(x0) != f.attrs["x0_digest"]:
+            raise UserError(f"{bank_dir / X0_FILE} is corrupt (digest mismatch): rebuild with aria-hpc bank --rebuild")
+    return x0
+
+
+@dataclass
+class BankContext:
+    """A loaded teacher with its conditioning, paired set and region map, checked consistent."""
+
+    cfg: Config
+    teacher: object  # models.teacher.Teacher
+    store: object  # conditioning.embeddings.EmbeddingStore
+    conditioning: Conditioning
+    x0: np.ndarray
+    null_tokens: np.ndarray  # (1, L, D) float16
+    null_mask: np.ndarray  # (1, L) bool
+    fingerprint: dict
+
+    def tokens(self, cond: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states (n, L, D) float32 and masks for condition ids (NULL = the null text)."""
+        n, (_, length, dim) = len(cond), self.null_tokens.shape
+        tokens = np.broadcast_to(self.null_tokens, (n, length, dim)).copy()
+        mask = np.broadcast_to(self.null_mask, (n, length)).copy()
+        real = np.flatnonzero(cond != NULL)
+        if len(real):
+            tokens[real], mask[real] = self.store.tokens(cond[real])
+        return torch.from_numpy(tokens).float(), torch.from_numpy(mask)
+
+
+def load_context(cfg: Config) -> BankContext:
+    from aria_hpc.conditioning.embeddings import EmbeddingStore
+    from aria_hpc.conditioning.encoders import TextEncoder, directory_digest
+    from aria_hpc.conditioning.kmeans import load_regions
+    from aria_hpc.models.teacher import load_teacher
+
+    if not cfg.bank.dir:
+        raise UserError("bank.dir is not set: give the directory the bank lives in (bank.dir=runs/bank)")
+    teacher = load_teacher(cfg.teacher.dir)
+    store = EmbeddingStore(cfg.embed.dir, cfg.embed.shards)
+    regions = load_regions(cfg.regions.path)
+    if regions.attrs.get("pool_digest") != store.pool.digest:
+        raise UserError(f"{cfg.regions.path} was computed from another prompt pool than {cfg.embed.dir}: "
+                        "run `aria-hpc regions CONFIG` again")
+    teacher_encoder = teacher.meta.get("text_encoder", {}).get("digest")
+    if teacher_encoder != store.encoder_digest:
+        raise UserError(f"the teacher in {teacher.path} was trained with another text encoder than the one "
+                        f"{cfg.embed.dir} was embedded with: embed with the teacher's encoder (text_encoder.dir)")
+    encoder = TextEncoder(cfg.text_encoder.dir, cfg.text_encoder.max_length)
+    if encoder.digest != store.encoder_digest:
+        raise UserError(f"text_encoder.dir is not the encoder {cfg.embed.dir} was embedded with: set it to that one")
+    null = encoder.encode([""])
+    images, captions = paired_images(cfg, store.pool)
+    vae = directory_digest(Path(cfg.bank.vae_dir)) if cfg.bank.vae_dir else "none"
+    image_set = hashlib.sha256(f"{array_digest(images, captions)}:{vae}".encode()).hexdigest()
+    x0 = ensure_x0(Path(cfg.bank.dir), cfg, images, captions, image_set)
+    unet_cfg = teacher.unet.config
+    if tuple(x0.shape[1:]) != (unet_cfg.in_channels, unet_cfg.sample_size, unet_cfg.sample_size):
+        raise UserError(f"the paired set has shape {x0.shape[1:]} but the teacher takes "
+                        f"({unet_cfg.in_channels}, {unet_cfg.sample_size}, {unet_cfg.sample_size}): "
+                        "set bank.vae_dir for a latent teacher, or use a pixel teacher of that resolution")
+    conditioning = Conditioning(captions, regions.region, teacher.scheduler.config.num_train_timesteps,
+                                cfg.rc.lam, cfg.rc.null_text_prob)
+    b = cfg.bank
+    fingerprint = {
+        "schema_version": SCHEMA_VERSION,
+        "teacher_digest": directory_digest(teacher.path / "unet"),
+        "scheduler_config": scheduler_fingerprint(teacher.scheduler),
+        "text_encoder_digest": store.encoder_digest,
+        "image_set_digest": image_set,
+        "prompt_pool_digest": store.pool.digest,
+        "regions_digest": array_digest(regions.region),
+        "dtype": "float16",
+        "sampling": {"entries": b.entries, "shards": b.shards, "seed": cfg.seed, "lam": cfg.rc.lam,
+                     "null_text_prob": cfg.rc.null_text_prob, "min_per_region": b.min_per_region,
+                     "features": list(b.features), "space": "latent" if b.vae_dir else "pixel"},
+    }
+    return BankContext(cfg, teacher, store, conditioning, x0, null.tokens.astype(np.float16), null.mask,
+                       fingerprint)
+
+
+class TeacherRunner:
+    """The frozen teacher's forward pass in batches, no gradients (bf16 on GPU), with optional block features."""
+
+    def __init__(self, context: BankContext, features: list[str]) -> None:
+        self.context = context
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.unet = context.teacher.unet.to(self.device, self.dtype)
+        self.forwards = 0  # entries the teacher has computed
+        self._captured: dict[str, torch.Tensor] = {}
+        for name in features:
+            try:
+                module = self.unet.get_submodule(name)
+            except AttributeError:
+                raise UserError(f"bank.features: the teacher has no block '{name}' "
+                                "(e.g. mid_block, down_blocks.1, up_blocks.0)") from None
+            module.register_forward_hook(self._hook(name))
+        self.features = list(features)
+
+    def _hook(self, name: str):
+        def hook(_module, _inputs, output):
+            self._captured[name] = output[0] if isinstance(output, tuple) else output
+        return hook
+
+    @torch.no_grad()
+    def __call__(self, x_t: torch.Tensor, t: np.ndarray, cond: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        tokens, mask = self.context.tokens(cond)
+        dev = dict(device=self.device, dtype=self.dtype)
+        out = self.unet(x_t.to(**dev), torch.from_numpy(t.astype(np.int64)).to(self.device),
+                        encoder_hidden_states=tokens.to(**dev), encoder_attention_mask=mask.to(self.device)).sample
+        self.forwards += len(t)
+        feats = {k: self._captured[k].float().cpu().numpy().astype(np.float16) for k in self.features}
+        return out.float().cpu().numpy().astype(np.float16), feats
+
+
+def entry_noise(seeds: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+    """Standard normal noise of each entry, a pure function of its seed."""
+    gen = torch.Generator()
+    return torch.stack([torch.randn(shape, generator=gen.manual_seed(int(s))) for s in seeds])
+
+
+def noised_inputs(scheduler, x0: torch.Tensor, t: np.ndarray, seeds: np.ndarray) -> torch.Tensor:
+    """x_t of each entry, regenerated from (x0, t, seed) exactly as the bank writer made it."""
+    noise = entry_noise(seeds, tuple(x0.shape[1:]))
+    return scheduler.add_noise(x0, noise, torch.from_numpy(np.asarray(t, dtype=np.int64)))

@@ -1,0 +1,219 @@
+"""Reading a bank: fingerprint-checked, region-indexed, lazily opened per process, prefetched.
+
+Entries are drawn the way RC draws them (uniformly over the bank, which follows RC's schedule); an
+optional region sampler (ARIA) re-draws the random-conditioned ones by region: region k ~ q, then an
+entry uniformly among region k's random-conditioned entries. Files are opened read-only with HDF5
+file locking off (NFS/Lustre), on first use in each process (DataLoader workers included), and
+outputs are memory-mapped straight from the contiguous dataset when the layout allows it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from aria_hpc.bank.context import X0_FILE, fingerprint_diff, load_x0, noised_inputs
+from aria_hpc.bank.plan import COLUMNS
+from aria_hpc.bank.writer import MANIFEST
+from aria_hpc.errors import UserError
+
+
+@dataclass
+class BankBatch:
+    rows: np.ndarray  # bank rows, in draw order
+    image: np.ndarray
+    cond: np.ndarray  # prompt ids, -1 = null text
+    region: np.ndarray
+    t: np.ndarray
+    seed: np.ndarray
+    paired: np.ndarray
+    output: torch.Tensor  # teacher output, float32
+    features: dict[str, torch.Tensor]
+    x_t: torch.Tensor | None = None  # regenerated noised input (None when read with noised=False)
+
+
+def read_manifest(bank_dir: Path) -> dict:
+    path = bank_dir / MANIFEST
+    if not path.is_file():
+        raise UserError(f"no bank at {bank_dir} (no {MANIFEST}): build it with `aria-hpc bank CONFIG`")
+    return json.loads(path.read_text())
+
+
+class Bank:
+    """A complete bank, opened for reading. Picklable: file handles are per process."""
+
+    def __init__(self, bank_dir: str | Path, expected_fingerprint: dict | None = None) -> None:
+        self.dir = Path(bank_dir)
+        manifest = read_manifest(self.dir)
+        self.fingerprint = manifest["fingerprint"]
+        if expected_fingerprint is not None:
+            differ = fingerprint_diff(self.fingerprint, expected_fingerprint)
+            if differ:
+                raise UserError(f"the bank in {self.dir} does not match this run (differs in {', '.join(differ)}): "
+                                "rebuild it with `aria-hpc bank CONFIG --rebuild`, or point bank.dir elsewhere")
+        if not manifest["complete"]:
+            raise UserError(f"the bank in {self.dir} lacks shards {manifest['missing'][:8]}: "
+                            "run `aria-hpc bank CONFIG` to finish it")
+        self.shards = [s["name"] for s in manifest["shards"]]
+        counts = np.array([s["entries"] for s in manifest["shards"]], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+        cols = {k: [] for k in COLUMNS}
+        feature_names: set[str] = set()
+        for name in self.shards:
+            with h5py.File(self.dir / name, "r", locking=False) as f:
+                for k in COLUMNS:
+                    cols[k].append(f[k][:])
+                self.output_shape = f["output"].shape[1:]
+                feature_names = set(f["features"].keys()) if "features" in f else set()
+        self.columns = {k: np.concatenate(v) for k, v in cols.items()}
+        self.feature_names = sorted(feature_names)
+        self.random = ~self.columns["paired"] & (self.columns["cond"] >= 0)
+        rand_rows = np.flatnonzero(self.random)
+        order = np.argsort(self.columns["region"][rand_rows], kind="stable")
+        self.region_rows = rand_rows[order]  # random-conditioned rows grouped by region
+        k = int(self.columns["region"].max()) + 1 if len(self) else 0
+        self.region_bounds = np.searchsorted(self.columns["region"][self.region_rows], np.arange(k + 1))
+        self._pid = None
+        self._files: dict[str, tuple] = {}
+        self._x0 = None
+        self._scheduler = None
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.update(_pid=None, _files={}, _x0=None, _scheduler=None)
+        return state
+
+    @property
+    def region_counts(self) -> np.ndarray:
+        """Random-conditioned entries per region."""
+        return np.diff(self.region_bounds)
+
+    @property
+    def scheduler(self):
+        if self._scheduler is None:
+            from diffusers import DDPMScheduler
+
+            self._scheduler = DDPMScheduler.from_config(json.loads(self.fingerprint["scheduler_config"]))
+        return self._scheduler
+
+    def _handles(self, shard: int):
+        """(h5py file, memmap of the outputs or None), opened once per process."""
+        if self._pid != os.getpid():
+            self._pid, self._files, self._x0 = os.getpid(), {}, None
+        name = self.shards[shard]
+        if name not in self._files:
+            f = h5py.File(self.dir / name, "r", locking=False)
+            dset = f["output"]
+            offset = dset.id.get_offset()
+            mm = None
+            if offset is not None and dset.chunks is None and dset.compression is None:
+                mm = np.memmap(self.dir / name, dtype=np.float16, mode="r", offset=offset, shape=dset.shape)
+            self._files[name] = (f, mm)
+        return self._files[name]
+
+    def x0(self) -> np.ndarray:
+        if self._pid != os.getpid() or self._x0 is None:
+            self._handles(0)  # resets per-process state after a fork
+            self._x0 = load_x0(self.dir) if (self.dir / X0_FILE).is_file() else None
+            if self._x0 is None:
+                raise UserError(f"{self.dir / X0_FILE} is missing: rebuild the bank (aria-hpc bank CONFIG --rebuild)")
+        return self._x0
+
+    def draw(self, n: int, rng: np.random.Generator, region_sampler: Callable[[int], np.ndarray] | None = None
+             ) -> np.ndarray:
+        """Rows of a batch: uniform over the bank (RC's schedule); with a region sampler, the
+        random-conditioned rows are re-drawn as region k = region_sampler(m), then uniformly inside k."""
+        rows = rng.integers(0, len(self), n)
+        if region_sampler is not None:
+            redraw = np.flatnonzero(self.random[rows])
+            if len(redraw):
+                regions = np.asarray(region_sampler(len(redraw)), dtype=np.int64)
+                lo, hi = self.region_bounds[regions], self.region_bounds[regions + 1]
+                if np.any(hi <= lo):
+                    raise UserError(f"region {int(regions[np.argmax(hi <= lo)])} has no entries in the bank: "
+                                    "rebuild it with bank.min_per_region >= 1")
+                rows[redraw] = self.region_rows[lo + (rng.random(len(redraw)) * (hi - lo)).astype(np.int64)]
+        return rows
+
+    def read_outputs(self, rows: np.ndarray, dataset: str = "output") -> np.ndarray:
+        """float16 rows of a per-entry dataset, in the order given (reads are sorted per shard)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        shard_of = np.searchsorted(self.offsets, rows, side="right") - 1
+        out = None
+        for s in np.unique(shard_of):
+            sel = np.flatnonzero(shard_of == s)
+            local = rows[sel] - self.offsets[s]
+            f, mm = self._handles(int(s))
+            if dataset == "output" and mm is not None:
+                got = mm[local]
+            else:
+                unique, inverse = np.unique(local, return_inverse=True)
+                got = f[dataset][unique][inverse]
+            if out is None:
+                out = np.empty((len(rows), *got.shape[1:]), np.float16)
+            out[sel] = got
+        return out
+
+    def read(self, rows: np.ndarray, *, noised: bool = True) -> BankBatch:
+        rows = np.asarray(rows, dtype=np.int64)
+        c = {k: v[rows] for k, v in self.columns.items()}
+        output = torch.from_numpy(self.read_outputs(rows).astype(np.float32))
+        features = {k: torch.from_numpy(self.read_outputs(rows, f"features/{k}").astype(np.float32))
+                    for k in self.feature_names}
+        x_t = None
+        if noised:
+            x0 = torch.from_numpy(self.x0()[c["image"]])
+            x_t = noised_inputs(self.scheduler, x0, c["t"], c["seed"])
+        return BankBatch(rows, c["image"], c["cond"], c["region"], c["t"], c["seed"], c["paired"], output,
+                         features, x_t)
+
+
+class Prefetcher:
+    """Runs `make()` in a background thread, keeping up to `depth` results ready."""
+
+    def __init__(self, make: Callable[[], object], depth: int = 2) -> None:
+        self.make = make
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="bank-prefetch")
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                item = (True, self.make())
+            except BaseException as exc:  # surfaced in the consumer
+                item = (False, exc)
+            while not self.stopped.is_set():
+                try:
+                    self.queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if not item[0]:
+                return
+
+    def __next__(self):
+        ok, value = self.queue.get()
+        if not ok:
+            raise value
+        return value
+
+    def __iter__(self):
+        return self
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)

@@ -1,0 +1,250 @@
+"""Building a bank: one writer per shard, each shard written aside, verified, fsynced and renamed.
+
+    BANK_DIR/manifest.json        fingerprint + the complete shards with their digests (atomic replace)
+    BANK_DIR/x0.h5                the paired set x0 (pixels or latents) noised inputs are made from
+    BANK_DIR/shard-00003.h5       shard 3 of the planned entries
+    BANK_DIR/shard-live-*.h5      entries a live teacher computed during training (write-back)
+
+A shard is written as ``shard-00003.h5.tmp-<pid>``; a killed writer leaves only such a file, which
+no reader opens and the next build of that shard deletes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from aria_hpc.bank.context import BankContext, TeacherRunner, fingerprint_diff, noised_inputs
+from aria_hpc.bank.plan import COLUMNS, plan_bank, shard_plan
+from aria_hpc.errors import UserError
+from aria_hpc.fsio import atomic_write_text, fsync_path
+
+MANIFEST = "manifest.json"
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.h5"
+
+
+def shard_digest(f: h5py.File) -> str:
+    """sha256 over every dataset of a shard file (columns, outputs, features), in name order."""
+    h = hashlib.sha256()
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            h.update(name.encode())
+            for start in range(0, obj.shape[0], 4096):
+                h.update(np.ascontiguousarray(obj[start:start + 4096]).data)
+    f.visititems(visit)
+    return h.hexdigest()
+
+
+def write_shard(path: Path, fingerprint: dict, attrs: dict, cols: dict[str, np.ndarray],
+                batches, output_shape: tuple[int, ...], feature_shapes: dict[str, tuple[int, ...]]) -> str:
+    """Write a shard aside, verify it, fsync and rename it to `path`; its digest.
+
+    `batches` yields (start, stop, output float16, {feature: float16}) covering the rows in order.
+    The outputs are one contiguous (unchunked) float16 dataset, so readers can memory-map it.
+    """
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    n = len(cols["entry"])
+    with h5py.File(tmp, "w") as f:
+        for key in COLUMNS:
+            f.create_dataset(key, data=cols[key])
+        out = f.create_dataset("output", (n, *output_shape), dtype=np.float16)
+        feats = {k: f.create_dataset(f"features/{k}", (n, *s), dtype=np.float16) for k, s in feature_shapes.items()}
+        written = 0
+        for start, stop, output, features in batches:
+            out[start:stop] = output
+            for k, v in features.items():
+                feats[k][start:stop] = v
+            written = stop
+            f.flush()
+        if written != n:
+            raise RuntimeError(f"shard writer produced {written} of {n} rows")
+        digest = shard_digest(f)
+        f.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
+        f.attrs["entries"] = n
+        f.attrs["digest"] = digest
+        for k, v in attrs.items():
+            f.attrs[k] = v
+    with h5py.File(tmp, "r", locking=False) as f:  # verify what reached the file
+        if shard_digest(f) != digest:
+            raise RuntimeError(f"{tmp}: digest changed on re-read; the file system lost data")
+    fsync_path(tmp)
+    os.replace(tmp, path)
+    fsync_path(path.parent)
+    return digest
+
+
+def read_shard_meta(path: Path) -> dict:
+    with h5py.File(path, "r", locking=False) as f:
+        return {"name": path.name, "entries": int(f.attrs["entries"]), "digest": str(f.attrs["digest"]),
+                "kind": str(f.attrs["kind"]), "fingerprint": json.loads(f.attrs["fingerprint"])}
+
+
+def check_fingerprint(where: str, have: dict, want: dict) -> None:
+    differ = fingerprint_diff(have, want)
+    if differ:
+        raise UserError(f"{where} was built with a different fingerprint (differs in {', '.join(differ)}): "
+                        "pass --rebuild to replace it, or point bank.dir at another directory")
+
+
+@contextmanager
+def manifest_lock(bank_dir: Path):
+    with open(bank_dir / ".manifest.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def update_manifest(bank_dir: Path, fingerprint: dict) -> dict:
+    """List every complete shard (planned and live) in manifest.json, replaced atomically."""
+    planned = fingerprint["sampling"]["shards"]
+    with manifest_lock(bank_dir):
+        shards = []
+        for path in sorted(bank_dir.glob("shard-*.h5")):
+            meta = read_shard_meta(path)
+            check_fingerprint(str(path), meta.pop("fingerprint"), fingerprint)
+            shards.append(meta)
+        have = {s["name"] for s in shards}
+        missing = [i for i in range(planned) if shard_name(i) not in have]
+        manifest = {"schema_version": fingerprint["schema_version"], "fingerprint": fingerprint,
+                    "planned_shards": planned, "complete": not missing, "missing": missing,
+                    "entries": sum(s["entries"] for s in shards), "shards": shards}
+        atomic_write_text(bank_dir / MANIFEST, json.dumps(manifest, indent=1))
+    return manifest
+
+
+def existing_fingerprint(bank_dir: Path) -> tuple[str, dict] | None:
+    """The fingerprint of what is already in bank_dir (manifest, else any complete shard)."""
+    if (bank_dir / MANIFEST).is_file():
+        return str(bank_dir / MANIFEST), json.loads((bank_dir / MANIFEST).read_text())["fingerprint"]
+    for path in sorted(bank_dir.glob("shard-*.h5")):
+        return str(path), read_shard_meta(path)["fingerprint"]
+    return None
+
+
+def prepare_bank_dir(bank_dir: Path, fingerprint: dict, rebuild: bool) -> None:
+    """Refuse a bank built differently (or wipe it with rebuild); never reuse it silently."""
+    found = existing_fingerprint(bank_dir) if bank_dir.is_dir() else None
+    if found is None:
+        return
+    where, have = found
+    if not fingerprint_diff(have, fingerprint):
+        return
+    if not rebuild:
+        check_fingerprint(where, have, fingerprint)
+    for path in list(bank_dir.glob("shard-*.h5*")) + [bank_dir / MANIFEST]:
+        path.unlink(missing_ok=True)
+
+
+def shard_is_complete(bank_dir: Path, index: int, fingerprint: dict) -> bool:
+    path = bank_dir / shard_name(index)
+    if not path.is_file():
+        return False
+    check_fingerprint(str(path), read_shard_meta(path)["fingerprint"], fingerprint)
+    return True
+
+
+def build_shard(ctx: BankContext, index: int, log: Callable[[str], None] = print) -> int:
+    """Compute and write planned shard `index`; the number of teacher forwards (entries) it took."""
+    b = ctx.cfg.bank
+    bank_dir = Path(b.dir)
+    for stale in bank_dir.glob(f"{shard_name(index)}.tmp-*"):  # left by a killed writer
+        stale.unlink()
+    plan = plan_bank(ctx.conditioning, entries=b.entries, min_per_region=b.min_per_region, seed=ctx.cfg.seed)
+    cols = shard_plan(plan, index, b.shards)
+    runner = TeacherRunner(ctx, b.features)
+    x0 = torch.from_numpy(ctx.x0)
+    scheduler = ctx.teacher.scheduler
+    n = len(cols["entry"])
+    shapes = {}
+
+    def batches():
+        for start in range(0, n, b.batch_size):
+            sl = slice(start, min(n, start + b.batch_size))
+            x_t = noised_inputs(scheduler, x0[cols["image"][sl]], cols["t"][sl], cols["seed"][sl])
+            output, feats = runner(x_t, cols["t"][sl], cols["cond"][sl])
+            yield sl.start, sl.stop, output, feats
+            log(f"shard {index}: {sl.stop}/{n} entries")
+
+    # Feature shapes are known only after a forward: probe the first batch, then stream the rest.
+    gen = batches()
+    first = next(gen)
+    shapes = {k: v.shape[1:] for k, v in first[3].items()}
+
+    def all_batches():
+        yield first
+        yield from gen
+
+    write_shard(bank_dir / shard_name(index), ctx.fingerprint, {"kind": "planned", "index": index},
+                cols, all_batches(), tuple(ctx.x0.shape[1:]), shapes)
+    return runner.forwards
+
+
+def _build_shard_job(cfg, index: int) -> int:
+    """One job-array task (submitit pickles this): load the context, build one shard."""
+    from aria_hpc.bank.context import load_context
+
+    return build_shard(load_context(cfg), index)
+
+
+def submit_shards(cfg, indices: list[int], executor: str, log: Callable[[str], None]) -> int:
+    """One submitit array task per shard; waits for them; total teacher forwards."""
+    import submitit
+
+    lc = cfg.launch
+    ex = submitit.AutoExecutor(folder=Path(lc.folder) / "bank", cluster=executor)
+    params = dict(timeout_min=lc.timeout_min, cpus_per_task=lc.cpus_per_task, name="aria-bank")
+    if executor == "slurm":
+        params.update(slurm_array_parallelism=lc.array_parallelism, mem_gb=lc.mem_gb,
+                      gpus_per_node=lc.gpus_per_node, slurm_partition=lc.partition)
+    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    jobs = ex.map_array(_build_shard_job, [cfg] * len(indices), indices)
+    log(f"submitted {len(jobs)} {executor} array tasks ({', '.join(j.job_id for j in jobs[:4])}"
+        f"{', ...' if len(jobs) > 4 else ''}); logs in {ex.folder}")
+    forwards = 0
+    for index, job in zip(indices, jobs):
+        try:
+            forwards += job.result()
+        except Exception as exc:  # submitit re-raises the task's failure with its log
+            raise UserError(f"bank shard {index} failed in job {job.job_id}: {str(exc).splitlines()[-1]} "
+                            f"(log: {job.paths.stderr})") from None
+    return forwards
+
+
+def build_bank(cfg, *, shards: list[int] | None = None, rebuild: bool = False, executor: str | None = None,
+               log: Callable[[str], None] = print) -> dict:
+    """Build the missing shards of cfg.bank (all, or the given ones), then update the manifest."""
+    from aria_hpc.bank.context import load_context
+
+    bank_dir = Path(cfg.bank.dir or "")
+    if rebuild and cfg.bank.dir and bank_dir.is_dir() and shards is None:
+        shutil.rmtree(bank_dir)
+    ctx = load_context(cfg)
+    prepare_bank_dir(bank_dir, ctx.fingerprint, rebuild)
+    indices = list(range(cfg.bank.shards)) if shards is None else shards
+    bad = [i for i in indices if not 0 <= i < cfg.bank.shards]
+    if bad:
+        raise UserError(f"--shard {bad[0]}: bank.shards is {cfg.bank.shards}, so a shard index is 0..{cfg.bank.shards - 1}")
+    todo = [i for i in indices if not shard_is_complete(bank_dir, i, ctx.fingerprint)]
+    log(f"bank {bank_dir}: {len(indices) - len(todo)} of {len(indices)} shards complete, building {len(todo)}")
+    if executor and todo:
+        forwards = submit_shards(cfg, todo, executor, log)
+    else:
+        forwards = sum(build_shard(ctx, i, log) for i in todo)
+    manifest = update_manifest(bank_dir, ctx.fingerprint)
+    return {"teacher_forwards": forwards, "built": todo, "manifest": manifest}
