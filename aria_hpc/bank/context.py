@@ -72,7 +72,7 @@ def encode_latents(vae_dir: str, images: np.ndarray, batch_size: int) -> np.ndar
     """VAE posterior means times the VAE's scaling factor (deterministic), float32."""
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    vae = AutoencoderKL.from_pretrained(vae_dir, low_cpu_mem_usage=False).eval()
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
@@ -192,7 +192,9 @@ class TeacherRunner:
         self.context = context
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.unet = context.teacher.unet.to(self.device, self.dtype)
+        self.unet = context.teacher.unet
+        if self.device.type == "cuda":
+            self.unet = self.unet.to(self.device, self.dtype)
         self.forwards = 0  # entries the teacher has computed
         self._captured: dict[str, torch.Tensor] = {}
         for name in features:

@@ -72,6 +72,6 @@ def load_teacher(path: str | Path | None = None) -> Teacher:
     if missing:
         raise UserError(f"teacher directory {path} lacks {', '.join(missing)}: pass a directory written by "
                         "`aria-hpc teacher` (teacher.dir=...), or leave teacher.dir unset for the shipped one")
-    unet = UNet2DConditionModel.from_pretrained(path / "unet").eval().requires_grad_(False)
+    unet = UNet2DConditionModel.from_pretrained(path / "unet", low_cpu_mem_usage=False).eval().requires_grad_(False)
     scheduler = DDPMScheduler.from_pretrained(path / "scheduler")
     return Teacher(unet, scheduler, json.loads((path / META_FILE).read_text()), path)
