@@ -175,8 +175,22 @@ def cmd_bank(args: argparse.Namespace) -> int:
     if not cfg.bank.dir:
         raise UserError("bank.dir is not set: give the directory the bank lives in (bank.dir=runs/bank)")
     save_resolved(cfg, Path(cfg.bank.dir) / "runs" / f"bank-{'all' if args.shard is None else args.shard}")
+    from tqdm import tqdm
+
+    bars: dict[int, tqdm] = {}
+
+    def progress(index: int, done: int, total: int) -> None:
+        if args.quiet:
+            print(f"shard {index}: {done}/{total} entries", flush=True)
+            return
+        bar = bars.setdefault(index, tqdm(total=total, desc=f"shard {index}", unit="entry"))
+        bar.n = done
+        bar.refresh()
+        if done == total:
+            bar.close()
+
     result = build_bank(cfg, shards=None if args.shard is None else [args.shard], rebuild=args.rebuild,
-                        executor=args.executor, log=lambda msg: print(msg, flush=True))
+                        executor=args.executor, log=lambda msg: print(msg, flush=True), progress=progress)
     m = result["manifest"]
     state = "complete" if m["complete"] else f"incomplete (missing shards {m['missing'][:8]})"
     print(f"teacher forwards: {result['teacher_forwards']}")
@@ -208,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=("local", "slurm", "debug"),
                    help="submit one submitit array task per missing shard instead of building in-process")
     p.add_argument("--rebuild", action="store_true", help="replace a bank built with another fingerprint")
+    p.add_argument("--quiet", action="store_true", help="progress as plain lines instead of bars")
     p.set_defaults(func=cmd_bank)
     p = sub.add_parser("teacher", help="train the shapes-world teacher and judge, and measure the teacher")
     _add_config_args(p)

@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "gather.hpp"
 #include "region_table.hpp"
 #ifdef ARIA_WITH_CUDA
 #include "cuda/region_stats.hpp"
@@ -63,6 +64,37 @@ PYBIND11_MODULE(_C, m) {
       py::arg("ids"), py::arg("values"), py::arg("values_float64"), py::arg("n"), py::arg("k"), py::arg("out"),
       py::arg("error"), py::arg("stream"));
 #endif
+
+  m.def(
+      "gather_rows",
+      [](py::buffer src, py::array_t<int64_t, py::array::c_style | py::array::forcecast> idx, py::buffer dst) {
+        py::buffer_info s = src.request(), d = dst.request(true);
+        if (s.ndim < 1 || d.ndim < 1 || s.itemsize != d.itemsize) throw std::invalid_argument("gather_rows: src and dst must be arrays of one item type");
+        auto row_bytes = [](const py::buffer_info& b) {
+          int64_t bytes = b.itemsize;
+          for (py::ssize_t k = b.ndim - 1; k >= 0; --k) {
+            if (b.strides[k] != bytes) throw std::invalid_argument("gather_rows: src and dst must be C-contiguous");
+            if (k > 0) bytes *= b.shape[k];
+          }
+          return bytes;
+        };
+        const int64_t rb = row_bytes(s);
+        if (row_bytes(d) != rb) throw std::invalid_argument("gather_rows: src and dst rows differ in size");
+        const int64_t n = idx.size();
+        if (d.shape[0] != n) throw std::invalid_argument("gather_rows: dst must have one row per index");
+        const auto* src_ptr = static_cast<const std::uint8_t*>(s.ptr);
+        auto* dst_ptr = static_cast<std::uint8_t*>(d.ptr);
+        const int64_t* ip = idx.data();
+        const int64_t rows = s.shape[0];
+        int64_t bad;
+        {
+          py::gil_scoped_release release;
+          bad = aria::gather_rows(src_ptr, rows, rb, ip, n, dst_ptr);
+        }
+        if (bad >= 0) throw std::out_of_range("gather_rows: index " + std::to_string(ip[bad]) + " out of range");
+      },
+      py::arg("src"), py::arg("idx"), py::arg("dst"),
+      "dst[i] = src[idx[i]] for C-contiguous row arrays (one memcpy per row, GIL released).");
 
   m.def(
       "counter_uniform",

@@ -10,6 +10,7 @@ outputs are memory-mapped straight from the contiguous dataset when the layout a
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import queue
 import threading
@@ -21,6 +22,7 @@ import h5py
 import numpy as np
 import torch
 
+from aria_hpc import _C
 from aria_hpc.bank.context import X0_FILE, fingerprint_diff, load_x0, noised_inputs
 from aria_hpc.bank.plan import COLUMNS
 from aria_hpc.bank.writer import MANIFEST
@@ -29,14 +31,14 @@ from aria_hpc.errors import UserError
 
 @dataclass
 class BankBatch:
-    rows: np.ndarray  # bank rows, in draw order
+    rows: np.ndarray  # bank rows, ascending (-1 for live entries)
     image: np.ndarray
     cond: np.ndarray  # prompt ids, -1 = null text
     region: np.ndarray
     t: np.ndarray
     seed: np.ndarray
     paired: np.ndarray
-    output: torch.Tensor  # teacher output, float32
+    output: torch.Tensor  # teacher output, float16
     features: dict[str, torch.Tensor]
     x_t: torch.Tensor | None = None  # regenerated noised input (None when read with noised=False)
 
@@ -109,7 +111,7 @@ class Bank:
         return self._scheduler
 
     def _handles(self, shard: int):
-        """(h5py file, memmap of the outputs or None), opened once per process."""
+        """(h5py file, plain ndarray view of the mapped outputs or None), opened once per process."""
         if self._pid != os.getpid():
             self._pid, self._files, self._x0 = os.getpid(), {}, None
         name = self.shards[shard]
@@ -117,10 +119,12 @@ class Bank:
             f = h5py.File(self.dir / name, "r", locking=False)
             dset = f["output"]
             offset = dset.id.get_offset()
-            mm = None
-            if offset is not None and dset.chunks is None and dset.compression is None:
-                mm = np.memmap(self.dir / name, dtype=np.float16, mode="r", offset=offset, shape=dset.shape)
-            self._files[name] = (f, mm)
+            view = None
+            if offset is not None and dset.chunks is None and dset.compression is None and dset.shape[0]:
+                with open(self.dir / name, "rb") as raw:
+                    mapped = mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ)
+                view = np.ndarray(dset.shape, np.float16, buffer=mapped, offset=offset)
+            self._files[name] = (f, view)
         return self._files[name]
 
     def x0(self) -> np.ndarray:
@@ -148,30 +152,35 @@ class Bank:
         return rows
 
     def read_outputs(self, rows: np.ndarray, dataset: str = "output") -> np.ndarray:
-        """float16 rows of a per-entry dataset, in the order given (reads are sorted per shard)."""
+        """float16 rows of a per-entry dataset; `rows` sorted ascending. One gather per shard (C++,
+        GIL released) straight from the memory-mapped outputs into the result; h5py reads for
+        features and for chunked or compressed files."""
         rows = np.asarray(rows, dtype=np.int64)
-        shard_of = np.searchsorted(self.offsets, rows, side="right") - 1
+        cuts = np.searchsorted(rows, self.offsets)
         out = None
-        for s in np.unique(shard_of):
-            sel = np.flatnonzero(shard_of == s)
-            local = rows[sel] - self.offsets[s]
-            f, mm = self._handles(int(s))
-            if dataset == "output" and mm is not None:
-                got = mm[local]
-            else:
-                unique, inverse = np.unique(local, return_inverse=True)
-                got = f[dataset][unique][inverse]
+        for s in range(len(self.shards)):
+            a, b = cuts[s], cuts[s + 1]
+            if a == b:
+                continue
+            local = rows[a:b] - self.offsets[s]
+            f, view = self._handles(s)
             if out is None:
-                out = np.empty((len(rows), *got.shape[1:]), np.float16)
-            out[sel] = got
+                shape = self.output_shape if dataset == "output" else f[dataset].shape[1:]
+                out = np.empty((len(rows), *shape), np.float16)
+            if dataset == "output" and view is not None:
+                _C.gather_rows(view, local, out[a:b])  # one copy, straight into the batch
+            else:
+                unique, inverse = np.unique(local, return_inverse=True)  # h5py wants increasing indices
+                out[a:b] = f[dataset][unique][inverse]
         return out
 
     def read(self, rows: np.ndarray, *, noised: bool = True) -> BankBatch:
-        rows = np.asarray(rows, dtype=np.int64)
+        """The entries of `rows`, returned in ascending row order (batch.rows says which is which).
+        Outputs and features stay float16 (convert on the device); x_t is float32."""
+        rows = np.sort(np.asarray(rows, dtype=np.int64))
         c = {k: v[rows] for k, v in self.columns.items()}
-        output = torch.from_numpy(self.read_outputs(rows).astype(np.float32))
-        features = {k: torch.from_numpy(self.read_outputs(rows, f"features/{k}").astype(np.float32))
-                    for k in self.feature_names}
+        output = torch.from_numpy(self.read_outputs(rows))
+        features = {k: torch.from_numpy(self.read_outputs(rows, f"features/{k}")) for k in self.feature_names}
         x_t = None
         if noised:
             x0 = torch.from_numpy(self.x0()[c["image"]])

@@ -76,8 +76,8 @@ class LiveTeacher:
         x_t = noised_inputs(self.ctx.teacher.scheduler, self.x0[cols["image"]], cols["t"], cols["seed"])
         output, feats = self.runner(x_t, cols["t"], cols["cond"])
         batch = BankBatch(np.full(n, -1), cols["image"], cols["cond"], cols["region"], cols["t"], cols["seed"],
-                          cols["paired"], torch.from_numpy(output.astype(np.float32)),
-                          {k: torch.from_numpy(v.astype(np.float32)) for k, v in feats.items()}, x_t)
+                          cols["paired"], torch.from_numpy(output),
+                          {k: torch.from_numpy(v) for k, v in feats.items()}, x_t)
         if self.writeback_every:
             self._pending.append(batch)
             if sum(len(b.t) for b in self._pending) >= self.writeback_every:

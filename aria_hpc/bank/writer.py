@@ -159,7 +159,7 @@ def shard_is_complete(bank_dir: Path, index: int, fingerprint: dict) -> bool:
     return True
 
 
-def build_shard(ctx: BankContext, index: int, log: Callable[[str], None] = print) -> int:
+def build_shard(ctx: BankContext, index: int, progress: Callable[[int, int, int], None] | None = None) -> int:
     """Compute and write planned shard `index`; the number of teacher forwards (entries) it took."""
     b = ctx.cfg.bank
     bank_dir = Path(b.dir)
@@ -179,7 +179,8 @@ def build_shard(ctx: BankContext, index: int, log: Callable[[str], None] = print
             x_t = noised_inputs(scheduler, x0[cols["image"][sl]], cols["t"][sl], cols["seed"][sl])
             output, feats = runner(x_t, cols["t"][sl], cols["cond"][sl])
             yield sl.start, sl.stop, output, feats
-            log(f"shard {index}: {sl.stop}/{n} entries")
+            if progress:
+                progress(index, sl.stop, n)
 
     # Feature shapes are known only after a forward: probe the first batch, then stream the rest.
     gen = batches()
@@ -227,7 +228,7 @@ def submit_shards(cfg, indices: list[int], executor: str, log: Callable[[str], N
 
 
 def build_bank(cfg, *, shards: list[int] | None = None, rebuild: bool = False, executor: str | None = None,
-               log: Callable[[str], None] = print) -> dict:
+               log: Callable[[str], None] = print, progress: Callable[[int, int, int], None] | None = None) -> dict:
     """Build the missing shards of cfg.bank (all, or the given ones), then update the manifest."""
     from aria_hpc.bank.context import load_context
 
@@ -245,6 +246,6 @@ def build_bank(cfg, *, shards: list[int] | None = None, rebuild: bool = False, e
     if executor and todo:
         forwards = submit_shards(cfg, todo, executor, log)
     else:
-        forwards = sum(build_shard(ctx, i, log) for i in todo)
+        forwards = sum(build_shard(ctx, i, progress) for i in todo)
     manifest = update_manifest(bank_dir, ctx.fingerprint)
     return {"teacher_forwards": forwards, "built": todo, "manifest": manifest}
