@@ -309,3 +309,45 @@ def test_bank_bad_input(tiny_world, tmp_path, aria_cli):
     assert not list((tmp_path / "b").glob("shard-*"))
     with pytest.raises(UserError, match="no bank at"):
         Bank(tmp_path / "nowhere")
+
+
+def slurm_up() -> bool:
+    import shutil
+
+    if not shutil.which("sinfo"):
+        return False
+    res = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    return res.returncode == 0 and ("idle" in res.stdout or "mix" in res.stdout)
+
+
+needs_slurm = pytest.mark.skipif(not slurm_up(), reason="no SLURM cluster answering (scripts/slurm_local.sh start)")
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_bank_job_array_on_slurm(tiny_world, tmp_path):
+    """sbatch --array of slurm/bank_array.sbatch builds two shards; --executor slurm builds the last
+    through submitit; the result equals nothing less than a complete bank, and a rerun does no work."""
+    import os
+
+    path, _ = tiny_world
+    env = cli_env()
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+    d = f"bank.dir={tmp_path / 'bank'}"
+    sub = subprocess.run(["sbatch", "--parsable", "--wait", "--array=0-1", f"--chdir={ROOT}",
+                          f"--output={tmp_path}/slurm-%A_%a.out", "--cpus-per-task=1", "--mem=2G",
+                          str(ROOT / "slurm" / "bank_array.sbatch"), str(path), d],
+                         env=env, capture_output=True, text=True, timeout=600)
+    logs = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+    assert sub.returncode == 0, sub.stderr + logs[-3000:]
+    partial = json.loads((tmp_path / "bank" / "manifest.json").read_text())
+    assert partial["missing"] == [2]
+    res = subprocess.run([sys.executable, "-m", "aria_hpc.cli", "bank", str(path), d, "--executor", "slurm",
+                          "launch.partition=debug", f"launch.folder={tmp_path / 'submitit'}", "launch.mem_gb=2"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "submitted 1 slurm array tasks" in res.stdout
+    assert json.loads((tmp_path / "bank" / "manifest.json").read_text())["complete"]
+    again = subprocess.run([sys.executable, "-m", "aria_hpc.cli", "bank", str(path), d, "--executor", "slurm"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "teacher forwards: 0" in again.stdout and "submitted" not in again.stdout
