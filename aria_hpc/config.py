@@ -68,7 +68,7 @@ class BankConfig:
     features: list[str] = field(default_factory=list)  # teacher block outputs to store, e.g. mid_block
     pairs: str | None = None  # HDF5 with images (n,C,H,W) and prompt_ids (n,); None = the shapes world's
     vae_dir: str | None = None  # AutoencoderKL dir: latent mode (paired images encoded once)
-    prefetch: int = 2  # batches the reader prepares ahead in a background thread
+    prefetch: int = 2  # batches the trainer keeps in flight (BankSource.prefetch reads in a background thread)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from aria_hpc.bank import Bank, BankSource, LiveTeacher, Prefetcher, build_bank
+from aria_hpc.bank import Bank, BankSource, LiveTeacher, build_bank
 from aria_hpc.bank.context import load_context, noised_inputs
 from aria_hpc.bank.plan import Conditioning, plan_bank, shard_plan
 from aria_hpc.config import load_config
@@ -107,12 +107,11 @@ def test_region_sampler_steers_random_entries(tiny_world, tmp_path):
     assert random.any() and np.all(batch.region[random] == 3) and source.bank_hits == 256
     plain = bank.draw(4000, np.random.default_rng(0))
     assert abs(bank.random[plain].mean() - bank.random.mean()) < 0.03  # RC: uniform over the bank
-    prefetch = Prefetcher(lambda: source.draw(32, np.random.default_rng(1)), depth=2)
-    try:
-        first, second = next(prefetch), next(prefetch)
-        assert torch.equal(first.output, second.output)  # same seed each call: the same rows
-    finally:
-        prefetch.close()
+    ahead = [source.prefetch(32, np.random.default_rng(1)) for _ in range(3)]  # reads run in the background
+    first, *rest = [f.result() for f in ahead]
+    assert all(np.array_equal(first.rows, b.rows) and torch.equal(first.x_t, b.x_t) for b in rest)
+    assert np.array_equal(first.rows, np.sort(bank.draw(32, np.random.default_rng(1))))
+    source.close()
 
 
 def _read_in_child(bank_dir, rows_path, out_path):

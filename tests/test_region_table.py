@@ -193,3 +193,18 @@ def test_eight_threads_record_one_table(k, request):
     np.testing.assert_array_equal(table.accumulators[2], np.bincount(ids, minlength=k))
     np.testing.assert_allclose(table.accumulators[0], np.bincount(ids, values, minlength=k), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(table.accumulators[1], np.bincount(ids, values**2, minlength=k), rtol=1e-9)
+
+
+def test_gather_rows_copies_rows_and_rejects_bad_input():
+    from aria_hpc.regions.table import gather_rows
+
+    src = np.arange(5 * 2 * 3, dtype=np.float16).reshape(5, 2, 3)
+    out = np.empty((4, 2, 3), np.float16)
+    gather_rows(src, np.array([4, 0, 0, 2]), out)
+    assert np.array_equal(out, src[[4, 0, 0, 2]])
+    with pytest.raises(IndexError, match="index 5 out of range"):
+        gather_rows(src, np.array([1, 5, 0, 0]), out)
+    with pytest.raises(ValueError, match="one row per index"):
+        gather_rows(src, np.array([1]), out)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        gather_rows(src[:, :, ::2], np.array([0, 1, 2, 3]), np.empty((4, 2, 2), np.float16))

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import mmap
 import os
-import queue
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +20,11 @@ import h5py
 import numpy as np
 import torch
 
-from aria_hpc import _C
 from aria_hpc.bank.context import X0_FILE, fingerprint_diff, load_x0, noised_inputs
 from aria_hpc.bank.plan import COLUMNS
 from aria_hpc.bank.writer import MANIFEST
 from aria_hpc.errors import UserError
+from aria_hpc.regions.table import gather_rows
 
 
 @dataclass
@@ -168,7 +166,7 @@ class Bank:
                 shape = self.output_shape if dataset == "output" else f[dataset].shape[1:]
                 out = np.empty((len(rows), *shape), np.float16)
             if dataset == "output" and view is not None:
-                _C.gather_rows(view, local, out[a:b])  # one copy, straight into the batch
+                gather_rows(view, local, out[a:b])  # one copy, straight into the batch
             else:
                 unique, inverse = np.unique(local, return_inverse=True)  # h5py wants increasing indices
                 out[a:b] = f[dataset][unique][inverse]
@@ -187,42 +185,3 @@ class Bank:
             x_t = noised_inputs(self.scheduler, x0, c["t"], c["seed"])
         return BankBatch(rows, c["image"], c["cond"], c["region"], c["t"], c["seed"], c["paired"], output,
                          features, x_t)
-
-
-class Prefetcher:
-    """Runs `make()` in a background thread, keeping up to `depth` results ready."""
-
-    def __init__(self, make: Callable[[], object], depth: int = 2) -> None:
-        self.make = make
-        self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="bank-prefetch")
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                item = (True, self.make())
-            except BaseException as exc:  # surfaced in the consumer
-                item = (False, exc)
-            while not self.stopped.is_set():
-                try:
-                    self.queue.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if not item[0]:
-                return
-
-    def __next__(self):
-        ok, value = self.queue.get()
-        if not ok:
-            raise value
-        return value
-
-    def __iter__(self):
-        return self
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.thread.join(timeout=5)

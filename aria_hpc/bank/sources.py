@@ -8,6 +8,7 @@ later runs reuse them. Both count teacher forwards and bank hits for the metrics
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -32,15 +33,27 @@ class TeacherSource(Protocol):
 
 
 class BankSource:
+    """Cached outputs. `prefetch` draws a batch's rows now (in the caller's thread, so the region
+    sampler sees the current allocation) and reads them in a background thread: the C++ gather and
+    the noise regeneration release the GIL, so the read overlaps the training step."""
+
     def __init__(self, bank: Bank) -> None:
         self.bank = bank
         self.teacher_forwards = 0
         self.bank_hits = 0
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bank-read")
 
     def draw(self, n: int, rng: np.random.Generator, region_sampler: RegionSampler | None = None) -> BankBatch:
-        batch = self.bank.read(self.bank.draw(n, rng, region_sampler))
+        return self.prefetch(n, rng, region_sampler).result()
+
+    def prefetch(self, n: int, rng: np.random.Generator, region_sampler: RegionSampler | None = None
+                 ) -> Future[BankBatch]:
+        rows = self.bank.draw(n, rng, region_sampler)
         self.bank_hits += n
-        return batch
+        return self._reader.submit(self.bank.read, rows)
+
+    def close(self) -> None:
+        self._reader.shutdown(wait=True)
 
 
 class LiveTeacher:

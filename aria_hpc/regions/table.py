@@ -113,6 +113,12 @@ class RegionTable:
         self.accumulators[...] = np.asarray(state["accumulators"], dtype=np.float64)
 
 
+def gather_rows(src: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
+    """out[i] = src[rows[i]] for C-contiguous row arrays of one dtype: one memcpy per row, GIL
+    released (the bank reader's gather from memory-mapped shards straight into a batch)."""
+    _C.gather_rows(src, np.ascontiguousarray(rows, dtype=np.int64), out)
+
+
 def cuda_compiled() -> bool:
     """Whether aria_hpc._C was built with the CUDA accumulation kernel (ARIA_CUDA=AUTO/ON + nvcc)."""
     return bool(getattr(_C, "cuda_compiled", False))
