@@ -198,6 +198,12 @@ def cmd_bank(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from aria_hpc.train import main as train_main
+
+    return train_main([args.config, *args.overrides, *(["--dry-run"] if args.dry_run else [])])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aria-hpc",
@@ -224,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true", help="replace a bank built with another fingerprint")
     p.add_argument("--quiet", action="store_true", help="progress as plain lines instead of bars")
     p.set_defaults(func=cmd_bank)
+    p = sub.add_parser("train", help="distil a student (RC / ARIA / paired) on DeepSpeed; resumes by default")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train)
     p = sub.add_parser("teacher", help="train the shapes-world teacher and judge, and measure the teacher")
     _add_config_args(p)
     p.set_defaults(func=cmd_teacher)

@@ -29,12 +29,37 @@ class RunConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000
+    steps: int = 1000  # optimizer steps
     policy: Policy = "aria"  # paired: true captions only; rc: uniform pool prompts; aria: adaptive
     micro_batch_per_gpu: int = 64
     grad_accum: int = 1
     lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # linear learning-rate warm-up
+    grad_clip: float = 1.0
+    zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
+    ema_decay: float = 0.999  # student EMA (per rank; its own shard under ZeRO-3)
     log_every: int = 10
+    region_log_every: int = 50  # per-region estimate and allocation in metrics.jsonl
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2  # newest checkpoints kept (plus any marked non-finite)
+    export: bool = True  # save_pretrained the final (EMA) student to RUN_DIR/student
+
+
+@dataclass
+class StudentConfig:
+    """The student: a preset from aria_hpc.models.students.PRESETS (derived from the teacher by block
+    removal, initialised from its weights where shapes match, or a smaller UNet from scratch)."""
+
+    preset: str = "bk_small"
+
+
+@dataclass
+class LossConfig:
+    output_kd: float = 1.0  # per-sample MSE between student and teacher outputs
+    feature_kd: float = 0.0  # MSE between block outputs (needs the bank built with bank.features)
+    feature_blocks: list[str] = field(default_factory=lambda: ["mid_block"])
+    task: float = 0.0  # the diffusion loss on true pairs (paired samples only)
 
 
 @dataclass
@@ -182,6 +207,8 @@ class Config:
     seed: int = 0
     run: RunConfig = field(default_factory=RunConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     rc: RCConfig = field(default_factory=RCConfig)
     aria: AriaConfig = field(default_factory=AriaConfig)
     bank: BankConfig = field(default_factory=BankConfig)
@@ -204,6 +231,12 @@ class Config:
             (self.train.grad_accum >= 1, "train.grad_accum must be >= 1"),
             (self.train.lr > 0, "train.lr must be > 0"),
             (self.train.log_every >= 1, "train.log_every must be >= 1"),
+            (self.train.zero_stage in (0, 1, 2, 3), "train.zero_stage must be 0, 1, 2 or 3"),
+            (0 <= self.train.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
+            (self.train.checkpoint_every >= 1 and self.train.region_log_every >= 1,
+             "train.checkpoint_every and train.region_log_every must be >= 1"),
+            (self.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
+            (min(self.loss.output_kd, self.loss.feature_kd, self.loss.task) >= 0, "loss weights must be >= 0"),
             (self.rc.lam >= 0, "rc.lam must be >= 0"),
             (0 <= self.rc.null_text_prob < 1, "rc.null_text_prob must be in [0, 1)"),
             (self.aria.alpha >= 0, "aria.alpha must be >= 0"),

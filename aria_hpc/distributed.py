@@ -64,3 +64,11 @@ def init(backend: str | None = None) -> WorldInfo:
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         dist.init_process_group(backend, rank=info.rank, world_size=info.world_size)
     return info
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op on one process)."""
+    if is_distributed():
+        import torch.distributed as dist
+
+        dist.barrier()

@@ -134,13 +134,15 @@ class BankContext:
         return torch.from_numpy(tokens).float(), torch.from_numpy(mask)
 
 
-def load_context(cfg: Config) -> BankContext:
+def load_context(cfg: Config, *, need_bank_dir: bool = True) -> BankContext:
+    """Load and cross-check teacher, embeddings, regions and paired set. Without a bank directory
+    (a live-teacher run) x0 is computed in memory instead of being stored in BANK_DIR/x0.h5."""
     from aria_hpc.conditioning.embeddings import EmbeddingStore
     from aria_hpc.conditioning.encoders import TextEncoder, directory_digest
     from aria_hpc.conditioning.kmeans import load_regions
     from aria_hpc.models.teacher import load_teacher
 
-    if not cfg.bank.dir:
+    if need_bank_dir and not cfg.bank.dir:
         raise UserError("bank.dir is not set: give the directory the bank lives in (bank.dir=runs/bank)")
     teacher = load_teacher(cfg.teacher.dir)
     store = EmbeddingStore(cfg.embed.dir, cfg.embed.shards)
@@ -159,7 +161,10 @@ def load_context(cfg: Config) -> BankContext:
     images, captions = paired_images(cfg, store.pool)
     vae = directory_digest(Path(cfg.bank.vae_dir)) if cfg.bank.vae_dir else "none"
     image_set = hashlib.sha256(f"{array_digest(images, captions)}:{vae}".encode()).hexdigest()
-    x0 = ensure_x0(Path(cfg.bank.dir), cfg, images, captions, image_set)
+    if cfg.bank.dir:
+        x0 = ensure_x0(Path(cfg.bank.dir), cfg, images, captions, image_set)
+    else:
+        x0 = encode_latents(cfg.bank.vae_dir, images, cfg.bank.batch_size) if cfg.bank.vae_dir else images
     unet_cfg = teacher.unet.config
     if tuple(x0.shape[1:]) != (unet_cfg.in_channels, unet_cfg.sample_size, unet_cfg.sample_size):
         raise UserError(f"the paired set has shape {x0.shape[1:]} but the teacher takes "

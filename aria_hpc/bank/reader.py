@@ -48,15 +48,20 @@ def read_manifest(bank_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
+# How a bank was laid out does not change what its entries mean: a training run may differ here.
+LAYOUT_FIELDS = ("sampling.entries", "sampling.shards", "sampling.min_per_region", "sampling.features")
+
+
 class Bank:
     """A complete bank, opened for reading. Picklable: file handles are per process."""
 
-    def __init__(self, bank_dir: str | Path, expected_fingerprint: dict | None = None) -> None:
+    def __init__(self, bank_dir: str | Path, expected_fingerprint: dict | None = None,
+                 ignore: tuple[str, ...] = ()) -> None:
         self.dir = Path(bank_dir)
         manifest = read_manifest(self.dir)
         self.fingerprint = manifest["fingerprint"]
         if expected_fingerprint is not None:
-            differ = fingerprint_diff(self.fingerprint, expected_fingerprint)
+            differ = [k for k in fingerprint_diff(self.fingerprint, expected_fingerprint) if k not in ignore]
             if differ:
                 raise UserError(f"the bank in {self.dir} does not match this run (differs in {', '.join(differ)}): "
                                 "rebuild it with `aria-hpc bank CONFIG --rebuild`, or point bank.dir elsewhere")
@@ -133,10 +138,14 @@ class Bank:
                 raise UserError(f"{self.dir / X0_FILE} is missing: rebuild the bank (aria-hpc bank CONFIG --rebuild)")
         return self._x0
 
-    def draw(self, n: int, rng: np.random.Generator, region_sampler: Callable[[int], np.ndarray] | None = None
-             ) -> np.ndarray:
+    def draw(self, n: int, rng: np.random.Generator, region_sampler: Callable[[int], np.ndarray] | None = None,
+             *, paired_only: bool = False) -> np.ndarray:
         """Rows of a batch: uniform over the bank (RC's schedule); with a region sampler, the
-        random-conditioned rows are re-drawn as region k = region_sampler(m), then uniformly inside k."""
+        random-conditioned rows are re-drawn as region k = region_sampler(m), then uniformly inside k.
+        paired_only: uniform over the entries that keep their true caption (or the null text)."""
+        if paired_only:
+            kept = np.flatnonzero(~self.random)
+            return kept[rng.integers(0, len(kept), n)]
         rows = rng.integers(0, len(self), n)
         if region_sampler is not None:
             redraw = np.flatnonzero(self.random[rows])

@@ -28,8 +28,9 @@ class TeacherSource(Protocol):
     teacher_forwards: int
     bank_hits: int
 
-    def draw(self, n: int, rng: np.random.Generator, region_sampler: RegionSampler | None = None) -> BankBatch:
-        """A batch of n (x_t, t, condition, teacher output) tuples."""
+    def draw(self, n: int, rng: np.random.Generator, region_sampler: RegionSampler | None = None,
+             *, paired_only: bool = False) -> BankBatch:
+        """A batch of n (x_t, t, condition, teacher output) tuples; paired_only keeps true captions."""
 
 
 class BankSource:
@@ -43,12 +44,13 @@ class BankSource:
         self.bank_hits = 0
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bank-read")
 
-    def draw(self, n: int, rng: np.random.Generator, region_sampler: RegionSampler | None = None) -> BankBatch:
-        return self.prefetch(n, rng, region_sampler).result()
+    def draw(self, n: int, rng: np.random.Generator, region_sampler: RegionSampler | None = None,
+             *, paired_only: bool = False) -> BankBatch:
+        return self.prefetch(n, rng, region_sampler, paired_only=paired_only).result()
 
-    def prefetch(self, n: int, rng: np.random.Generator, region_sampler: RegionSampler | None = None
-                 ) -> Future[BankBatch]:
-        rows = self.bank.draw(n, rng, region_sampler)
+    def prefetch(self, n: int, rng: np.random.Generator, region_sampler: RegionSampler | None = None,
+                 *, paired_only: bool = False) -> Future[BankBatch]:
+        rows = self.bank.draw(n, rng, region_sampler, paired_only=paired_only)
         self.bank_hits += n
         return self._reader.submit(self.bank.read, rows)
 
@@ -77,9 +79,14 @@ class LiveTeacher:
     def teacher_forwards(self) -> int:
         return self.runner.forwards
 
-    def draw(self, n: int, rng: np.random.Generator, region_sampler: RegionSampler | None = None) -> BankBatch:
+    def draw(self, n: int, rng: np.random.Generator, region_sampler: RegionSampler | None = None,
+             *, paired_only: bool = False) -> BankBatch:
         cond = self.ctx.conditioning
         cols = draw_entries(cond, rng, n)
+        if paired_only:  # the same draws with every caption kept
+            image_captions = cond.captions[cols["image"], rng.integers(0, cond.captions.shape[1], n)]
+            cols["cond"] = np.where(cols["cond"] >= 0, image_captions, cols["cond"])
+            cols["paired"][:] = True
         random = np.flatnonzero(~cols["paired"] & (cols["cond"] >= 0))
         if region_sampler is not None and len(random):
             cols["cond"][random] = cond.prompts_in(np.asarray(region_sampler(len(random)), np.int64), rng)

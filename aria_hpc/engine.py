@@ -1,0 +1,66 @@
+"""The one caller of deepspeed.initialize (STYLE rule 7). The DeepSpeed dict is derived from the typed
+config, never kept as a second hand-edited JSON, with the batch invariant asserted."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from aria_hpc.config import Config
+
+
+def global_batch(cfg: Config, world_size: int) -> int:
+    return cfg.train.micro_batch_per_gpu * cfg.train.grad_accum * world_size
+
+
+def deepspeed_config(cfg: Config, world_size: int, on_gpu: bool) -> dict:
+    t = cfg.train
+    config = {
+        "train_batch_size": global_batch(cfg, world_size),
+        "train_micro_batch_size_per_gpu": t.micro_batch_per_gpu,
+        "gradient_accumulation_steps": t.grad_accum,
+        "gradient_clipping": t.grad_clip,
+        "zero_optimization": {"stage": t.zero_stage},
+        "bf16": {"enabled": on_gpu},  # fp32 on CPU
+        "steps_per_print": 10**9,  # our own metrics.jsonl / tqdm
+        "wall_clock_breakdown": False,
+        "checkpoint": {"use_node_local_storage": False},
+    }
+    if t.zero_stage == 3:
+        config["zero_optimization"].update({"stage3_gather_16bit_weights_on_model_save": True})
+    assert config["train_batch_size"] == (config["train_micro_batch_size_per_gpu"]
+                                          * config["gradient_accumulation_steps"] * world_size)
+    return config
+
+
+def lr_lambda(cfg: Config):
+    warmup = cfg.train.warmup_steps
+    return lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+
+
+def initialize(model: torch.nn.Module, cfg: Config, world_size: int):
+    """(engine, optimizer, scheduler) for the student. torch AdamW (no JIT-built DeepSpeed ops)."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    import deepspeed
+
+    on_gpu = torch.cuda.is_available()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():  # one process with no launcher: a group of one (no MPI discovery)
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                           "MASTER_PORT": str(port)}.items():
+            os.environ.setdefault(key, value)
+        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
+                                  weight_decay=cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler,
+        config=deepspeed_config(cfg, world_size, on_gpu))
+    return engine, optimizer, scheduler

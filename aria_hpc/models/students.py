@@ -1,0 +1,73 @@
+"""Students: named presets (a dict of factories, STYLE rule 4), built from the teacher's UNet config.
+
+BK-SDM-style block removal (Kim et al. 2023): keep the teacher's stages and widths, drop resnet /
+attention layers inside each stage and optionally the mid-block, and initialise every parameter
+whose name and shape match the teacher's (the kept layers are the first ones of each stage).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aria_hpc.errors import UserError
+
+
+def _unet_from(teacher_config: dict, **changes):
+    from diffusers import UNet2DConditionModel
+
+    config = {k: v for k, v in dict(teacher_config).items() if not k.startswith("_")}
+    config.update(changes)
+    return UNet2DConditionModel.from_config(config)
+
+
+def init_from_teacher(student, teacher) -> tuple[int, int]:
+    """Copy every teacher tensor whose name and shape match; (copied, total) parameter tensors."""
+    teacher_state = teacher.state_dict()
+    state = student.state_dict()
+    copied = 0
+    for name, value in state.items():
+        src = teacher_state.get(name)
+        if src is not None and src.shape == value.shape:
+            value.copy_(src)
+            copied += 1
+    student.load_state_dict(state)
+    return copied, len(state)
+
+
+def block_removed(teacher, *, drop_layers: int, drop_mid: bool):
+    """The teacher's architecture with `drop_layers` fewer layers per stage (at least 1 down, and
+    up stages keep one more than down, as diffusers builds them) and without the mid-block if asked."""
+    cfg = teacher.config
+    layers = cfg.layers_per_block
+    n = len(cfg.block_out_channels)
+    layers = [layers] * n if isinstance(layers, int) else list(layers)
+    student = _unet_from(cfg, layers_per_block=[max(1, l - drop_layers) for l in layers] if n > 1 else
+                         max(1, layers[0] - drop_layers),
+                         mid_block_type=None if drop_mid else cfg.mid_block_type)
+    init_from_teacher(student, teacher)
+    return student
+
+
+def narrow(teacher, *, width: float):
+    """The teacher's layout at a fraction of its channel widths, from scratch (no weights match)."""
+    cfg = teacher.config
+    groups = cfg.norm_num_groups
+    channels = [max(groups, int(round(c * width / groups)) * groups) for c in cfg.block_out_channels]
+    return _unet_from(cfg, block_out_channels=channels)
+
+
+PRESETS: dict[str, Callable] = {
+    # BK-SDM-Base: one layer fewer per stage; BK-SDM-Small: also no mid-block.
+    "bk_base": lambda teacher: block_removed(teacher, drop_layers=1, drop_mid=False),
+    "bk_small": lambda teacher: block_removed(teacher, drop_layers=1, drop_mid=True),
+    # Same layout, half the widths, random init (a student that cannot copy the teacher).
+    "half_width": lambda teacher: narrow(teacher, width=0.5),
+    # The teacher's own architecture and weights (an upper bound / sanity check).
+    "copy": lambda teacher: block_removed(teacher, drop_layers=0, drop_mid=False),
+}
+
+
+def build_student(preset: str, teacher):
+    if preset not in PRESETS:
+        raise UserError(f"unknown student preset '{preset}': choose one of {', '.join(PRESETS)} (student.preset=...)")
+    return PRESETS[preset](teacher)

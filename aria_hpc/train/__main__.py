@@ -1,0 +1,5 @@
+import sys
+
+from aria_hpc.train import main
+
+sys.exit(main())

@@ -1,0 +1,308 @@
+"""The distillation loop (STYLE rule 5): one function, phases marked setup / resume / sample /
+forward / backward / track / sync / log / checkpoint.
+
+Every rank draws its own batch with seeds from (seed, rank, step, micro-step), records the
+timestep-normalised per-sample discrepancy in its region table, and every `aria.sync_every` steps
+the raw sums are all-reduced and folded identically everywhere (DESIGN section 3). Resume is the
+default: the same command continues from RUN_DIR/checkpoints/latest and reproduces the
+uninterrupted run step for step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aria_hpc import distributed
+from aria_hpc.config import Config, save_resolved, to_dict
+from aria_hpc.errors import UserError
+from aria_hpc.regions.allocation import importance_weights, normalise_by_baseline, timestep_bins
+from aria_hpc.regions.rng import derive_key
+from aria_hpc.regions.sampler import REGION_STREAM, RegionIndex, update_allocation
+from aria_hpc.regions.sync import sync_and_fold
+from aria_hpc.regions.table import RegionTable
+from aria_hpc.train import losses
+from aria_hpc.train.student import Distilled, StudentEMA, export_student
+
+FAULT_STEP = os.environ.get("ARIA_FAULT_SIGKILL_AFTER_STEP")  # fault injection for the resume tests
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: checkpoint saved, run the same command again
+# Keys that may change between a checkpoint and its resume (run length and bookkeeping only).
+RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.region_log_every", "train.checkpoint_every",
+                     "train.keep_checkpoints", "train.export", "run.dir", "launch.folder", "launch.partition",
+                     "launch.timeout_min"}
+
+
+class Preempted(Exception):
+    """Raised after a checkpoint was saved on SIGUSR2/SIGTERM."""
+
+
+def flat_config(cfg: Config) -> dict:
+    out = {}
+
+    def walk(d, prefix):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+    walk(to_dict(cfg), "")
+    return out
+
+
+def _any_rank(flag: bool) -> bool:
+    t = torch.tensor([1.0 if flag else 0.0])
+    if distributed.is_distributed():
+        import torch.distributed as dist
+
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def _sum_ranks(values: list[float]) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    if distributed.is_distributed():
+        import torch.distributed as dist
+
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def train(cfg: Config, log=print) -> dict:
+    # ---- setup -----------------------------------------------------------------------------
+    from aria_hpc.bank.context import load_context
+    from aria_hpc.bank.reader import LAYOUT_FIELDS, Bank, read_manifest
+    from aria_hpc.bank.sources import BankSource, LiveTeacher
+    from aria_hpc.engine import initialize
+    from aria_hpc.models.students import build_student
+
+    info = distributed.init()
+    rank, world = info.rank, info.world_size
+    run_dir = Path(cfg.run.dir)
+    ckpt_dir = run_dir / "checkpoints"
+    if cfg.bank.dir:
+        read_manifest(Path(cfg.bank.dir))  # a missing bank is an error, never silently built here
+    ctx = load_context(cfg, need_bank_dir=False)
+    source = BankSource(Bank(cfg.bank.dir, ctx.fingerprint, ignore=LAYOUT_FIELDS)) if cfg.bank.dir else LiveTeacher(ctx, stream=rank)
+    if cfg.loss.feature_kd > 0:
+        have = source.bank.feature_names if cfg.bank.dir else ctx.cfg.bank.features
+        missing = [b for b in cfg.loss.feature_blocks if b not in have]
+        if missing:
+            raise UserError(f"loss.feature_kd needs teacher features {missing}: build the bank with "
+                            f"bank.features={cfg.loss.feature_blocks} (or set bank.features for a live teacher)")
+    if rank == 0:
+        save_resolved(cfg, run_dir)
+    policy = cfg.train.policy
+    scheduler = ctx.teacher.scheduler
+    num_timesteps = scheduler.config.num_train_timesteps
+    index = RegionIndex(ctx.conditioning.region_of_prompt, ctx.conditioning.num_regions)
+    table = RegionTable(index.num_regions, base=index.base, init_estimate=cfg.aria.init_estimate)
+    baseline = RegionTable(cfg.aria.timestep_bins)  # b(t) per timestep bin: the same EMA machinery
+
+    torch.manual_seed(cfg.seed)  # identical student on every rank
+    student = build_student(cfg.student.preset, ctx.teacher.unet)
+    blocks = cfg.loss.feature_blocks if cfg.loss.feature_kd > 0 else []
+    model = Distilled(student, ctx.teacher.unet, blocks)
+    engine, _, _ = initialize(model, cfg, world)
+    ema = StudentEMA(engine.module, cfg.train.ema_decay)
+    device = engine.device
+    weights = asdict(cfg.loss)
+
+    # ---- resume ----------------------------------------------------------------------------
+    start_step = 0
+    if (ckpt_dir / "latest").is_file():
+        _, client = engine.load_checkpoint(str(ckpt_dir), load_lr_scheduler_states=True)
+        if client is None:
+            raise UserError(f"the checkpoint in {ckpt_dir} could not be loaded: remove {ckpt_dir / 'latest'} "
+                            "to start over, or point run.dir elsewhere")
+        if client["world_size"] != world:
+            raise UserError(f"the checkpoint in {ckpt_dir} was written by {client['world_size']} ranks, this run "
+                            f"has {world}: resume with {client['world_size']} ranks (DeepSpeed's universal "
+                            "checkpoint conversion, ds_to_universal.py, is the way to change it)")
+        now = flat_config(cfg)
+        differ = sorted(k for k in set(now) | set(client["config"])
+                        if now.get(k) != client["config"].get(k) and k not in RESUMABLE_CHANGES)
+        if differ:
+            raise UserError(f"the checkpoint in {ckpt_dir} was written with a different config (differs in "
+                            f"{', '.join(differ[:8])}): restore those values, or use another run.dir")
+        start_step = int(client["step"])
+        table.load_state_dict(client["table"])
+        baseline.load_state_dict(client["baseline"])
+        own = torch.load(ckpt_dir / client["tag"] / f"aria_rank{rank}.pt", weights_only=False)
+        ema.load_state_dict(own["ema"])
+        torch.set_rng_state(own["torch_rng"])
+        if rank == 0:
+            _truncate_metrics(run_dir / "metrics.jsonl", start_step)
+            log(f"resumed from {ckpt_dir / client['tag']} at step {start_step}")
+
+    # ---- preemption: the handler only sets a flag; the loop agrees on it across ranks --------
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGUSR2, signal.SIGTERM)}
+
+    def save(step: int, tag: str, latest: bool = True) -> Path:
+        client = {"step": step, "tag": tag, "world_size": world, "config": flat_config(cfg),
+                  "table": table.state_dict(), "baseline": baseline.state_dict()}
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client, save_latest=latest)
+        torch.save({"ema": ema.state_dict(), "torch_rng": torch.get_rng_state()},
+                   ckpt_dir / tag / f"aria_rank{rank}.pt")
+        distributed.barrier()
+        if rank == 0 and latest:
+            _prune(ckpt_dir, cfg.train.keep_checkpoints)
+        return ckpt_dir / tag
+
+    metrics = open(run_dir / "metrics.jsonl", "a") if rank == 0 else None
+    progress = None
+    if rank == 0:
+        from tqdm import tqdm
+
+        progress = tqdm(total=cfg.train.steps, initial=start_step, desc=f"train ({policy})", unit="step",
+                        disable=None)
+    t_last, steps_since = time.perf_counter(), 0
+    last_loss = float("nan")
+    try:
+        for step in range(start_step, cfg.train.steps):
+            # ---- sample: allocation for this step, then one batch per micro-step -------------
+            if policy != "paired":
+                q = update_allocation(table, step=step, policy=policy, alpha=cfg.aria.alpha, eps=cfg.aria.eps,
+                                      warmup_steps=cfg.aria.warmup_steps)
+            step_loss = 0.0
+            for micro in range(cfg.train.grad_accum):
+                rng = np.random.default_rng([cfg.seed, rank, step, micro])
+                key = derive_key(cfg.seed, rank, step, micro, REGION_STREAM)
+                sampler = (lambda m, key=key: table.sample(m, key)) if policy == "aria" else None
+                batch = source.draw(cfg.train.micro_batch_per_gpu, rng, sampler, paired_only=policy == "paired")
+                tokens, mask = ctx.tokens(batch.cond)
+                t = torch.from_numpy(batch.t.astype(np.int64)).to(device)
+
+                # ---- forward ------------------------------------------------------------------
+                student_out, student_features = engine(batch.x_t.to(device), t, tokens.to(device), mask.to(device))
+                teacher_out = batch.output.to(device).float()
+                per_sample = losses.output_kd(student_out, teacher_out)  # (B,), what the tracker sees
+                feature_term = (losses.feature_kd(student_features, {k: batch.features[k].to(device)
+                                                                     for k in blocks}) if blocks else None)
+                task_term = None
+                if cfg.loss.task > 0:
+                    x0 = torch.from_numpy(ctx.x0[batch.image]).to(device)
+                    noise = (batch.x_t.to(device) - _alpha(scheduler, t, x0) * x0) / _sigma(scheduler, t, x0)
+                    target = (scheduler.get_velocity(x0, noise, t) if scheduler.config.prediction_type
+                              == "v_prediction" else noise)
+                    task_term = losses.task_loss(student_out, target, torch.from_numpy(batch.paired).to(device))
+                sample_weights = None
+                if policy == "aria" and cfg.aria.importance and step >= cfg.aria.warmup_steps:
+                    w = np.ones(len(batch.t))
+                    rand = ~batch.paired & (batch.cond >= 0)
+                    if rand.any():
+                        w[rand] = importance_weights(batch.region[rand], table.base, q)
+                    sample_weights = torch.from_numpy(w).to(device).float()
+                loss = losses.combine(per_sample, weights, feature_term, task_term, sample_weights)
+
+                # non-finite loss: keep the last good state, marked, and stop
+                if _any_rank(not math.isfinite(loss.item())):
+                    path = save(step, f"nonfinite-step{step:08d}", latest=False)
+                    raise UserError(f"non-finite loss at step {step} (rank {rank} value {loss.item()}): the state "
+                                    f"before this step is saved in {path}; lower train.lr or check the bank/teacher "
+                                    "outputs, then resume from the last regular checkpoint")
+
+                # ---- backward ------------------------------------------------------------------
+                engine.backward(loss)
+                engine.step()
+                step_loss += loss.item() / cfg.train.grad_accum
+
+                # ---- track: d_i = l_i / b(t_i) into the region table, l_i into b(t) ------------
+                l_np = per_sample.detach().double().cpu().numpy()
+                bins = timestep_bins(batch.t, num_timesteps, cfg.aria.timestep_bins)
+                seen = baseline.stats()["ema_weight"] > 0
+                d, ok = normalise_by_baseline(l_np, bins, baseline.estimate(), seen)
+                tracked = ok & (batch.cond >= 0)
+                table.record(batch.region[tracked].astype(np.int64), d[tracked])
+                baseline.record(bins.astype(np.int64), l_np)
+            ema.update(engine.module)
+            last_loss = step_loss
+
+            # ---- sync: all-reduce raw sums, the same fold on every rank -----------------------
+            if (step + 1) % cfg.aria.sync_every == 0:
+                sync_and_fold([table], cfg.aria.beta)
+                sync_and_fold([baseline], cfg.aria.baseline_beta)
+
+            # ---- log ---------------------------------------------------------------------------
+            steps_since += 1
+            done = step + 1
+            if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+                loss_sum, forwards, hits = _sum_ranks([step_loss, source.teacher_forwards, source.bank_hits])
+                elapsed = time.perf_counter() - t_last
+                rate = steps_since * cfg.train.micro_batch_per_gpu * cfg.train.grad_accum * world / elapsed
+                t_last, steps_since = time.perf_counter(), 0
+                record = {"step": done, "loss": loss_sum / world, "samples_per_s": rate,
+                          "teacher_forwards": int(forwards), "bank_hits": int(hits), "policy": policy}
+                if done % cfg.train.region_log_every == 0 or done == cfg.train.steps:
+                    record["region_estimate"] = table.estimate().round(6).tolist()
+                    record["allocation"] = table.q.round(6).tolist()
+                if metrics:
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+            if progress:
+                progress.update(1)
+                progress.set_postfix(loss=f"{step_loss:.4f}")
+
+            if FAULT_STEP and int(FAULT_STEP) == done and rank == 0:  # tests: a real SIGKILL mid-run
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            # ---- checkpoint (and preemption) ---------------------------------------------------
+            preempt = _any_rank(stop["signal"] is not None)
+            if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps or preempt:
+                path = save(done, f"step{done:08d}")
+            if preempt and done < cfg.train.steps:
+                raise Preempted(f"preempted at step {done}: checkpoint {path}; run the same command to resume")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if metrics:
+            metrics.close()
+        if progress:
+            progress.close()
+        if hasattr(source, "close"):
+            source.close()
+
+    # ---- export: the EMA student, consolidated, loadable by plain diffusers --------------------
+    exported = None
+    if cfg.train.export:
+        exported = export_student(engine, ema, run_dir / "student", rank)
+    distributed.barrier()
+    return {"steps": cfg.train.steps, "loss": last_loss, "run_dir": str(run_dir), "student": exported}
+
+
+def _alpha(scheduler, t, x0):
+    a = scheduler.alphas_cumprod.to(x0.device)[t].float().sqrt()
+    return a.view(-1, *([1] * (x0.dim() - 1)))
+
+
+def _sigma(scheduler, t, x0):
+    s = (1 - scheduler.alphas_cumprod.to(x0.device)[t].float()).sqrt()
+    return s.view(-1, *([1] * (x0.dim() - 1)))
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records after the resumed step, so the log reads as one uninterrupted run."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    tmp.replace(path)
+
+
+def _prune(ckpt_dir: Path, keep: int) -> None:
+    tags = sorted(p for p in ckpt_dir.glob("step*") if p.is_dir())
+    for old in tags[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)

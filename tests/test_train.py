@@ -1,0 +1,163 @@
+"""Training: real DeepSpeed (gloo on CPU), bank and live teacher, exact resume, ZeRO-3, bad input."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from aria_hpc.bank import build_bank
+from aria_hpc.config import load_config
+from aria_hpc.train import losses
+from conftest import ROOT, cli_env, free_port
+
+FAST = ["train.micro_batch_per_gpu=8", "train.log_every=1", "train.region_log_every=2", "aria.warmup_steps=2",
+        "aria.sync_every=2", "train.lr=1e-3"]
+
+
+@pytest.fixture(scope="module")
+def tiny_bank(tiny_world, tmp_path_factory):
+    path, _ = tiny_world
+    bank_dir = tmp_path_factory.mktemp("train_bank") / "bank"
+    cfg = load_config(path, [f"bank.dir={bank_dir}", "bank.shards=1", "bank.features=[mid_block]"])
+    build_bank(cfg, log=lambda _m: None)
+    return bank_dir
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def run_module(args, *, world=1, env_extra=None, timeout=600):
+    """python -m aria_hpc.train (one process) or the deepspeed launcher with `world` CPU ranks."""
+    env = cli_env()
+    env.update(DS_ACCELERATOR="cpu", **(env_extra or {}))
+    if world == 1:
+        cmd = [sys.executable, "-m", "aria_hpc.train", *args]
+    else:
+        cmd = [os.path.join(os.path.dirname(sys.executable), "deepspeed"), "--num_gpus", str(world),
+               "--master_port", str(free_port()), "--module", "aria_hpc.train", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_losses_are_per_sample_with_known_values():
+    s = torch.zeros(2, 1, 2, 2)
+    t = torch.stack([torch.zeros(1, 2, 2), torch.full((1, 2, 2), 2.0)])
+    assert torch.equal(losses.output_kd(s, t), torch.tensor([0.0, 4.0]))
+    assert torch.equal(losses.task_loss(s, t, torch.tensor([True, False])), torch.tensor([0.0, 0.0]))
+    f = losses.feature_kd({"a": s, "b": s}, {"a": t, "b": t})
+    assert torch.equal(f, torch.tensor([0.0, 8.0]))
+    total = losses.combine(torch.tensor([1.0, 3.0]), {"output_kd": 2.0, "feature_kd": 0.5, "task": 1.0},
+                           feature_kd_loss=torch.tensor([2.0, 2.0]), sample_weights=torch.tensor([1.0, 0.0]))
+    assert total.item() == pytest.approx((2 * 1 + 0.5 * 2) / 2)
+
+
+def test_student_presets_from_the_teacher():
+    from aria_hpc.errors import UserError
+    from aria_hpc.models.students import PRESETS, build_student
+    from aria_hpc.models.teacher import load_teacher
+
+    teacher = load_teacher().unet
+    small = build_student("bk_small", teacher)
+    assert small.mid_block is None and teacher.mid_block is not None
+    t_state = teacher.state_dict()
+    shared = [k for k, v in small.state_dict().items() if k in t_state]
+    assert shared and all(torch.equal(small.state_dict()[k], t_state[k]) for k in shared)
+    half = build_student("half_width", teacher)
+    assert sum(p.numel() for p in half.parameters()) < 0.5 * sum(p.numel() for p in teacher.parameters())
+    assert set(PRESETS) >= {"bk_base", "bk_small", "half_width"}
+    with pytest.raises(UserError, match="unknown student preset 'nope'.*bk_small"):
+        build_student("nope", teacher)
+
+
+def test_train_from_bank_and_live_teacher(tiny_world, tiny_bank, tmp_path, aria_cli):
+    from diffusers import UNet2DConditionModel
+
+    path, _ = tiny_world
+    res = aria_cli("train", str(path), f"run.dir={tmp_path / 'bank_run'}", f"bank.dir={tiny_bank}", "train.steps=4",
+                   "train.policy=aria", "loss.feature_kd=0.5", "student.preset=bk_base", *FAST)
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = metrics(tmp_path / "bank_run")
+    assert [r["step"] for r in m] == [1, 2, 3, 4] and m[-1]["teacher_forwards"] == 0 and m[-1]["bank_hits"] == 32
+    assert len(m[-1]["allocation"]) == 8 and abs(sum(m[-1]["allocation"]) - 1) < 1e-6
+    student = UNet2DConditionModel.from_pretrained(tmp_path / "bank_run" / "student")  # plain diffusers
+    assert student.mid_block is not None
+    res = aria_cli("train", str(path), f"run.dir={tmp_path / 'live_run'}", "bank.dir=null", "train.steps=2",
+                   "train.policy=rc", *FAST)
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = metrics(tmp_path / "live_run")
+    assert m[-1]["teacher_forwards"] == 16 and m[-1]["bank_hits"] == 0
+    again = aria_cli("train", str(path), f"run.dir={tmp_path / 'live_run'}", "bank.dir=null", "train.steps=3",
+                     "train.policy=rc", *FAST)  # resume is the default: one more step
+    assert again.returncode == 0 and [r["step"] for r in metrics(tmp_path / "live_run")] == [1, 2, 3]
+
+
+@pytest.mark.multiproc
+def test_two_ranks_zero2_killed_and_resumed_match_an_uninterrupted_run(tiny_world, tiny_bank, tmp_path):
+    path, _ = tiny_world
+    common = [str(path), f"bank.dir={tiny_bank}", "train.steps=8", "train.checkpoint_every=3", "train.zero_stage=2",
+              "train.policy=aria", *FAST]
+    ref = run_module([*common, f"run.dir={tmp_path / 'ref'}"], world=2)
+    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+    killed = run_module([*common, f"run.dir={tmp_path / 'run'}"], world=2,
+                        env_extra={"ARIA_FAULT_SIGKILL_AFTER_STEP": "5"})
+    assert killed.returncode != 0
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step00000003"
+    resumed = run_module([*common, f"run.dir={tmp_path / 'run'}"], world=2)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "at step 3" in resumed.stdout
+    a, b = metrics(tmp_path / "ref"), metrics(tmp_path / "run")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 9))
+    for x, y in zip(a, b):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-6), (x["step"], x["loss"], y["loss"])
+    assert a[-1]["region_estimate"] == b[-1]["region_estimate"] and a[-1]["allocation"] == b[-1]["allocation"]
+    tables = [torch.load(d / "checkpoints" / "step00000008" / "mp_rank_00_model_states.pt", weights_only=False)
+              for d in (tmp_path / "ref", tmp_path / "run")]
+    for key in ("ema_mean", "ema_weight", "observations"):
+        assert np.array_equal(tables[0]["table"][key], tables[1]["table"][key])
+
+    one = run_module([*common, f"run.dir={tmp_path / 'run'}", "train.steps=9"], world=1)
+    assert one.returncode == 2 and "written by 2 ranks" in one.stderr
+
+
+@pytest.mark.multiproc
+def test_zero3_saves_resumes_and_exports(tiny_world, tiny_bank, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    path, _ = tiny_world
+    common = [str(path), f"bank.dir={tiny_bank}", "train.zero_stage=3", "train.checkpoint_every=2",
+              f"run.dir={tmp_path / 'run'}", *FAST]
+    first = run_module([*common, "train.steps=2"], world=2)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    second = run_module([*common, "train.steps=4"], world=2)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "at step 2" in second.stdout and [r["step"] for r in metrics(tmp_path / "run")] == [1, 2, 3, 4]
+    student = UNet2DConditionModel.from_pretrained(tmp_path / "run" / "student")
+    assert all(torch.isfinite(p).all() and p.numel() > 0 for p in student.parameters())
+
+
+def test_train_bad_input(tiny_world, tiny_bank, tmp_path, aria_cli):
+    path, root = tiny_world
+
+    def fails(*overrides, message):
+        res = aria_cli("train", str(path), f"run.dir={tmp_path / 'r'}", "train.steps=2", *FAST, *overrides)
+        assert res.returncode == 2 and message in res.stderr, res.stderr[-3000:]
+        assert res.stderr.count("aria-hpc: error:") == 1
+        return res
+
+    fails("bank.dir=null", "student.preset=tiny_unicorn", message="unknown student preset 'tiny_unicorn'")
+    fails(f"bank.dir={tmp_path / 'no_bank'}", message="no bank at")
+    fails(f"bank.dir={tiny_bank}", "rc.lam=2.0", message="differs in sampling.lam")
+    fails("bank.dir=null", f"teacher.dir={tmp_path / 'no_teacher'}", message="lacks unet/config.json")
+    fails(f"bank.dir={tiny_bank}", "loss.feature_kd=1.0", "loss.feature_blocks=[down_blocks.0]",
+          message="needs teacher features ['down_blocks.0']")
+    # A NaN/inf loss: the state before the step is saved, marked, and the run stops with exit 2.
+    res = fails(f"bank.dir={tiny_bank}", "train.lr=1e30", "train.steps=6", message="non-finite loss at step")
+    marked = list((tmp_path / "r" / "checkpoints").glob("nonfinite-step*"))
+    assert len(marked) == 1 and (marked[0] / "aria_rank0.pt").is_file()
+    assert not (tmp_path / "r" / "checkpoints" / "latest").exists() or "nonfinite" not in \
+        (tmp_path / "r" / "checkpoints" / "latest").read_text()
