@@ -25,6 +25,7 @@ import torch
 from aria_hpc import distributed
 from aria_hpc.config import Config, save_resolved, to_dict
 from aria_hpc.errors import UserError
+from aria_hpc.fsio import atomic_write_text
 from aria_hpc.regions.allocation import importance_weights, normalise_by_baseline, timestep_bins
 from aria_hpc.regions.rng import derive_key
 from aria_hpc.regions.sampler import REGION_STREAM, RegionIndex, update_allocation
@@ -119,24 +120,30 @@ def train(cfg: Config, log=print) -> dict:
     # ---- resume ----------------------------------------------------------------------------
     start_step = 0
     if (ckpt_dir / "latest").is_file():
-        _, client = engine.load_checkpoint(str(ckpt_dir), load_lr_scheduler_states=True)
-        if client is None:
-            raise UserError(f"the checkpoint in {ckpt_dir} could not be loaded: remove {ckpt_dir / 'latest'} "
-                            "to start over, or point run.dir elsewhere")
-        if client["world_size"] != world:
-            raise UserError(f"the checkpoint in {ckpt_dir} was written by {client['world_size']} ranks, this run "
-                            f"has {world}: resume with {client['world_size']} ranks (DeepSpeed's universal "
-                            "checkpoint conversion, ds_to_universal.py, is the way to change it)")
+        tag = (ckpt_dir / "latest").read_text().strip()
+        meta_path = ckpt_dir / tag / "aria_meta.json"
+        if not meta_path.is_file():
+            raise UserError(f"{ckpt_dir / tag} is not a complete aria_hpc checkpoint (no aria_meta.json): remove "
+                            f"{ckpt_dir / 'latest'} to start over, or point run.dir elsewhere")
+        meta = json.loads(meta_path.read_text())
+        if meta["world_size"] != world:
+            raise UserError(f"the checkpoint in {ckpt_dir / tag} was written by {meta['world_size']} ranks, this run "
+                            f"has {world}: resume with {meta['world_size']} ranks (DeepSpeed's universal checkpoint "
+                            "conversion, ds_to_universal.py, is the way to change it)")
         now = flat_config(cfg)
-        differ = sorted(k for k in set(now) | set(client["config"])
-                        if now.get(k) != client["config"].get(k) and k not in RESUMABLE_CHANGES)
+        differ = sorted(k for k in set(now) | set(meta["config"])
+                        if now.get(k) != meta["config"].get(k) and k not in RESUMABLE_CHANGES)
         if differ:
-            raise UserError(f"the checkpoint in {ckpt_dir} was written with a different config (differs in "
+            raise UserError(f"the checkpoint in {ckpt_dir / tag} was written with a different config (differs in "
                             f"{', '.join(differ[:8])}): restore those values, or use another run.dir")
+        _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_lr_scheduler_states=True)
+        if client is None:
+            raise UserError(f"the checkpoint in {ckpt_dir / tag} could not be loaded: remove {ckpt_dir / 'latest'} "
+                            "to start over, or point run.dir elsewhere")
         start_step = int(client["step"])
-        table.load_state_dict(client["table"])
-        baseline.load_state_dict(client["baseline"])
         own = torch.load(ckpt_dir / client["tag"] / f"aria_rank{rank}.pt", weights_only=False)
+        table.load_state_dict(own["table"])  # this rank's own unsynced sums since the last sync
+        baseline.load_state_dict(own["baseline"])
         ema.load_state_dict(own["ema"])
         torch.set_rng_state(own["torch_rng"])
         if rank == 0:
@@ -151,14 +158,20 @@ def train(cfg: Config, log=print) -> dict:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGUSR2, signal.SIGTERM)}
 
     def save(step: int, tag: str, latest: bool = True) -> Path:
-        client = {"step": step, "tag": tag, "world_size": world, "config": flat_config(cfg),
-                  "table": table.state_dict(), "baseline": baseline.state_dict()}
-        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client, save_latest=latest)
-        torch.save({"ema": ema.state_dict(), "torch_rng": torch.get_rng_state()},
-                   ckpt_dir / tag / f"aria_rank{rank}.pt")
+        # The region table's EMA state is the same on every rank; its accumulators (sums since the
+        # last sync) are each rank's own, so every rank keeps its table in its own file.
+        meta = {"step": step, "tag": tag, "world_size": world, "config": flat_config(cfg)}
+        client = meta | {"table": table.state_dict(), "baseline": baseline.state_dict()}
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client, save_latest=False)
+        torch.save({"ema": ema.state_dict(), "torch_rng": torch.get_rng_state(), "table": table.state_dict(),
+                    "baseline": baseline.state_dict()}, ckpt_dir / tag / f"aria_rank{rank}.pt")
         distributed.barrier()
-        if rank == 0 and latest:
-            _prune(ckpt_dir, cfg.train.keep_checkpoints)
+        if rank == 0:  # the checkpoint is complete: describe it, then point `latest` at it
+            atomic_write_text(ckpt_dir / tag / "aria_meta.json", json.dumps(meta, default=str))
+            if latest:
+                atomic_write_text(ckpt_dir / "latest", tag)
+                _prune(ckpt_dir, cfg.train.keep_checkpoints)
+        distributed.barrier()
         return ckpt_dir / tag
 
     metrics = open(run_dir / "metrics.jsonl", "a") if rank == 0 else None
