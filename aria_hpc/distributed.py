@@ -56,6 +56,9 @@ def init(backend: str | None = None) -> WorldInfo:
 
     from aria_hpc.errors import UserError
 
+    if info.source == "slurm":  # DeepSpeed reads these too
+        for key, value in (("RANK", info.rank), ("WORLD_SIZE", info.world_size), ("LOCAL_RANK", info.local_rank)):
+            os.environ.setdefault(key, str(value))
     if not dist.is_initialized():
         missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
         if missing:

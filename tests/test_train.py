@@ -161,3 +161,49 @@ def test_train_bad_input(tiny_world, tiny_bank, tmp_path, aria_cli):
     assert len(marked) == 1 and (marked[0] / "aria_rank0.pt").is_file()
     assert not (tmp_path / "r" / "checkpoints" / "latest").exists() or "nonfinite" not in \
         (tmp_path / "r" / "checkpoints" / "latest").read_text()
+
+
+def test_sigusr2_checkpoints_and_the_same_command_resumes(tiny_world, tiny_bank, tmp_path):
+    import signal
+    import time
+
+    path, _ = tiny_world
+    args = [str(path), f"bank.dir={tiny_bank}", f"run.dir={tmp_path / 'run'}", "train.steps=400",
+            "train.checkpoint_every=1000", *FAST]
+    env = cli_env()
+    proc = subprocess.Popen([sys.executable, "-m", "aria_hpc.train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.is_file() and len(log.read_text().splitlines()) >= 3):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGUSR2)  # what SLURM sends before a preemption / time limit
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err[-3000:]
+    assert "preempted at step" in err and "run the same command to resume" in err
+    step = int((tmp_path / "run" / "checkpoints" / "latest").read_text().strip()[4:])
+    assert 3 <= step < 400 and len(metrics(tmp_path / "run")) == step
+    resumed = run_module([*args[:-len(FAST)], *FAST, f"train.steps={step + 2}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"at step {step}" in resumed.stdout and metrics(tmp_path / "run")[-1]["step"] == step + 2
+
+
+@pytest.mark.slurm
+@pytest.mark.multiproc
+def test_srun_two_tasks_through_slurm_train_sbatch(tiny_world, tiny_bank, tmp_path):
+    from test_bank import slurm_up
+
+    if not slurm_up():
+        pytest.skip("no SLURM cluster answering (scripts/slurm_local.sh start)")
+    path, _ = tiny_world
+    env = cli_env()
+    env.update(ARIA_PYTHON=sys.executable, DS_ACCELERATOR="cpu")
+    res = subprocess.run(["sbatch", "--wait", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--mem=4G", f"--chdir={ROOT}",
+                          f"--output={tmp_path}/slurm-%j.out", str(ROOT / "slurm" / "train.sbatch"), str(path),
+                          f"bank.dir={tiny_bank}", f"run.dir={tmp_path / 'run'}", "train.steps=3", *FAST],
+                         env=env, capture_output=True, text=True, timeout=900)
+    logs = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+    assert res.returncode == 0, res.stderr + logs[-4000:]
+    m = metrics(tmp_path / "run")
+    assert [r["step"] for r in m] == [1, 2, 3] and m[-1]["bank_hits"] == 3 * 8 * 2  # two ranks
+    assert (tmp_path / "run" / "student" / "config.json").is_file()

@@ -175,6 +175,7 @@ def train(cfg: Config, log=print) -> dict:
         return ckpt_dir / tag
 
     metrics = open(run_dir / "metrics.jsonl", "a") if rank == 0 else None
+    board = _tensorboard(run_dir) if rank == 0 else None
     progress = None
     if rank == 0:
         from tqdm import tqdm
@@ -264,6 +265,9 @@ def train(cfg: Config, log=print) -> dict:
                 if metrics:
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
+                if board:
+                    for key in ("loss", "samples_per_s", "teacher_forwards", "bank_hits"):
+                        board.add_scalar(f"train/{key}", record[key], done)
             if progress:
                 progress.update(1)
                 progress.set_postfix(loss=f"{step_loss:.4f}")
@@ -282,6 +286,8 @@ def train(cfg: Config, log=print) -> dict:
             signal.signal(s, handler)
         if metrics:
             metrics.close()
+        if board:
+            board.close()
         if progress:
             progress.close()
         if hasattr(source, "close"):
@@ -293,6 +299,15 @@ def train(cfg: Config, log=print) -> dict:
         exported = export_student(engine, ema, run_dir / "student", rank)
     distributed.barrier()
     return {"steps": cfg.train.steps, "loss": last_loss, "run_dir": str(run_dir), "student": exported}
+
+
+def _tensorboard(run_dir: Path):
+    """TensorBoard scalars in RUN_DIR/tensorboard when tensorboard is installed (optional)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
 
 
 def _alpha(scheduler, t, x0):
