@@ -105,6 +105,8 @@ def test_region_sampler_steers_random_entries(tiny_world, tmp_path):
     batch = source.draw(256, np.random.default_rng(0), region_sampler=lambda m: np.full(m, 3))
     random = ~batch.paired & (batch.cond >= 0)
     assert random.any() and np.all(batch.region[random] == 3) and source.bank_hits == 256
+    paired = bank.read(bank.draw(64, np.random.default_rng(0), paired_only=True), noised=False)
+    assert not (~paired.paired & (paired.cond >= 0)).any()
     plain = bank.draw(4000, np.random.default_rng(0))
     assert abs(bank.random[plain].mean() - bank.random.mean()) < 0.03  # RC: uniform over the bank
     ahead = [source.prefetch(32, np.random.default_rng(1)) for _ in range(3)]  # reads run in the background

@@ -94,6 +94,11 @@ def test_train_from_bank_and_live_teacher(tiny_world, tiny_bank, tmp_path, aria_
     again = aria_cli("train", str(path), f"run.dir={tmp_path / 'live_run'}", "bank.dir=null", "train.steps=3",
                      "train.policy=rc", *FAST)  # resume is the default: one more step
     assert again.returncode == 0 and [r["step"] for r in metrics(tmp_path / "live_run")] == [1, 2, 3]
+    # ARIA with alpha = 0 is RC, draw for draw: the same losses at every step
+    res = aria_cli("train", str(path), f"run.dir={tmp_path / 'alpha0'}", "bank.dir=null", "train.steps=3",
+                   "train.policy=aria", "aria.alpha=0.0", *FAST)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [r["loss"] for r in metrics(tmp_path / "alpha0")] == [r["loss"] for r in metrics(tmp_path / "live_run")]
 
 
 @pytest.mark.multiproc

@@ -145,6 +145,7 @@ def train(cfg: Config, log=print) -> dict:
         table.load_state_dict(own["table"])  # this rank's own unsynced sums since the last sync
         baseline.load_state_dict(own["baseline"])
         ema.load_state_dict(own["ema"])
+        load_source_state(source, own["source"])
         torch.set_rng_state(own["torch_rng"])
         if rank == 0:
             _truncate_metrics(run_dir / "metrics.jsonl", start_step)
@@ -164,7 +165,8 @@ def train(cfg: Config, log=print) -> dict:
         client = meta | {"table": table.state_dict(), "baseline": baseline.state_dict()}
         engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client, save_latest=False)
         torch.save({"ema": ema.state_dict(), "torch_rng": torch.get_rng_state(), "table": table.state_dict(),
-                    "baseline": baseline.state_dict()}, ckpt_dir / tag / f"aria_rank{rank}.pt")
+                    "baseline": baseline.state_dict(), "source": source_state(source)},
+                   ckpt_dir / tag / f"aria_rank{rank}.pt")
         distributed.barrier()
         if rank == 0:  # the checkpoint is complete: describe it, then point `latest` at it
             atomic_write_text(ckpt_dir / tag / "aria_meta.json", json.dumps(meta, default=str))
@@ -194,7 +196,9 @@ def train(cfg: Config, log=print) -> dict:
             for micro in range(cfg.train.grad_accum):
                 rng = np.random.default_rng([cfg.seed, rank, step, micro])
                 key = derive_key(cfg.seed, rank, step, micro, REGION_STREAM)
-                sampler = (lambda m, key=key: table.sample(m, key)) if policy == "aria" else None
+                # RC draws its random conditions as region ~ pi, then uniformly inside the region (the
+                # same distribution as uniform over the pool), so ARIA with alpha = 0 is RC draw for draw.
+                sampler = (lambda m, key=key: table.sample(m, key)) if policy != "paired" else None
                 batch = source.draw(cfg.train.micro_batch_per_gpu, rng, sampler, paired_only=policy == "paired")
                 tokens, mask = ctx.tokens(batch.cond)
                 t = torch.from_numpy(batch.t.astype(np.int64)).to(device)
@@ -299,6 +303,22 @@ def train(cfg: Config, log=print) -> dict:
         exported = export_student(engine, ema, run_dir / "student", rank)
     distributed.barrier()
     return {"steps": cfg.train.steps, "loss": last_loss, "run_dir": str(run_dir), "student": exported}
+
+
+def source_state(source) -> dict:
+    """The teacher source's cursor: counters for the metrics and the live teacher's entry counter
+    (its noise seeds derive from entry ids, so a resumed run must continue the count)."""
+    state = {"bank_hits": source.bank_hits}
+    if hasattr(source, "runner"):
+        state.update(teacher_forwards=source.runner.forwards, counter=source.counter)
+    return state
+
+
+def load_source_state(source, state: dict) -> None:
+    source.bank_hits = state["bank_hits"]
+    if hasattr(source, "runner"):
+        source.runner.forwards = state["teacher_forwards"]
+        source.counter = state["counter"]
 
 
 def _tensorboard(run_dir: Path):
