@@ -32,6 +32,7 @@ from aria_hpc.bank.context import X0_FILE, SCHEMA_VERSION
 from aria_hpc.bank.plan import Conditioning, plan_bank, shard_plan
 from aria_hpc.bank.writer import shard_name, update_manifest, write_shard
 from aria_hpc.fsio import array_digest
+from timing import median_seconds
 
 ENTRY_SHAPE = (4, 64, 64)
 BATCH = 256
@@ -95,13 +96,9 @@ def teacher_forward_per_entry(batch: int = 256, repeats: int = 3) -> dict:
     tok, mask = torch.randn(batch, 24, 384), torch.ones(batch, 24, dtype=torch.bool)
     t = torch.randint(0, 1000, (batch,))
     with torch.no_grad():
-        teacher.unet(x, t, encoder_hidden_states=tok, encoder_attention_mask=mask)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            teacher.unet(x, t, encoder_hidden_states=tok, encoder_attention_mask=mask)
-            times.append(time.perf_counter() - t0)
-    return {"batch": batch, "ms_per_entry": 1e3 * statistics.median(times) / batch}
+        seconds = median_seconds(lambda: teacher.unet(x, t, encoder_hidden_states=tok, encoder_attention_mask=mask),
+                                 repeats)
+    return {"batch": batch, "ms_per_entry": 1e3 * seconds / batch}
 
 
 def main() -> None:

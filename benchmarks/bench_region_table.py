@@ -17,8 +17,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import numpy as np
 import torch
 
 from aria_hpc.regions import RegionTable
+from timing import median_seconds
 
 K_VALUES = (16, 256, 65536)
 TARGETS = {"record_1t_vs_bincount": 1.0, "record_2t_vs_1t": 1.6, "sample_vs_choice": 10.0}
@@ -33,13 +32,7 @@ TARGETS = {"record_1t_vs_bincount": 1.0, "record_2t_vs_1t": 1.6, "sample_vs_choi
 
 def best_rate(fn, items: int, repeats: int) -> float:
     """Items per second of fn, median of `repeats` timed calls after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return items / statistics.median(times)
+    return items / median_seconds(fn, repeats)
 
 
 def record_threads(pool: ThreadPoolExecutor, table: RegionTable, batches) -> None:

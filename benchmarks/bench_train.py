@@ -20,13 +20,13 @@ import json
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from aria_hpc.config import load_config
+from timing import median_seconds
 
 TARGET_ARIA_OVERHEAD = 1.03
 TARGET_BANK_FRACTION = 0.8
@@ -93,16 +93,8 @@ def separate_passes(base: list[str], paths: list[str], repeats: int = 5) -> dict
         loss.backward()
         opt.step()
 
-    def median_time(fn):
-        fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-
-    return {"teacher_s": median_time(teacher_pass), "student_s": median_time(student_pass), "batch": n}
+    return {"teacher_s": median_seconds(teacher_pass, repeats), "student_s": median_seconds(student_pass, repeats),
+            "batch": n}
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from aria_hpc.bank import Bank, BankSource, LiveTeacher, build_bank
-from aria_hpc.bank.context import load_context, noised_inputs
+from aria_hpc.bank.context import load_context
 from aria_hpc.bank.plan import Conditioning, plan_bank, shard_plan
 from aria_hpc.config import load_config
 from aria_hpc.errors import UserError

@@ -1,6 +1,6 @@
 """The typed config tree: presets load, overrides are typed, bad input is one clear line and exit 2."""
 
-from pathlib import Path
+
 
 import pytest
 import yaml

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -161,7 +160,7 @@ def test_train_bad_input(tiny_world, tiny_bank, tmp_path, aria_cli):
     fails(f"bank.dir={tiny_bank}", "loss.feature_kd=1.0", "loss.feature_blocks=[down_blocks.0]",
           message="needs teacher features ['down_blocks.0']")
     # A NaN/inf loss: the state before the step is saved, marked, and the run stops with exit 2.
-    res = fails(f"bank.dir={tiny_bank}", "train.lr=1e30", "train.steps=6", message="non-finite loss at step")
+    fails(f"bank.dir={tiny_bank}", "train.lr=1e30", "train.steps=6", message="non-finite loss at step")
     marked = list((tmp_path / "r" / "checkpoints").glob("nonfinite-step*"))
     assert len(marked) == 1 and (marked[0] / "aria_rank0.pt").is_file()
     assert not (tmp_path / "r" / "checkpoints" / "latest").exists() or "nonfinite" not in \

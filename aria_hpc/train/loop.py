@@ -99,8 +99,6 @@ def train(cfg: Config, log=print) -> dict:
         if missing:
             raise UserError(f"loss.feature_kd needs teacher features {missing}: build the bank with "
                             f"bank.features={cfg.loss.feature_blocks} (or set bank.features for a live teacher)")
-    if rank == 0:
-        save_resolved(cfg, run_dir)
     policy = cfg.train.policy
     scheduler = ctx.teacher.scheduler
     num_timesteps = scheduler.config.num_train_timesteps
@@ -150,6 +148,9 @@ def train(cfg: Config, log=print) -> dict:
         if rank == 0:
             _truncate_metrics(run_dir / "metrics.jsonl", start_step)
             log(f"resumed from {ckpt_dir / client['tag']} at step {start_step}")
+
+    if rank == 0:  # only now, after every check passed: a refused run leaves the run dir as it was
+        save_resolved(cfg, run_dir)
 
     # ---- preemption: the handler only sets a flag; the loop agrees on it across ranks --------
     stop = {"signal": None}
