@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Copy a trained shapes teacher + judge (from `aria-hpc teacher configs/shapes_teacher.yaml`) into
-# the package, with the resolved recipe and the quality report that go with them.
+# the package, with the resolved recipe (and that of the run it continued, if any) and the quality
+# report that go with them.
 # Usage: scripts/ship_teacher.sh [RUN_DIR]   (default runs/shapes_teacher)
 set -euo pipefail
 RUN=${1:-runs/shapes_teacher}
@@ -14,4 +15,9 @@ mkdir -p "$DEST"
 cp -r "$RUN/teacher" "$RUN/judge" "$DEST/"
 cp "$RUN/config.yaml" "$DEST/recipe.yaml"
 cp "$RUN/teacher_eval.json" "$DEST/teacher_eval.json"
+# A continued recipe (teacher.init_from) ships the resolved config of the run it continued, too.
+INIT=$(awk '/^teacher:/ {t=1} t && /^  init_from:/ {print $2; exit}' "$RUN/config.yaml")
+if [ -n "$INIT" ] && [ "$INIT" != "null" ]; then
+  cp "$(dirname "$INIT")/config.yaml" "$DEST/recipe_stage1.yaml"
+fi
 du -sh "$DEST"
