@@ -19,6 +19,18 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parse_args that also takes key=value overrides after the options
+    (`aria-hpc bank CFG --shard 1 train.lr=1e-4`), appended to args.overrides."""
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def _resolve(args: argparse.Namespace) -> Config | None:
     cfg = load_config(args.config, args.overrides)
     print(dump_yaml(cfg), end="")
@@ -241,14 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models load from local directories only
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # `aria-hpc bank CFG --shard 1 train.lr=1e-4`: overrides may also follow the options
-    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
-    if stray:
-        parser.error(f"unrecognized arguments: {' '.join(stray)}")
-    if extra:
-        args.overrides = [*args.overrides, *extra]
+    args = parse_args(build_parser(), argv)
     try:
         return args.func(args)
     except UserError as exc:

@@ -67,7 +67,7 @@ def build(bank_dir: Path, entries: int, shards: int, regions: int) -> tuple[Bank
         step = 1024
         batches = ((s, min(len(out), s + step), out[s:s + step], {}) for s in range(0, len(out), step))
         write_shard(bank_dir / shard_name(i), fingerprint, {"kind": "planned", "index": i}, cols, batches,
-                    ENTRY_SHAPE, {})
+                    ENTRY_SHAPE)
         raw_parts.append(out)
     update_manifest(bank_dir, fingerprint)
     np.save(bank_dir / "raw.npy", np.concatenate(raw_parts))  # manifest order == shard order == bank rows

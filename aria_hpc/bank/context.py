@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 from aria_hpc.bank.plan import NULL, Conditioning
 from aria_hpc.config import Config
 from aria_hpc.errors import UserError
-from aria_hpc.fsio import array_digest, fsync_path
+from aria_hpc.fsio import array_digest, atomic_h5
 
 SCHEMA_VERSION = 1
 X0_FILE = "x0.h5"
@@ -89,16 +88,12 @@ def ensure_x0(bank_dir: Path, cfg: Config, images: np.ndarray, captions: np.ndar
             if f.attrs.get("image_set_digest") == image_set:
                 return f["x0"][:]
     x0 = encode_latents(cfg.bank.vae_dir, images, cfg.bank.batch_size) if cfg.bank.vae_dir else images
-    bank_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_h5(path) as f:
         f["x0"] = x0
         f["captions"] = captions
         f.attrs["image_set_digest"] = image_set
         f.attrs["x0_digest"] = array_digest(x0)
         f.attrs["space"] = "latent" if cfg.bank.vae_dir else "pixel"
-    fsync_path(tmp)
-    os.replace(tmp, path)
     return x0
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from aria_hpc.regions.rng import derive_key, splitmix64
+from aria_hpc.regions.sampler import RegionIndex
 
 NULL = -1  # condition index of the null text
 COLUMNS = ("entry", "image", "cond", "region", "t", "seed", "paired")
@@ -31,24 +32,18 @@ class Conditioning:
 
     def __post_init__(self) -> None:
         self.region_of_prompt = np.asarray(self.region_of_prompt, dtype=np.int64)
-        order = np.argsort(self.region_of_prompt, kind="stable")
-        k = int(self.region_of_prompt.max()) + 1 if len(order) else 0
-        self.members = order  # prompt ids grouped by region
-        self.bounds = np.searchsorted(self.region_of_prompt[order], np.arange(k + 1))
+        self.index = RegionIndex(self.region_of_prompt, int(self.region_of_prompt.max()) + 1)
 
     @property
     def num_regions(self) -> int:
-        return len(self.bounds) - 1
+        return self.index.num_regions
 
     def region_of(self, cond: np.ndarray) -> np.ndarray:
         return np.where(cond >= 0, self.region_of_prompt[np.maximum(cond, 0)], NULL)
 
     def prompts_in(self, regions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One prompt uniformly inside each given region (regions must be non-empty)."""
-        lo, hi = self.bounds[regions], self.bounds[regions + 1]
-        if np.any(hi <= lo):
-            raise ValueError(f"region {int(regions[np.argmax(hi <= lo)])} has no prompts")
-        return self.members[lo + (rng.random(len(regions)) * (hi - lo)).astype(np.int64)]
+        return self.index.pick(regions, rng.random(len(regions)))
 
     def rc_timesteps(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """t from p(t | caption replaced) ~ exp(lam t / T) on [0, T) (inverse CDF; uniform at lam = 0)."""
@@ -76,8 +71,7 @@ def top_up(cond: Conditioning, rng: np.random.Generator, cols: dict[str, np.ndar
     """Entries that bring every non-empty region to min_per_region random-conditioned entries."""
     random = ~cols["paired"] & (cols["cond"] >= 0)
     have = np.bincount(cond.region_of(cols["cond"][random]), minlength=cond.num_regions)
-    sizes = np.diff(cond.bounds)
-    deficit = np.where(sizes > 0, np.maximum(0, min_per_region - have), 0)
+    deficit = np.where(cond.index.sizes > 0, np.maximum(0, min_per_region - have), 0)
     regions = np.repeat(np.arange(cond.num_regions), deficit)
     m = len(regions)
     return {"image": rng.integers(0, len(cond.captions), m), "cond": cond.prompts_in(regions, rng),
@@ -113,8 +107,14 @@ def shard_rows(total: int, index: int, shards: int) -> slice:
     return slice(total * index // shards, total * (index + 1) // shards)
 
 
+def region_order(cols: dict[str, np.ndarray]) -> np.ndarray:
+    """The row order a shard stores: grouped by region, entry ids ascending inside a region
+    (region-grouped batches read nearby rows)."""
+    return np.lexsort((cols["entry"], cols["region"]))
+
+
 def shard_plan(plan: dict[str, np.ndarray], index: int, shards: int) -> dict[str, np.ndarray]:
-    """Shard `index` of the plan, its rows grouped by region (region-grouped batches read nearby rows)."""
+    """Shard `index` of the plan, in region order."""
     part = {k: v[shard_rows(len(plan["entry"]), index, shards)] for k, v in plan.items()}
-    order = np.lexsort((part["entry"], part["region"]))
+    order = region_order(part)
     return {k: v[order] for k, v in part.items()}

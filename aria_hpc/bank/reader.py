@@ -30,6 +30,7 @@ from aria_hpc.regions.table import gather_rows
 @dataclass
 class BankBatch:
     rows: np.ndarray  # bank rows, ascending (-1 for live entries)
+    entry: np.ndarray  # entry ids (their noise seeds derive from them)
     image: np.ndarray
     cond: np.ndarray  # prompt ids, -1 = null text
     region: np.ndarray
@@ -82,6 +83,7 @@ class Bank:
         self.columns = {k: np.concatenate(v) for k, v in cols.items()}
         self.feature_names = sorted(feature_names)
         self.random = ~self.columns["paired"] & (self.columns["cond"] >= 0)
+        self.kept_rows = np.flatnonzero(~self.random)  # true caption or null text: what `paired` draws
         rand_rows = np.flatnonzero(self.random)
         order = np.argsort(self.columns["region"][rand_rows], kind="stable")
         self.region_rows = rand_rows[order]  # random-conditioned rows grouped by region
@@ -144,8 +146,7 @@ class Bank:
         random-conditioned rows are re-drawn as region k = region_sampler(m), then uniformly inside k.
         paired_only: uniform over the entries that keep their true caption (or the null text)."""
         if paired_only:
-            kept = np.flatnonzero(~self.random)
-            return kept[rng.integers(0, len(kept), n)]
+            return self.kept_rows[rng.integers(0, len(self.kept_rows), n)]
         rows = rng.integers(0, len(self), n)
         if region_sampler is not None:
             redraw = np.flatnonzero(self.random[rows])
@@ -192,5 +193,5 @@ class Bank:
         if noised:
             x0 = torch.from_numpy(self.x0()[c["image"]])
             x_t = noised_inputs(self.scheduler, x0, c["t"], c["seed"])
-        return BankBatch(rows, c["image"], c["cond"], c["region"], c["t"], c["seed"], c["paired"], output,
-                         features, x_t)
+        return BankBatch(rows, c["entry"], c["image"], c["cond"], c["region"], c["t"], c["seed"], c["paired"],
+                         output, features, x_t)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from aria_hpc.bank.context import BankContext, TeacherRunner, noised_inputs
-from aria_hpc.bank.plan import draw_entries, finish
+from aria_hpc.bank.plan import COLUMNS, draw_entries, finish, region_order
 from aria_hpc.bank.reader import Bank, BankBatch
 from aria_hpc.bank.writer import prepare_bank_dir, update_manifest, write_shard
 
@@ -95,8 +95,8 @@ class LiveTeacher:
         cols = finish(cond, cols, entry, self.ctx.cfg.seed)
         x_t = noised_inputs(self.ctx.teacher.scheduler, self.x0[cols["image"]], cols["t"], cols["seed"])
         output, feats = self.runner(x_t, cols["t"], cols["cond"])
-        batch = BankBatch(np.full(n, -1), cols["image"], cols["cond"], cols["region"], cols["t"], cols["seed"],
-                          cols["paired"], torch.from_numpy(output),
+        batch = BankBatch(np.full(n, -1), cols["entry"], cols["image"], cols["cond"], cols["region"], cols["t"],
+                          cols["seed"], cols["paired"], torch.from_numpy(output),
                           {k: torch.from_numpy(v) for k, v in feats.items()}, x_t)
         if self.writeback_every:
             self._pending.append(batch)
@@ -109,20 +109,15 @@ class LiveTeacher:
         if not self._pending:
             return None
         pending, self._pending = self._pending, []
-        names = ("image", "cond", "region", "t", "seed", "paired")
-        cols = {k: np.concatenate([getattr(b, k) for b in pending]) for k in names}
-        start = self.counter - len(cols["t"])
-        cols["entry"] = LIVE_ENTRY_BASE + (self.stream << 32) + start + np.arange(len(cols["t"]))
-        order = np.lexsort((cols["entry"], cols["region"]))
+        cols = {k: np.concatenate([getattr(b, k) for b in pending]) for k in COLUMNS}
+        order = region_order(cols)
         cols = {k: v[order] for k, v in cols.items()}
-        output = np.concatenate([b.output.numpy() for b in pending])[order].astype(np.float16)
-        feats = {k: np.concatenate([b.features[k].numpy() for b in pending])[order].astype(np.float16)
-                 for k in pending[0].features}
+        output = np.concatenate([b.output.numpy() for b in pending])[order]  # float16, as computed
+        feats = {k: np.concatenate([b.features[k].numpy() for b in pending])[order] for k in pending[0].features}
         bank_dir = Path(self.ctx.cfg.bank.dir)
         path = bank_dir / f"shard-live-{self.stream:05d}-{self.written:05d}.h5"
         write_shard(path, self.ctx.fingerprint, {"kind": "live", "index": self.written}, cols,
-                    [(0, len(order), output, feats)], tuple(output.shape[1:]),
-                    {k: v.shape[1:] for k, v in feats.items()})
+                    [(0, len(order), output, feats)], tuple(output.shape[1:]))
         self.written += 1
         update_manifest(bank_dir, self.ctx.fingerprint)
         return path

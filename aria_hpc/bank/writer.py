@@ -50,11 +50,12 @@ def shard_digest(f: h5py.File) -> str:
 
 
 def write_shard(path: Path, fingerprint: dict, attrs: dict, cols: dict[str, np.ndarray],
-                batches, output_shape: tuple[int, ...], feature_shapes: dict[str, tuple[int, ...]]) -> str:
+                batches, output_shape: tuple[int, ...]) -> str:
     """Write a shard aside, verify it, fsync and rename it to `path`; its digest.
 
-    `batches` yields (start, stop, output float16, {feature: float16}) covering the rows in order.
-    The outputs are one contiguous (unchunked) float16 dataset, so readers can memory-map it.
+    `batches` yields (start, stop, output float16, {feature: float16}) covering the rows in order;
+    feature datasets take their shapes from the first batch. The outputs are one contiguous
+    (unchunked) float16 dataset, so readers can memory-map it.
     """
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     n = len(cols["entry"])
@@ -62,12 +63,13 @@ def write_shard(path: Path, fingerprint: dict, attrs: dict, cols: dict[str, np.n
         for key in COLUMNS:
             f.create_dataset(key, data=cols[key])
         out = f.create_dataset("output", (n, *output_shape), dtype=np.float16)
-        feats = {k: f.create_dataset(f"features/{k}", (n, *s), dtype=np.float16) for k, s in feature_shapes.items()}
         written = 0
         for start, stop, output, features in batches:
             out[start:stop] = output
             for k, v in features.items():
-                feats[k][start:stop] = v
+                if f"features/{k}" not in f:
+                    f.create_dataset(f"features/{k}", (n, *v.shape[1:]), dtype=np.float16)
+                f[f"features/{k}"][start:stop] = v
             written = stop
             f.flush()
         if written != n:
@@ -143,12 +145,11 @@ def prepare_bank_dir(bank_dir: Path, fingerprint: dict, rebuild: bool) -> None:
     if found is None:
         return
     where, have = found
-    if not fingerprint_diff(have, fingerprint):
-        return
     if not rebuild:
-        check_fingerprint(where, have, fingerprint)
-    for path in list(bank_dir.glob("shard-*.h5*")) + [bank_dir / MANIFEST]:
-        path.unlink(missing_ok=True)
+        check_fingerprint(where, have, fingerprint)  # raises on any difference
+    elif fingerprint_diff(have, fingerprint):
+        for path in list(bank_dir.glob("shard-*.h5*")) + [bank_dir / MANIFEST]:
+            path.unlink(missing_ok=True)
 
 
 def shard_is_complete(bank_dir: Path, index: int, fingerprint: dict) -> bool:
@@ -171,7 +172,6 @@ def build_shard(ctx: BankContext, index: int, progress: Callable[[int, int, int]
     x0 = torch.from_numpy(ctx.x0)
     scheduler = ctx.teacher.scheduler
     n = len(cols["entry"])
-    shapes = {}
 
     def batches():
         for start in range(0, n, b.batch_size):
@@ -182,17 +182,8 @@ def build_shard(ctx: BankContext, index: int, progress: Callable[[int, int, int]
             if progress:
                 progress(index, sl.stop, n)
 
-    # Feature shapes are known only after a forward: probe the first batch, then stream the rest.
-    gen = batches()
-    first = next(gen)
-    shapes = {k: v.shape[1:] for k, v in first[3].items()}
-
-    def all_batches():
-        yield first
-        yield from gen
-
     write_shard(bank_dir / shard_name(index), ctx.fingerprint, {"kind": "planned", "index": index},
-                cols, all_batches(), tuple(ctx.x0.shape[1:]), shapes)
+                cols, batches(), tuple(ctx.x0.shape[1:]))
     return runner.forwards
 
 

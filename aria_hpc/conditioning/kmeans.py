@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import h5py
 import numpy as np
 
 from aria_hpc.errors import UserError
+from aria_hpc.fsio import atomic_h5
 
 
 @dataclass
@@ -53,16 +53,13 @@ def kmeans(x: np.ndarray, k: int, *, niter: int, seed: int, spherical: bool, thr
 
 
 def save_regions(regions: RegionMap, path: Path, extra_attrs: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_h5(path) as f:
         f["centroids"] = regions.centroids
         f["region"] = regions.region
         f["sizes"] = regions.sizes
         f["representatives"] = regions.representatives
         for key, value in {**regions.attrs, **extra_attrs}.items():
             f.attrs[key] = value
-    os.replace(tmp, path)
     return path
 
 

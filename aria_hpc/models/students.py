@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
+
 from aria_hpc.errors import UserError
 
 
@@ -21,16 +23,17 @@ def _unet_from(teacher_config: dict, **changes):
 
 
 def init_from_teacher(student, teacher) -> tuple[int, int]:
-    """Copy every teacher tensor whose name and shape match; (copied, total) parameter tensors."""
+    """Copy every teacher tensor whose name and shape match; (copied, total) parameter tensors.
+    state_dict() tensors alias the module's own, so copying into them updates the student in place."""
     teacher_state = teacher.state_dict()
     state = student.state_dict()
     copied = 0
-    for name, value in state.items():
-        src = teacher_state.get(name)
-        if src is not None and src.shape == value.shape:
-            value.copy_(src)
-            copied += 1
-    student.load_state_dict(state)
+    with torch.no_grad():
+        for name, value in state.items():
+            src = teacher_state.get(name)
+            if src is not None and src.shape == value.shape:
+                value.copy_(src)
+                copied += 1
     return copied, len(state)
 
 
@@ -39,10 +42,8 @@ def block_removed(teacher, *, drop_layers: int, drop_mid: bool):
     up stages keep one more than down, as diffusers builds them) and without the mid-block if asked."""
     cfg = teacher.config
     layers = cfg.layers_per_block
-    n = len(cfg.block_out_channels)
-    layers = [layers] * n if isinstance(layers, int) else list(layers)
-    student = _unet_from(cfg, layers_per_block=[max(1, l - drop_layers) for l in layers] if n > 1 else
-                         max(1, layers[0] - drop_layers),
+    layers = [layers] * len(cfg.block_out_channels) if isinstance(layers, int) else list(layers)
+    student = _unet_from(cfg, layers_per_block=[max(1, count - drop_layers) for count in layers],
                          mid_block_type=None if drop_mid else cfg.mid_block_type)
     init_from_teacher(student, teacher)
     return student

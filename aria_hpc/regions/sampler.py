@@ -28,11 +28,14 @@ class RegionIndex:
 
     def prompts_in(self, regions: np.ndarray, key: int) -> np.ndarray:
         """For each region id, a prompt drawn uniformly inside it (a pure function of key)."""
+        return self.pick(regions, counter_uniform(key, np.arange(len(regions), dtype=np.uint64)))
+
+    def pick(self, regions: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """For each region id, the prompt at uniform position u in [0, 1) among the region's prompts."""
         regions = np.asarray(regions, dtype=np.int64)
         sizes = self.sizes[regions]
         if (sizes == 0).any():
             raise ValueError("asked for a prompt from an empty region")
-        u = counter_uniform(key, np.arange(len(regions), dtype=np.uint64))
         within = np.minimum((u * sizes).astype(np.int64), sizes - 1)
         return self.order[self.offsets[regions] + within]
 

@@ -9,6 +9,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from aria_hpc.cli import parse_args
     from aria_hpc.config import dump_yaml, load_config
     from aria_hpc.errors import UserError
     from aria_hpc.train.loop import PREEMPTED_EXIT, Preempted, train
@@ -19,12 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
-    args, extra = parser.parse_known_args(argv)
-    stray = [a for a in extra if a.startswith("-") or "=" not in a]
-    if stray:
-        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    args = parse_args(parser, argv)
     try:
-        cfg = load_config(args.config, [*args.overrides, *extra])
+        cfg = load_config(args.config, args.overrides)
         from aria_hpc.distributed import world_info
 
         if world_info().rank == 0:

@@ -28,7 +28,7 @@ from aria_hpc.errors import UserError
 from aria_hpc.fsio import atomic_write_text
 from aria_hpc.regions.allocation import importance_weights, normalise_by_baseline, timestep_bins
 from aria_hpc.regions.rng import derive_key
-from aria_hpc.regions.sampler import REGION_STREAM, RegionIndex, update_allocation
+from aria_hpc.regions.sampler import REGION_STREAM, update_allocation
 from aria_hpc.regions.sync import sync_and_fold
 from aria_hpc.regions.table import RegionTable
 from aria_hpc.train import losses
@@ -60,21 +60,10 @@ def flat_config(cfg: Config) -> dict:
 
 
 def _any_rank(flag: bool) -> bool:
-    t = torch.tensor([1.0 if flag else 0.0])
-    if distributed.is_distributed():
-        import torch.distributed as dist
-
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
-def _sum_ranks(values: list[float]) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    if distributed.is_distributed():
-        import torch.distributed as dist
-
-        dist.all_reduce(t)
-    return t.tolist()
+    """True on every rank when the flag is set on any."""
+    count = np.array([1.0 if flag else 0.0])
+    distributed.all_reduce_sum_(count)
+    return bool(count[0] > 0)
 
 
 def train(cfg: Config, log=print) -> dict:
@@ -102,7 +91,7 @@ def train(cfg: Config, log=print) -> dict:
     policy = cfg.train.policy
     scheduler = ctx.teacher.scheduler
     num_timesteps = scheduler.config.num_train_timesteps
-    index = RegionIndex(ctx.conditioning.region_of_prompt, ctx.conditioning.num_regions)
+    index = ctx.conditioning.index
     table = RegionTable(index.num_regions, base=index.base, init_estimate=cfg.aria.init_estimate)
     baseline = RegionTable(cfg.aria.timestep_bins)  # b(t) per timestep bin: the same EMA machinery
 
@@ -138,8 +127,8 @@ def train(cfg: Config, log=print) -> dict:
         if client is None:
             raise UserError(f"the checkpoint in {ckpt_dir / tag} could not be loaded: remove {ckpt_dir / 'latest'} "
                             "to start over, or point run.dir elsewhere")
-        start_step = int(client["step"])
-        own = torch.load(ckpt_dir / client["tag"] / f"aria_rank{rank}.pt", weights_only=False)
+        start_step = int(meta["step"])
+        own = torch.load(ckpt_dir / tag / f"aria_rank{rank}.pt", weights_only=False)
         table.load_state_dict(own["table"])  # this rank's own unsynced sums since the last sync
         baseline.load_state_dict(own["baseline"])
         ema.load_state_dict(own["ema"])
@@ -147,7 +136,7 @@ def train(cfg: Config, log=print) -> dict:
         torch.set_rng_state(own["torch_rng"])
         if rank == 0:
             _truncate_metrics(run_dir / "metrics.jsonl", start_step)
-            log(f"resumed from {ckpt_dir / client['tag']} at step {start_step}")
+            log(f"resumed from {ckpt_dir / tag} at step {start_step}")
 
     if rank == 0:  # only now, after every check passed: a refused run leaves the run dir as it was
         save_resolved(cfg, run_dir)
@@ -163,8 +152,7 @@ def train(cfg: Config, log=print) -> dict:
         # The region table's EMA state is the same on every rank; its accumulators (sums since the
         # last sync) are each rank's own, so every rank keeps its table in its own file.
         meta = {"step": step, "tag": tag, "world_size": world, "config": flat_config(cfg)}
-        client = meta | {"table": table.state_dict(), "baseline": baseline.state_dict()}
-        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client, save_latest=False)
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=meta, save_latest=False)
         torch.save({"ema": ema.state_dict(), "torch_rng": torch.get_rng_state(), "table": table.state_dict(),
                     "baseline": baseline.state_dict(), "source": source_state(source)},
                    ckpt_dir / tag / f"aria_rank{rank}.pt")
@@ -225,18 +213,19 @@ def train(cfg: Config, log=print) -> dict:
                         w[rand] = importance_weights(batch.region[rand], table.base, q)
                     sample_weights = torch.from_numpy(w).to(device).float()
                 loss = losses.combine(per_sample, weights, feature_term, task_term, sample_weights)
+                loss_value = loss.item()  # the one host sync of the step
 
                 # non-finite loss: keep the last good state, marked, and stop
-                if _any_rank(not math.isfinite(loss.item())):
+                if _any_rank(not math.isfinite(loss_value)):
                     path = save(step, f"nonfinite-step{step:08d}", latest=False)
-                    raise UserError(f"non-finite loss at step {step} (rank {rank} value {loss.item()}): the state "
+                    raise UserError(f"non-finite loss at step {step} (rank {rank} value {loss_value}): the state "
                                     f"before this step is saved in {path}; lower train.lr or check the bank/teacher "
                                     "outputs, then resume from the last regular checkpoint")
 
                 # ---- backward ------------------------------------------------------------------
                 engine.backward(loss)
                 engine.step()
-                step_loss += loss.item() / cfg.train.grad_accum
+                step_loss += loss_value / cfg.train.grad_accum
 
                 # ---- track: d_i = l_i / b(t_i) into the region table, l_i into b(t) ------------
                 l_np = per_sample.detach().double().cpu().numpy()
@@ -258,7 +247,9 @@ def train(cfg: Config, log=print) -> dict:
             steps_since += 1
             done = step + 1
             if done % cfg.train.log_every == 0 or done == cfg.train.steps:
-                loss_sum, forwards, hits = _sum_ranks([step_loss, source.teacher_forwards, source.bank_hits])
+                totals = np.array([step_loss, source.teacher_forwards, source.bank_hits], dtype=np.float64)
+                distributed.all_reduce_sum_(totals)
+                loss_sum, forwards, hits = totals
                 elapsed = time.perf_counter() - t_last
                 rate = steps_since * cfg.train.micro_batch_per_gpu * cfg.train.grad_accum * world / elapsed
                 t_last, steps_since = time.perf_counter(), 0
