@@ -216,6 +216,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train_main([args.config, *args.overrides, *(["--dry-run"] if args.dry_run else [])])
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from aria_hpc.eval.evaluate import evaluate_run
+
+    overrides = [a for a in args.run_dirs if "=" in a]
+    for run_dir in [a for a in args.run_dirs if "=" not in a]:
+        result = evaluate_run(run_dir, overrides, log=lambda msg: print(msg, flush=True))
+        print(f"{run_dir} ({result['policy']}, seed {result['seed']}, {result['steps']} steps)")
+        print(f"{'group':>10} {'output MSE':>12} {'judge acc':>10} {'teacher acc':>12} {'Frechet':>9}")
+        for group, g in result["groups"].items():
+            acc, tacc, fd = (g.get(k, {}).get("mean", float("nan")) for k in
+                             ("student_accuracy", "teacher_accuracy", "frechet"))
+            print(f"{group:>10} {g['mse']['mean']:>12.5f} {acc:>10.3f} {tacc:>12.3f} {fd:>9.3f}")
+        print(f"wrote {Path(run_dir) / 'eval.json'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from aria_hpc.eval.report import write_report
+
+    out = write_report(args.run_dirs, args.out, baseline=args.baseline)
+    print("\n".join(out["table"]))
+    print(f"wrote {out['report']} ({len(out['figures'])} figures)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from aria_hpc.demo import run_demo
+
+    result = run_demo(args.out, config=args.config, overrides=args.overrides, full=args.full,
+                      executor=args.executor, log=lambda msg: print(msg, flush=True))
+    print("\n" + "\n".join(result["table"]))
+    print(f"\nreport: {result['report']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aria-hpc",
@@ -248,6 +283,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("teacher", help="train the shapes-world teacher and judge, and measure the teacher")
     _add_config_args(p)
     p.set_defaults(func=cmd_teacher)
+    p = sub.add_parser("eval", help="evaluate run directories against the teacher (writes RUN_DIR/eval.json)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR [eval.key=value ...]",
+                   help="run directories, then optional eval.* / judge.* overrides")
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("report", help="markdown report with figures comparing evaluated runs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default="runs/report", help="report directory (default runs/report)")
+    p.add_argument("--baseline", default="rc", help="the label the others are compared with (default rc)")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("demo", help="the main job: RC vs ARIA students of the shipped shapes teacher, end to end")
+    p.add_argument("--out", default="runs/demo", help="where everything goes (default runs/demo)")
+    p.add_argument("--config", help="base config (default configs/demo.yaml)")
+    p.add_argument("--full", action="store_true", help="add the paired policy and run 3 seeds")
+    p.add_argument("--executor", choices=("local", "debug"), default="local",
+                   help="submitit executor for the members (debug: in this process)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the demo config")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -203,6 +203,19 @@ class JudgeConfig:
 
 
 @dataclass
+class EvalConfig:
+    """`aria-hpc eval RUN_DIR`: a fixed held-out set, the same for every run and training seed."""
+
+    seed: int = 0  # the evaluation set's seed (independent of the training seed)
+    per_region: int = 16  # held-out (prompt, image, t, noise) tuples per region for the output MSE
+    timestep_bins: int = 10  # MSE is also reported per timestep bin
+    per_group: int = 64  # prompts per split group sampled with DDIM and judged (distinct combinations)
+    sample_steps: int = 25  # DDIM steps for teacher and student samples
+    grid: int = 8  # samples per group kept for the report's grids
+    batch_size: int = 256
+
+
+@dataclass
 class Config:
     seed: int = 0
     run: RunConfig = field(default_factory=RunConfig)
@@ -221,6 +234,7 @@ class Config:
     regions: RegionsConfig = field(default_factory=RegionsConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
         """Cross-field and range checks; raises ConfigError naming the field."""
@@ -275,6 +289,11 @@ class Config:
             (self.launch.timeout_min >= 1 and self.launch.array_parallelism >= 1,
              "launch.timeout_min and launch.array_parallelism must be >= 1"),
             (self.judge.steps >= 1 and self.judge.batch_size >= 1, "judge.steps and judge.batch_size must be >= 1"),
+            (self.eval.seed >= 0, "eval.seed must be >= 0"),
+            (min(self.eval.per_region, self.eval.per_group, self.eval.sample_steps, self.eval.timestep_bins,
+                 self.eval.batch_size) >= 1,
+             "eval.per_region, eval.per_group, eval.sample_steps, eval.timestep_bins and eval.batch_size must be >= 1"),
+            (self.eval.grid >= 0, "eval.grid must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:

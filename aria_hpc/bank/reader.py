@@ -49,8 +49,10 @@ def read_manifest(bank_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-# How a bank was laid out does not change what its entries mean: a training run may differ here.
-LAYOUT_FIELDS = ("sampling.entries", "sampling.shards", "sampling.min_per_region", "sampling.features")
+# How a bank was laid out (and the seed its entries were drawn with) does not change what its entries
+# mean: a training run may differ here, so runs of every training seed share one bank.
+LAYOUT_FIELDS = ("sampling.entries", "sampling.shards", "sampling.min_per_region", "sampling.features",
+                 "sampling.seed")
 
 
 class Bank:

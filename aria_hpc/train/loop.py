@@ -36,7 +36,8 @@ from aria_hpc.train.student import Distilled, StudentEMA, export_student
 
 FAULT_STEP = os.environ.get("ARIA_FAULT_SIGKILL_AFTER_STEP")  # fault injection for the resume tests
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: checkpoint saved, run the same command again
-# Keys that may change between a checkpoint and its resume (run length and bookkeeping only).
+# Keys that may change between a checkpoint and its resume (run length and bookkeeping only; eval.*
+# never affects training either).
 RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.region_log_every", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.export", "run.dir", "launch.folder", "launch.partition",
                      "launch.timeout_min"}
@@ -119,7 +120,8 @@ def train(cfg: Config, log=print) -> dict:
                             "conversion, ds_to_universal.py, is the way to change it)")
         now = flat_config(cfg)
         differ = sorted(k for k in set(now) | set(meta["config"])
-                        if now.get(k) != meta["config"].get(k) and k not in RESUMABLE_CHANGES)
+                        if now.get(k) != meta["config"].get(k) and k not in RESUMABLE_CHANGES
+                        and not k.startswith("eval."))
         if differ:
             raise UserError(f"the checkpoint in {ckpt_dir / tag} was written with a different config (differs in "
                             f"{', '.join(differ[:8])}): restore those values, or use another run.dir")

@@ -1,0 +1,120 @@
+"""`aria-hpc demo`: the main job on the embedded shapes world, end to end.
+
+Reuses the shipped teacher and judge; builds embeddings, regions and the teacher bank under --out when
+missing (a second run reuses them: 0 teacher forwards); trains one student per policy and seed through
+submitit's local executor; evaluates each; writes the report; prints the headline table and one
+timing line per stage.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from aria_hpc.config import Config, load_config
+from aria_hpc.errors import UserError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+def demo_overrides(out: Path) -> list[str]:
+    return [f"embed.dir={out / 'embeddings'}", f"regions.path={out / 'embeddings' / 'regions.h5'}",
+            f"bank.dir={out / 'bank'}", f"launch.folder={out / 'submitit'}"]
+
+
+def ensure_embeddings(cfg: Config, log) -> str:
+    from aria_hpc.conditioning.embeddings import build_shard, check_complete_shard, shard_expectation
+    from aria_hpc.conditioning.encoders import TextEncoder
+    from aria_hpc.conditioning.pool import PromptPool, materialise_pool
+
+    embed_dir = Path(cfg.embed.dir)
+    encoder = TextEncoder(cfg.text_encoder.dir, cfg.text_encoder.max_length)
+    pool = PromptPool(materialise_pool(embed_dir, cfg.pool.files, cfg.pool.jsonl_field, cfg.shapes_world()))
+    built = 0
+    for index in range(cfg.embed.shards):
+        expect = shard_expectation(pool, encoder, index, cfg.embed.shards, cfg.embed.store_tokens)
+        if not check_complete_shard(embed_dir, expect, index, cfg.embed.shards):
+            build_shard(embed_dir, pool, encoder, index, cfg.embed.shards, batch_size=cfg.text_encoder.batch_size,
+                        store_tokens=cfg.embed.store_tokens)
+            built += 1
+    return f"{len(pool)} prompts, {built} of {cfg.embed.shards} shard(s) built"
+
+
+def ensure_regions(cfg: Config, log) -> str:
+    import h5py
+
+    from aria_hpc.conditioning.embeddings import EmbeddingStore
+    from aria_hpc.conditioning.kmeans import kmeans, save_regions
+
+    rc, path = cfg.regions, Path(cfg.regions.path)
+    store = EmbeddingStore(cfg.embed.dir, cfg.embed.shards)
+    want = {"pool_digest": store.pool.digest, "encoder_digest": store.encoder_digest, "k": rc.k,
+            "niter": rc.niter, "seed": cfg.seed, "spherical": rc.spherical, "threads": rc.threads}
+    if path.is_file():
+        with h5py.File(path, "r", locking=False) as f:
+            if all(_same(f.attrs.get(k), v) for k, v in want.items()):
+                return f"{rc.k} regions reused"
+    regions = kmeans(store.pooled(), rc.k, niter=rc.niter, seed=cfg.seed, spherical=rc.spherical,
+                     threads=rc.threads, representatives=rc.representatives)
+    save_regions(regions, path, {"pool_digest": store.pool.digest, "encoder_digest": store.encoder_digest})
+    return f"{rc.k} regions computed"
+
+
+def _same(a, b) -> bool:
+    return a is not None and (a == b if not isinstance(b, bool) else bool(a) == b)
+
+
+def run_demo(out: str | Path, *, config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+             full: bool = False, executor: str = "local", log=print) -> dict:
+    from aria_hpc.bank.writer import build_bank
+    from aria_hpc.eval.report import write_report
+    from aria_hpc.launch.members import Member, run_members
+
+    out = Path(out).resolve()
+    config = Path(config) if config else DEFAULT_CONFIG
+    base = [*demo_overrides(out), *overrides]
+    cfg = load_config(config, base)  # every check before any work
+    policies = ("paired", "rc", "aria") if full else ("rc", "aria")
+    seeds = (0, 1, 2) if full else (cfg.seed,)
+    timings: list[tuple[str, float, str]] = []
+
+    def stage(name: str, fn):
+        t0 = time.perf_counter()
+        detail = fn()
+        timings.append((name, time.perf_counter() - t0, detail))
+        log(f"[demo] {name:<10} {timings[-1][1]:7.1f}s  {detail}")
+
+    stage("embed", lambda: ensure_embeddings(cfg, log))
+    stage("regions", lambda: ensure_regions(cfg, log))
+    bank = {}
+
+    def do_bank():
+        bank.update(build_bank(cfg, log=lambda msg: None))
+        return f"{bank['manifest']['entries']} entries, teacher forwards: {bank['teacher_forwards']}"
+    stage("bank", do_bank)
+
+    members = [Member(f"{p}-s{s}", str(config.resolve()),
+                      [*base, f"train.policy={p}", f"seed={s}", f"run.dir={out / 'runs' / f'{p}-s{s}'}"])
+               for s in seeds for p in policies]
+    results: dict = {}
+
+    def do_train():
+        results.update(run_members(members, cfg.launch, executor, out / "submitit", log=log))
+        failed = [n for n, r in results.items() if r["state"] != "finished"]
+        if failed:
+            raise UserError(f"demo member(s) {', '.join(failed)} failed; logs: "
+                            + "; ".join(results[n]["stderr"] for n in failed))
+        return (f"{len(members)} member(s) ({', '.join(policies)} x seeds {list(seeds)}) trained and evaluated, "
+                f"train {max(r['result']['train_s'] for r in results.values()):.0f}s / "
+                f"eval {max(r['result'].get('eval_s', 0) for r in results.values()):.0f}s per member at most")
+    stage("train+eval", do_train)
+    report = {}
+
+    def do_report():
+        report.update(write_report([out / "runs" / m.name for m in members], out / "report"))
+        return str(report["report"])
+    stage("report", do_report)
+    total = sum(t for _, t, _ in timings)
+    log(f"[demo] total      {total:7.1f}s")
+    return {"timings": timings, "total_s": total, "report": report["report"], "table": report["table"],
+            "members": results, "teacher_forwards": bank["teacher_forwards"]}

@@ -1,0 +1,1 @@
+"""Evaluation of distilled students (per region and per split group) and the markdown report."""

@@ -1,0 +1,226 @@
+"""`aria-hpc eval RUN_DIR`: the exported student against its teacher, per region and per split group.
+
+The evaluation set is fixed by `eval.seed` alone (never the training seed), so every run of a sweep
+is measured on the same held-out tuples and prompts:
+
+- output MSE: per region, `eval.per_region` (prompt, paired image, t, noise) tuples with t stratified
+  over [0, T) and noise seeds from a stream the bank never uses; per-sample mean squared difference of
+  student and teacher predictions, averaged per region, per split group and per timestep bin;
+- samples: `eval.per_group` prompts per split group (distinct combinations), DDIM from the same seeds
+  for teacher and student; the judge's attribute accuracy of both against the prompt, and the
+  Frechet distance between teacher and student samples in the judge's feature space.
+
+Writes RUN_DIR/eval.json (atomically) and RUN_DIR/eval_samples.npz (image grids for the report).
+Teacher samples depend only on the teacher and the evaluation set, so they are cached beside the bank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aria_hpc.config import Config, load_config
+from aria_hpc.errors import UserError
+from aria_hpc.eval.metrics import frechet_with_se, grouped, mean_se, stratified_timesteps
+from aria_hpc.fsio import atomic_write_text
+
+SPLIT_GROUPS = ("seen", "under", "unseen", "unlabelled")  # pool split codes 0, 1, 2, -1
+EVAL_STREAM = 0xE7A1
+EVAL_KEYS = ("eval.", "judge.")  # what `aria-hpc eval` may override: never what the run trained with
+
+
+def group_of(split: np.ndarray) -> np.ndarray:
+    """Index into SPLIT_GROUPS of each prompt's split code."""
+    split = np.asarray(split, dtype=np.int64)
+    return np.where(split < 0, 3, split)
+
+
+def heldout_tuples(cfg: Config, index, num_images: int, num_timesteps: int) -> dict[str, np.ndarray]:
+    """The fixed held-out set: per non-empty region, per_region tuples (prompt, image, t, noise seed)."""
+    from aria_hpc.bank.plan import entry_seeds
+    from aria_hpc.regions.rng import derive_key
+
+    e = cfg.eval
+    rng = np.random.default_rng([e.seed, EVAL_STREAM])
+    regions = np.repeat(np.flatnonzero(index.sizes > 0), e.per_region)
+    n = len(regions)
+    return {"region": regions, "cond": index.pick(regions, rng.random(n)),
+            "image": rng.integers(0, num_images, n), "t": stratified_timesteps(rng, n, num_timesteps),
+            # 63-bit seeds from a key the bank's (seed, 0x5EED) stream never produces
+            "seed": entry_seeds(derive_key(e.seed, EVAL_STREAM) >> 2, np.arange(n))}
+
+
+def sample_prompts(cfg: Config, pool) -> dict[str, np.ndarray]:
+    """Per split group, up to per_group prompt ids of distinct combinations (fixed by eval.seed)."""
+    rng = np.random.default_rng([cfg.eval.seed, EVAL_STREAM, 1])
+    groups = group_of(pool.split)
+    out = {}
+    for g, name in enumerate(SPLIT_GROUPS):
+        ids = rng.permutation(np.flatnonzero(groups == g))
+        if len(ids) == 0:
+            continue
+        combos = pool.combination[ids]
+        if (combos >= 0).all():  # one prompt per combination, so no combination counts twice
+            _, first = np.unique(combos, return_index=True)
+            ids = ids[np.sort(first)]
+        out[name] = np.sort(ids[:cfg.eval.per_group])
+    return out
+
+
+@torch.no_grad()
+def predictions(unet, x_t: torch.Tensor, t: np.ndarray, tokens: torch.Tensor, mask: torch.Tensor,
+                batch_size: int) -> torch.Tensor:
+    out = []
+    for s in range(0, len(t), batch_size):
+        sl = slice(s, s + batch_size)
+        out.append(unet(x_t[sl], torch.from_numpy(t[sl].astype(np.int64)), encoder_hidden_states=tokens[sl],
+                        encoder_attention_mask=mask[sl]).sample.float())
+    return torch.cat(out)
+
+
+def load_student(run_dir: Path):
+    from diffusers import UNet2DConditionModel
+
+    student_dir = run_dir / "student"
+    if not (student_dir / "config.json").is_file():
+        raise UserError(f"{run_dir} has no exported student ({student_dir}): let `aria-hpc train` finish "
+                        "(train.export=true; running the same train command again resumes it)")
+    return UNet2DConditionModel.from_pretrained(student_dir, low_cpu_mem_usage=False).eval().requires_grad_(False)
+
+
+def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.yaml): pass a run.dir written by "
+                        "`aria-hpc train`")
+    bad = [o for o in overrides if not o.startswith(EVAL_KEYS)]
+    if bad:
+        raise UserError(f"eval overrides may only change eval.* and judge.* (got {', '.join(bad)}): the run's "
+                        "own settings come from its config.yaml")
+    return load_config(path, overrides)
+
+
+def _teacher_samples(cfg: Config, ctx, prompts: np.ndarray, log) -> torch.Tensor:
+    """Teacher DDIM samples for the prompts, cached in BANK_DIR/eval_cache (same for every run)."""
+    from aria_hpc.models.sampling import ddim_sample
+
+    key = hashlib.sha256(json.dumps([ctx.fingerprint["teacher_digest"], ctx.fingerprint["prompt_pool_digest"],
+                                     prompts.tolist(), cfg.eval.sample_steps, cfg.eval.seed]).encode()).hexdigest()[:20]
+    cache = Path(cfg.bank.dir) / "eval_cache" / f"teacher-{key}.npy" if cfg.bank.dir else None
+    if cache is not None and cache.is_file():
+        return torch.from_numpy(np.load(cache))
+    tokens, mask = ctx.tokens(prompts)
+    images = ddim_sample(ctx.teacher.unet, ctx.teacher.scheduler, tokens, mask, steps=cfg.eval.sample_steps,
+                         seed=cfg.eval.seed, batch_size=cfg.eval.batch_size)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp{time.time_ns()}.npy")
+        np.save(tmp, images.numpy())
+        tmp.replace(cache)
+        log(f"cached teacher samples in {cache}")
+    return images
+
+
+def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), log=print) -> dict:
+    from aria_hpc.bank.context import load_context, noised_inputs
+    from aria_hpc.conditioning.kmeans import composition
+    from aria_hpc.models.sampling import ddim_sample
+
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir, overrides)
+    student = load_student(run_dir)
+    timings = {}
+    t0 = time.perf_counter()
+    ctx = load_context(cfg, need_bank_dir=False)
+    teacher, scheduler = ctx.teacher.unet, ctx.teacher.scheduler
+    num_timesteps = scheduler.config.num_train_timesteps
+    pool, index = ctx.store.pool, ctx.conditioning.index
+    groups = group_of(pool.split)
+    e = cfg.eval
+    timings["load_s"] = time.perf_counter() - t0
+
+    # ---- output MSE on the held-out tuples ----------------------------------------------------
+    t0 = time.perf_counter()
+    tup = heldout_tuples(cfg, index, len(ctx.x0), num_timesteps)
+    x_t = noised_inputs(scheduler, torch.from_numpy(ctx.x0[tup["image"]]).float(), tup["t"], tup["seed"])
+    tokens, mask = ctx.tokens(tup["cond"])
+    diff = (predictions(student, x_t, tup["t"], tokens, mask, e.batch_size)
+            - predictions(teacher, x_t, tup["t"], tokens, mask, e.batch_size))
+    mse = diff.pow(2).flatten(1).mean(1).double().numpy()
+    tuple_group = groups[tup["cond"]]
+    bins = np.minimum(tup["t"] * e.timestep_bins // num_timesteps, e.timestep_bins - 1)
+    present = [g for g, _ in enumerate(SPLIT_GROUPS) if (tuple_group == g).any()]
+    per_region = grouped(mse, tup["region"], index.num_regions)
+    result = {
+        "run_dir": str(run_dir), "policy": cfg.train.policy, "seed": cfg.seed, "steps": cfg.train.steps,
+        "eval": {"seed": e.seed, "per_region": e.per_region, "per_group": e.per_group,
+                 "sample_steps": e.sample_steps, "timestep_bins": e.timestep_bins},
+        "regions": {"mse": [r["mean"] for r in per_region], "n": [r["n"] for r in per_region],
+                    "composition": composition(index.region_of_prompt, pool.split, index.num_regions).tolist()},
+        "groups": {},
+    }
+    for g in present:
+        sel = tuple_group == g
+        result["groups"][SPLIT_GROUPS[g]] = {
+            "mse": mean_se(mse[sel]),
+            "mse_by_timestep": [mean_se(mse[sel & (bins == b)])["mean"] for b in range(e.timestep_bins)]}
+    result["groups"]["all"] = {"mse": mean_se(mse),
+                               "mse_by_timestep": [mean_se(mse[bins == b])["mean"] for b in range(e.timestep_bins)]}
+    timings["mse_s"] = time.perf_counter() - t0
+
+    # ---- samples, judge accuracy, Frechet distance --------------------------------------------
+    t0 = time.perf_counter()
+    prompts = sample_prompts(cfg, pool)
+    judge = _judge_for(cfg, pool)
+    grids = {}
+    for name, ids in prompts.items():
+        teacher_img = _teacher_samples(cfg, ctx, ids, log)
+        tok, msk = ctx.tokens(ids)
+        student_img = ddim_sample(student, scheduler, tok, msk, steps=e.sample_steps, seed=e.seed,
+                                  batch_size=e.batch_size)
+        entry = result["groups"].setdefault(name, {})
+        entry["pixel_mse"] = mean_se((student_img - teacher_img).pow(2).flatten(1).mean(1).double().numpy())
+        if judge is not None:
+            from aria_hpc.worlds.shapes import ALL_COMBINATIONS
+
+            labels = np.array([ALL_COMBINATIONS[c].labels() for c in pool.combination[ids]])
+            for who, images in (("student", student_img), ("teacher", teacher_img)):
+                correct = judge.predict(images) == labels
+                entry[f"{who}_accuracy"] = mean_se(correct.mean(1))
+                entry[f"{who}_all_correct"] = mean_se(correct.all(1).astype(np.float64))
+            with torch.no_grad():
+                entry["frechet"] = frechet_with_se(judge.features(student_img).double().numpy(),
+                                                   judge.features(teacher_img).double().numpy(), seed=e.seed)
+        grids[name] = (ids[:e.grid], teacher_img[:e.grid].numpy(), student_img[:e.grid].numpy())
+    timings["samples_s"] = time.perf_counter() - t0
+    result["timings"] = timings
+
+    _save_grids(run_dir / "eval_samples.npz", grids, pool)
+    atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=1))
+    return result
+
+
+def _judge_for(cfg: Config, pool):
+    """The shapes-world judge when every prompt carries a combination label; None otherwise."""
+    if (pool.combination < 0).any():
+        return None
+    from aria_hpc.worlds.judge import load_judge
+
+    return load_judge(cfg.judge.dir)
+
+
+def _save_grids(path: Path, grids: dict, pool) -> None:
+    arrays = {}
+    for name, (ids, teacher_img, student_img) in grids.items():
+        arrays[f"{name}/prompt_ids"] = ids
+        arrays[f"{name}/teacher"] = teacher_img.astype(np.float16)
+        arrays[f"{name}/student"] = student_img.astype(np.float16)
+        arrays[f"{name}/prompts"] = np.array(pool.text(ids), dtype=object).astype(str)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)

@@ -1,0 +1,1 @@
+"""submitit launching: training(+evaluation) members of sweeps and of the demo."""

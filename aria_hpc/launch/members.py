@@ -1,0 +1,111 @@
+"""A member is one training run followed by its evaluation, submitted as one submitit job.
+
+The job is checkpointable: on preemption or timeout the trainer's own SIGUSR2 handler saves a
+checkpoint on every rank, and the member then hands the signal back to submitit, whose handler calls
+``checkpoint()`` (a fresh DelayedSubmission of the same member) and requeues the job. The requeued job
+runs the same command, and the trainer resumes exactly from RUN_DIR/checkpoints/latest.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import submitit
+
+from aria_hpc.config import Config, LaunchConfig, load_config
+
+
+@dataclass
+class Member:
+    name: str
+    config: str  # base config file (absolute path)
+    overrides: list[str] = field(default_factory=list)  # includes run.dir and seed
+    evaluate: bool = True
+
+    def resolve(self) -> Config:
+        return load_config(self.config, self.overrides)
+
+
+class TrainMember(submitit.helpers.Checkpointable):
+    """The submitit callable: train (resuming if a checkpoint exists), then evaluate on rank 0."""
+
+    def __call__(self, member: Member) -> dict:
+        import torch
+
+        from aria_hpc import distributed
+        from aria_hpc.train.loop import Preempted, train
+
+        cfg = member.resolve()
+        torch.set_num_threads(max(1, cfg.launch.cpus_per_task // max(1, _tasks_per_node())))
+        t0 = time.perf_counter()
+        try:
+            result = train(cfg, log=lambda msg: print(msg, flush=True))
+        except Preempted as exc:
+            print(f"aria-hpc: {exc}; handing the signal to submitit to requeue", flush=True)
+            if submitit.JobEnvironment().global_rank == 0:
+                os.kill(os.getpid(), signal.SIGUSR2)  # submitit's handler: checkpoint() + requeue + exit
+                time.sleep(60)  # the handler exits the process
+            raise
+        out = {"state": "finished", "run_dir": str(cfg.run.dir), "loss": result["loss"],
+               "train_s": time.perf_counter() - t0}
+        if member.evaluate and distributed.world_info().rank == 0:
+            from aria_hpc.eval.evaluate import evaluate_run
+
+            t0 = time.perf_counter()
+            evaluation = evaluate_run(cfg.run.dir, log=lambda msg: print(msg, flush=True))
+            out.update(eval_s=time.perf_counter() - t0, groups=evaluation["groups"])
+        return out
+
+
+def _tasks_per_node() -> int:
+    return int(os.environ.get("SLURM_NTASKS_PER_NODE", os.environ.get("SUBMITIT_LOCAL_NTASKS", "1")).split("(")[0])
+
+
+def make_executor(launch: LaunchConfig, kind: str, folder: str | Path, name: str) -> submitit.Executor:
+    """An AutoExecutor for kind local | slurm | debug. GPUs per node become tasks per node."""
+    ex = submitit.AutoExecutor(folder=str(folder), cluster=kind)
+    tasks = max(1, launch.gpus_per_node)
+    params = dict(timeout_min=launch.timeout_min, name=name, tasks_per_node=tasks,
+                  cpus_per_task=max(1, launch.cpus_per_task // tasks))
+    if kind == "slurm":
+        params.update(slurm_array_parallelism=launch.array_parallelism, mem_gb=launch.mem_gb,
+                      gpus_per_node=launch.gpus_per_node or None, slurm_partition=launch.partition,
+                      slurm_signal_delay_s=120)
+    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    return ex
+
+
+def run_members(members: list[Member], launch: LaunchConfig, kind: str, folder: str | Path,
+                log=print) -> dict[str, dict]:
+    """Submit every member, wait, and return name -> {state, job_id, log, result | error}.
+
+    The local executor starts every job at once, so local members go in waves of
+    launch.array_parallelism (SLURM enforces it with --array=...%N itself)."""
+    results: dict[str, dict] = {}
+    wave = len(members) if kind == "slurm" else max(1, launch.array_parallelism)
+    for start in range(0, len(members), wave):
+        batch = members[start:start + wave]
+        ex = make_executor(launch, kind, folder, "aria-train")
+        with ex.batch():
+            jobs = [ex.submit(TrainMember(), m) for m in batch]
+        log(f"submitted {len(jobs)} {kind} job(s): "
+            + ", ".join(f"{m.name}={j.job_id}" for m, j in zip(batch, jobs)))
+        for m, job in zip(batch, jobs):
+            entry = {"job_id": job.job_id, "log": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
+            try:
+                result = job.result()
+                entry.update(state=result["state"], result=result)
+            except Exception as exc:  # submitit re-raises the job's failure (with its traceback)
+                lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+                entry.update(state="failed", error=lines[-1] if lines else repr(exc))
+                if not isinstance(exc, submitit.core.utils.FailedJobError):
+                    entry["traceback"] = traceback.format_exc(limit=3)
+            results[m.name] = entry
+            log(f"{m.name}: {entry['state']}" + (f" ({entry['error']}; log {entry['stderr']})"
+                                                 if entry["state"] == "failed" else ""))
+    return results
