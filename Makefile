@@ -16,11 +16,11 @@ $(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/*.cpp
 
 install: $(VENV)/.installed
 
-# The main job on the embedded default (until the shapes-world demo lands: the region table's
-# benchmark and ARIA's allocation loop on a simulated landscape).
+# The main job on the embedded default: RC and ARIA students of the shipped shapes teacher, evaluated
+# and compared in runs/demo/report/report.md (DEMO_ARGS=--full adds the paired policy and 3 seeds).
+DEMO_ARGS ?=
 demo: install
-	$(PY) benchmarks/bench_region_table.py
-	$(VENV)/bin/aria-hpc simulate configs/simulate.yaml
+	$(VENV)/bin/aria-hpc demo $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

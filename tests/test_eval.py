@@ -149,7 +149,7 @@ def test_tiny_demo_end_to_end_and_reuse(tiny_world, tmp_path, aria_cli):
     cfg.update(train={"steps": 4, "micro_batch_per_gpu": 8, "log_every": 2, "region_log_every": 2,
                       "checkpoint_every": 2},
                aria={"warmup_steps": 2, "sync_every": 2},
-               eval={"per_region": 2, "per_group": 3, "sample_steps": 2, "grid": 2},
+               eval={"per_region": 8, "per_group": 3, "sample_steps": 2, "grid": 2},
                launch={"cpus_per_task": 1, "array_parallelism": 2, "timeout_min": 10})
     config = tmp_path / "demo.yaml"
     config.write_text(yaml.safe_dump(cfg))

@@ -228,12 +228,17 @@ def plot_groups(summary: dict, path: Path) -> Path:
 
 def plot_timesteps(runs: list[Run], path: Path) -> Path:
     plt = _plt()
-    groups = [g for g in GROUPS[:4] if any(g in r.evaluation["groups"] for r in runs)]
-    fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.2), squeeze=False, sharey=True)
+    def curve(r: Run, g: str):
+        return r.evaluation["groups"].get(g, {}).get("mse_by_timestep")
+
+    groups = [g for g in GROUPS[:4] if any(curve(r, g) for r in runs)]
+    fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(4 * max(1, len(groups)), 3.2), squeeze=False,
+                             sharey=True)
     for ax, g in zip(axes[0], groups):
         for lab in dict.fromkeys(r.label for r in runs):
-            curves = np.array([r.evaluation["groups"][g]["mse_by_timestep"] for r in runs
-                               if r.label == lab and g in r.evaluation["groups"]], dtype=np.float64)
+            curves = np.array([curve(r, g) for r in runs if r.label == lab and curve(r, g)], dtype=np.float64)
+            if not len(curves):
+                continue
             ax.plot((np.arange(curves.shape[1]) + 0.5) / curves.shape[1], np.nanmean(curves, 0), marker=".", label=lab)
         ax.set_title(f"{g}: output MSE by timestep", fontsize=9)
         ax.set_xlabel("t / T")
