@@ -241,6 +241,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from aria_hpc.launch import sweep
+
+    if args.status:
+        sweep.status(args.sweep)
+        return 0
+    if args.collect:
+        result = sweep.collect(sweep.load_sweep(args.sweep))
+    else:
+        result = sweep.run_sweep(args.sweep, args.executor, log=lambda msg: print(msg, flush=True))
+    print(Path(result["results_md"]).read_text(), end="")
+    return 0 if set(result["counts"]) <= {"finished"} else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from aria_hpc.demo import run_demo
 
@@ -292,6 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/report", help="report directory (default runs/report)")
     p.add_argument("--baseline", default="rc", help="the label the others are compared with (default rc)")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("sweep", help="launch a sweep (grid/zip x seeds) through submitit; skips finished members")
+    p.add_argument("sweep", metavar="SWEEP.yaml")
+    p.add_argument("--executor", choices=("local", "slurm", "debug"), default="local",
+                   help="submitit executor (default local)")
+    p.add_argument("--status", action="store_true", help="show each member's state and exit")
+    p.add_argument("--collect", action="store_true", help="only rewrite results.csv / results.md")
+    p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("demo", help="the main job: RC vs ARIA students of the shipped shapes teacher, end to end")
     p.add_argument("--out", default="runs/demo", help="where everything goes (default runs/demo)")
     p.add_argument("--config", help="base config (default configs/demo.yaml)")

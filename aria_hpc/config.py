@@ -103,8 +103,9 @@ class LaunchConfig:
     folder: str = "runs/submitit"  # submitit logs and pickles
     partition: str | None = None
     timeout_min: int = 60
-    cpus_per_task: int = 2
+    cpus_per_task: int = 2  # per task (rank); also its torch threads
     gpus_per_node: int = 0
+    tasks_per_node: int = 0  # ranks per node; 0 = one per GPU (gpus_per_node), at least 1
     mem_gb: int = 8
     array_parallelism: int = 16
 
@@ -286,6 +287,8 @@ class Config:
             (self.bank.shards <= self.bank.entries, "bank.shards must be <= bank.entries"),
             (self.bank.min_per_region >= 0, "bank.min_per_region must be >= 0"),
             (self.bank.batch_size >= 1 and self.bank.prefetch >= 0, "bank.batch_size must be >= 1, bank.prefetch >= 0"),
+            (self.launch.tasks_per_node >= 0 and self.launch.gpus_per_node >= 0 and self.launch.cpus_per_task >= 1,
+             "launch.tasks_per_node and launch.gpus_per_node must be >= 0, launch.cpus_per_task >= 1"),
             (self.launch.timeout_min >= 1 and self.launch.array_parallelism >= 1,
              "launch.timeout_min and launch.array_parallelism must be >= 1"),
             (self.judge.steps >= 1 and self.judge.batch_size >= 1, "judge.steps and judge.batch_size must be >= 1"),

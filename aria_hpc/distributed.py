@@ -59,6 +59,10 @@ def init(backend: str | None = None) -> WorldInfo:
     if info.source == "slurm":  # DeepSpeed reads these too
         for key, value in (("RANK", info.rank), ("WORLD_SIZE", info.world_size), ("LOCAL_RANK", info.local_rank)):
             os.environ.setdefault(key, str(value))
+        if "MASTER_ADDR" not in os.environ and "SLURM_JOB_NODELIST" in os.environ:  # srun without slurm/ scripts
+            os.environ["MASTER_ADDR"] = slurm_first_host(os.environ["SLURM_JOB_NODELIST"])
+        if "MASTER_PORT" not in os.environ and "SLURM_JOB_ID" in os.environ:
+            os.environ["MASTER_PORT"] = str(20000 + int(os.environ["SLURM_JOB_ID"]) % 20000)
     if not dist.is_initialized():
         missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
         if missing:
@@ -67,6 +71,21 @@ def init(backend: str | None = None) -> WorldInfo:
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         dist.init_process_group(backend, rank=info.rank, world_size=info.world_size)
     return info
+
+
+def slurm_first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list (what slurm/train.sbatch uses as MASTER_ADDR)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                             timeout=30, check=True).stdout.split()
+        if out:
+            return out[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    head = nodelist.split(",")[0]
+    return head.split("[")[0] + head.split("[")[1].split("-")[0].split(",")[0] if "[" in head else head
 
 
 def barrier() -> None:

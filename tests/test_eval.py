@@ -44,7 +44,7 @@ def test_within_noise_verdicts():
     assert compare(Summary(0.5, 0.05, 0.01, 3), seeds_b, False, "aria", "rc")[3] == "aria better"
     assert compare(Summary(0.5, 0.05, 0.01, 3), seeds_b, True, "aria", "rc")[3] == "aria worse"
     one_a, one_b = Summary(1.0, None, 0.1, 1), Summary(1.2, None, 0.1, 1)
-    assert compare(one_a, one_b, False, "aria", "rc")[2:] == ("2 x eval SE", "within noise")
+    assert compare(one_a, one_b, False, "aria", "rc")[2:] == ("1 seed, 2 x eval SE", "within noise")
     assert compare(Summary(0.5, None, 0.1, 1), one_b, False, "aria", "rc")[3] == "aria better"
 
 

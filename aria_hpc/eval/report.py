@@ -104,7 +104,7 @@ def compare(a: Summary, b: Summary, higher_better: bool, name_a: str, name_b: st
     if a.spread_seeds is not None and b.spread_seeds is not None:
         spread, basis = max(a.spread_seeds, b.spread_seeds), "seed std"
     else:
-        spread, basis = 2 * math.hypot(a.se, b.se), "2 x eval SE"
+        spread, basis = 2 * math.hypot(a.se, b.se), "1 seed, 2 x eval SE"
     if abs(diff) <= spread:
         return diff, spread, basis, "within noise"
     better = (diff > 0) == higher_better
@@ -311,7 +311,9 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, baseline: str 
              f"Evaluation: {runs[0].evaluation['eval']}.", "",
              "A difference is a win or a loss only when it exceeds the spread: the std over seeds when both "
              "sides have >= 2 seeds, otherwise 2 x the evaluation's standard error (about 95%); smaller "
-             "differences read *within noise*. ↑ higher is better, ↓ lower is better.", "",
+             "differences read *within noise*. With one seed the evaluation's error does not include "
+             "seed-to-seed variation of training, so a single-seed win or loss is provisional: "
+             "`aria-hpc demo --full` (3 seeds) measures that spread. ↑ higher is better, ↓ lower is better.", "",
              "## Policy comparison", "", *table, ""]
     lines += ["## Per split group", "", "![groups](groups.png)", "", "![mse by timestep](mse_by_timestep.png)", ""]
     if figures["heatmaps"]:

@@ -41,37 +41,79 @@ class TrainMember(submitit.helpers.Checkpointable):
         from aria_hpc.train.loop import Preempted, train
 
         cfg = member.resolve()
-        torch.set_num_threads(max(1, cfg.launch.cpus_per_task // max(1, _tasks_per_node())))
+        torch.set_num_threads(max(1, cfg.launch.cpus_per_task))  # per rank (local jobs are not pinned)
+        rank = distributed.world_info().rank
+        status = MemberStatus(Path(cfg.run.dir), member.name, rank == 0)
+        status.write("running")
         t0 = time.perf_counter()
         try:
             result = train(cfg, log=lambda msg: print(msg, flush=True))
         except Preempted as exc:
-            print(f"aria-hpc: {exc}; handing the signal to submitit to requeue", flush=True)
-            if submitit.JobEnvironment().global_rank == 0:
-                os.kill(os.getpid(), signal.SIGUSR2)  # submitit's handler: checkpoint() + requeue + exit
-                time.sleep(60)  # the handler exits the process
+            status.write("preempted", error=str(exc))
+            if callable(signal.getsignal(signal.SIGUSR2)):  # submitit's handler (absent in-process / debug)
+                print(f"aria-hpc: {exc}; handing the signal to submitit to requeue", flush=True)
+                if rank == 0:  # checkpoint() -> a fresh DelayedSubmission, scontrol requeue, exit
+                    os.kill(os.getpid(), signal.SIGUSR2)
+                time.sleep(120)  # the requeue ends every rank of the job
+            raise
+        except BaseException as exc:
+            status.write("failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
             raise
         out = {"state": "finished", "run_dir": str(cfg.run.dir), "loss": result["loss"],
                "train_s": time.perf_counter() - t0}
-        if member.evaluate and distributed.world_info().rank == 0:
+        if member.evaluate and rank == 0:
             from aria_hpc.eval.evaluate import evaluate_run
 
             t0 = time.perf_counter()
-            evaluation = evaluate_run(cfg.run.dir, log=lambda msg: print(msg, flush=True))
+            try:
+                evaluation = evaluate_run(cfg.run.dir, log=lambda msg: print(msg, flush=True))
+            except BaseException as exc:
+                status.write("failed", error=f"evaluation: {type(exc).__name__}: {exc}".splitlines()[0])
+                raise
             out.update(eval_s=time.perf_counter() - t0, groups=evaluation["groups"])
+        status.write("finished", loss=result["loss"])
         return out
 
 
-def _tasks_per_node() -> int:
-    return int(os.environ.get("SLURM_NTASKS_PER_NODE", os.environ.get("SUBMITIT_LOCAL_NTASKS", "1")).split("(")[0])
+class MemberStatus:
+    """RUN_DIR/member.json: the member's last known state (running, preempted, failed, finished)."""
+
+    FILE = "member.json"
+
+    def __init__(self, run_dir: Path, name: str, writer: bool) -> None:
+        self.path, self.name, self.writer = run_dir / self.FILE, name, writer
+
+    def write(self, state: str, **extra) -> None:
+        if not self.writer:
+            return
+        import json
+        import socket
+
+        from aria_hpc.fsio import atomic_write_text
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        env = {k: os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SUBMITIT_LOCAL_JOB_ID")
+               if k in os.environ}
+        atomic_write_text(self.path, json.dumps({"name": self.name, "state": state, "time": time.time(),
+                                                 "host": socket.gethostname(), "pid": os.getpid(), **env, **extra}))
+
+    @classmethod
+    def read(cls, run_dir: Path) -> dict | None:
+        import json
+
+        path = Path(run_dir) / cls.FILE
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
 
 
 def make_executor(launch: LaunchConfig, kind: str, folder: str | Path, name: str) -> submitit.Executor:
     """An AutoExecutor for kind local | slurm | debug. GPUs per node become tasks per node."""
     ex = submitit.AutoExecutor(folder=str(folder), cluster=kind)
-    tasks = max(1, launch.gpus_per_node)
+    tasks = launch.tasks_per_node or max(1, launch.gpus_per_node)
     params = dict(timeout_min=launch.timeout_min, name=name, tasks_per_node=tasks,
-                  cpus_per_task=max(1, launch.cpus_per_task // tasks))
+                  cpus_per_task=launch.cpus_per_task)  # per rank
     if kind == "slurm":
         params.update(slurm_array_parallelism=launch.array_parallelism, mem_gb=launch.mem_gb,
                       gpus_per_node=launch.gpus_per_node or None, slurm_partition=launch.partition,
@@ -81,20 +123,23 @@ def make_executor(launch: LaunchConfig, kind: str, folder: str | Path, name: str
 
 
 def run_members(members: list[Member], launch: LaunchConfig, kind: str, folder: str | Path,
-                log=print) -> dict[str, dict]:
-    """Submit every member, wait, and return name -> {state, job_id, log, result | error}.
+                log=print, on_submit=None) -> dict[str, dict]:
+    """Submit every member (each with its own launch.* settings), wait, and return
+    name -> {state, job_id, log, stderr, result | error}.
 
     The local executor starts every job at once, so local members go in waves of
-    launch.array_parallelism (SLURM enforces it with --array=...%N itself)."""
+    launch.array_parallelism; SLURM queues them itself."""
     results: dict[str, dict] = {}
     wave = len(members) if kind == "slurm" else max(1, launch.array_parallelism)
-    for start in range(0, len(members), wave):
+    for start in range(0, len(members), max(1, wave)):
         batch = members[start:start + wave]
-        ex = make_executor(launch, kind, folder, "aria-train")
-        with ex.batch():
-            jobs = [ex.submit(TrainMember(), m) for m in batch]
+        jobs = [make_executor(m.resolve().launch, kind, folder, f"aria-{m.name}"[:64]).submit(TrainMember(), m)
+                for m in batch]
         log(f"submitted {len(jobs)} {kind} job(s): "
             + ", ".join(f"{m.name}={j.job_id}" for m, j in zip(batch, jobs)))
+        if on_submit:
+            on_submit({m.name: {"job_id": j.job_id, "log": str(j.paths.stdout), "stderr": str(j.paths.stderr)}
+                       for m, j in zip(batch, jobs)})
         for m, job in zip(batch, jobs):
             entry = {"job_id": job.job_id, "log": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
             try:
