@@ -33,6 +33,7 @@ def write_sweep(tmp_path, base, name="sweep.yaml", tiny=True, **fields):
     data = {"base": str(base), "dir": str(tmp_path / "sweep"),
             "overrides": [f"{k}={v}" for k, v in (TINY if tiny else {}).items()] + fields.pop("overrides", []),
             **fields}
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / name
     path.write_text(yaml.safe_dump(data))
     return path
