@@ -72,6 +72,9 @@ def run_demo(out: str | Path, *, config: str | Path | None = None, overrides: li
 
     out = Path(out).resolve()
     config = Path(config) if config else DEFAULT_CONFIG
+    if not config.is_file():
+        raise UserError(f"demo config {config} does not exist: run from a checkout of aria_hpc (configs/demo.yaml) "
+                        "or pass --config")
     base = [*demo_overrides(out), *overrides]
     cfg = load_config(config, base)  # every check before any work
     policies = ("paired", "rc", "aria") if full else ("rc", "aria")

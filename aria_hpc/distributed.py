@@ -73,6 +73,18 @@ def init(backend: str | None = None) -> WorldInfo:
     return info
 
 
+def shutdown() -> None:
+    """Leave the process group cleanly: wait for every rank, then destroy it. Exiting with the group
+    alive lets a peer's exit tear down gloo's connections under a running background thread (the
+    process then aborts with "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def slurm_first_host(nodelist: str) -> str:
     """The first host of a SLURM node list (what slurm/train.sbatch uses as MASTER_ADDR)."""
     import subprocess

@@ -24,6 +24,7 @@ def main(out: str) -> None:
         sync_and_fold([table], BETA)
     table.probabilities(1.0, 0.1)
     np.savez(out, **{k: np.asarray(v) for k, v in table.state_dict().items()})
+    distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -327,28 +327,29 @@ needs_slurm = pytest.mark.skipif(not slurm_up(), reason="no SLURM cluster answer
 @pytest.mark.slurm
 @needs_slurm
 def test_bank_job_array_on_slurm(tiny_world, tmp_path):
-    """sbatch --array of slurm/bank_array.sbatch builds two shards; --executor slurm builds the last
-    through submitit; the result equals nothing less than a complete bank, and a rerun does no work."""
+    """A bank of 4 shards as job arrays: sbatch --array of slurm/bank_array.sbatch builds three shards;
+    --executor slurm builds the last through submitit; the bank is complete, and a rerun does no work."""
     import os
 
     path, _ = tiny_world
     env = cli_env()
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
     d = f"bank.dir={tmp_path / 'bank'}"
-    sub = subprocess.run(["sbatch", "--parsable", "--wait", "--array=0-1", f"--chdir={ROOT}",
+    shards = "bank.shards=4"
+    sub = subprocess.run(["sbatch", "--parsable", "--wait", "--array=0-2", f"--chdir={ROOT}",
                           f"--output={tmp_path}/slurm-%A_%a.out", "--cpus-per-task=1", "--mem=2G",
-                          str(ROOT / "slurm" / "bank_array.sbatch"), str(path), d],
+                          str(ROOT / "slurm" / "bank_array.sbatch"), str(path), d, shards],
                          env=env, capture_output=True, text=True, timeout=600)
     logs = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
     assert sub.returncode == 0, sub.stderr + logs[-3000:]
     partial = json.loads((tmp_path / "bank" / "manifest.json").read_text())
-    assert partial["missing"] == [2]
-    res = subprocess.run([sys.executable, "-m", "aria_hpc.cli", "bank", str(path), d, "--executor", "slurm",
+    assert partial["missing"] == [3] and len(partial["shards"]) == 3
+    res = subprocess.run([sys.executable, "-m", "aria_hpc.cli", "bank", str(path), d, shards, "--executor", "slurm",
                           "launch.partition=debug", f"launch.folder={tmp_path / 'submitit'}", "launch.mem_gb=2"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "submitted 1 slurm array tasks" in res.stdout
     assert json.loads((tmp_path / "bank" / "manifest.json").read_text())["complete"]
-    again = subprocess.run([sys.executable, "-m", "aria_hpc.cli", "bank", str(path), d, "--executor", "slurm"],
+    again = subprocess.run([sys.executable, "-m", "aria_hpc.cli", "bank", str(path), d, shards, "--executor", "slurm"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "teacher forwards: 0" in again.stdout and "submitted" not in again.stdout

@@ -6,7 +6,7 @@ import yaml
 
 from aria_hpc.cli import build_parser
 
-SUBCOMMANDS = ["simulate", "embed", "regions", "bank", "train", "teacher"]  # only subcommands that work are listed; later issues add theirs
+SUBCOMMANDS = ["simulate", "embed", "regions", "bank", "train", "teacher", "eval", "report", "sweep", "demo"]
 
 
 def test_cli_surface_is_pinned():

@@ -9,7 +9,8 @@ from aria_hpc.config import Config, all_keys, dump_yaml, load_config, save_resol
 from aria_hpc.errors import ConfigError
 from conftest import ROOT
 
-PRESETS = sorted((ROOT / "configs").glob("**/*.yaml"))
+PRESETS = sorted(p for p in (ROOT / "configs").glob("**/*.yaml") if "sweeps" not in p.parts)
+SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
 
 
 def test_there_are_presets():
@@ -20,6 +21,13 @@ def test_there_are_presets():
 def test_every_preset_loads(path):
     cfg = load_config(path)
     assert isinstance(cfg, Config)
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_every_shipped_sweep_resolves_all_its_members(path):
+    from aria_hpc.launch.sweep import load_sweep, members
+
+    assert len(members(load_sweep(path))) >= 2
 
 
 def test_overrides_are_typed():

@@ -315,6 +315,11 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, baseline: str 
              "seed-to-seed variation of training, so a single-seed win or loss is provisional: "
              "`aria-hpc demo --full` (3 seeds) measures that spread. ↑ higher is better, ↓ lower is better.", "",
              "## Policy comparison", "", *table, ""]
+    teacher = {g: v["teacher_accuracy"]["mean"] for g, v in runs[0].evaluation["groups"].items()
+               if "teacher_accuracy" in v}
+    if teacher:
+        lines += ["The teacher's own samples of the same prompts, read by the same judge: "
+                  + ", ".join(f"{g} {a:.3f}" for g, a in teacher.items()) + ".", ""]
     lines += ["## Per split group", "", "![groups](groups.png)", "", "![mse by timestep](mse_by_timestep.png)", ""]
     if figures["heatmaps"]:
         lines += ["## Region estimate and allocation over training", "",

@@ -72,6 +72,7 @@ class TrainMember(submitit.helpers.Checkpointable):
                 raise
             out.update(eval_s=time.perf_counter() - t0, groups=evaluation["groups"])
         status.write("finished", loss=result["loss"])
+        distributed.shutdown()
         return out
 
 

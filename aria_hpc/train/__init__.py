@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             return 0
         result = train(cfg, log=lambda msg: print(msg, flush=True))
+        from aria_hpc.distributed import shutdown
+
+        shutdown()
     except UserError as exc:
         print(f"aria-hpc: error: {exc}", file=sys.stderr, flush=True)
         return 2
