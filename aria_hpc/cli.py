@@ -259,7 +259,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from aria_hpc.demo import run_demo
 
     result = run_demo(args.out, config=args.config, overrides=args.overrides, full=args.full,
-                      executor=args.executor, log=lambda msg: print(msg, flush=True))
+                      executor=args.executor, rebuild_bank=args.rebuild, log=lambda msg: print(msg, flush=True))
     print("\n" + "\n".join(result["table"]))
     print(f"\nreport: {result['report']}")
     return 0
@@ -319,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="add the paired policy and run 3 seeds")
     p.add_argument("--executor", choices=("local", "debug"), default="local",
                    help="submitit executor for the members (debug: in this process)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="replace a bank under --out built with another configuration (e.g. after changing regions.k)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the demo config")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -65,7 +65,7 @@ def _same(a, b) -> bool:
 
 
 def run_demo(out: str | Path, *, config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-             full: bool = False, executor: str = "local", log=print) -> dict:
+             full: bool = False, executor: str = "local", rebuild_bank: bool = False, log=print) -> dict:
     from aria_hpc.bank.writer import build_bank
     from aria_hpc.eval.report import write_report
     from aria_hpc.launch.members import Member, run_members
@@ -92,7 +92,7 @@ def run_demo(out: str | Path, *, config: str | Path | None = None, overrides: li
     bank = {}
 
     def do_bank():
-        bank.update(build_bank(cfg, log=lambda msg: None))
+        bank.update(build_bank(cfg, rebuild=rebuild_bank, log=lambda msg: None))
         return f"{bank['manifest']['entries']} entries, teacher forwards: {bank['teacher_forwards']}"
     stage("bank", do_bank)
 
