@@ -318,17 +318,22 @@ class Config:
 # --- loading ----------------------------------------------------------------------------------
 
 
+def read_yaml(path: Path, missing: str) -> Any:
+    """The parsed YAML of a file; ConfigError `missing` when it does not exist, one line when it is not YAML."""
+    if not path.is_file():
+        raise ConfigError(missing)
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}".splitlines()[0]) from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults <- YAML file <- dotted overrides, type-checked and validated."""
     cfg = Config()
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist (pass a YAML file, e.g. configs/debug.yaml)")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}".splitlines()[0]) from None
+        data = read_yaml(path, f"config file {path} does not exist (pass a YAML file, e.g. configs/debug.yaml)")
         if data is None:
             data = {}
         if not isinstance(data, dict):

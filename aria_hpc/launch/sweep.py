@@ -27,9 +27,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from aria_hpc.config import load_config
+from aria_hpc.config import load_config, read_yaml
 from aria_hpc.errors import ConfigError
 from aria_hpc.fsio import atomic_write_text
 from aria_hpc.launch.members import Member, MemberStatus, run_members
@@ -52,12 +50,7 @@ class Sweep:
 
 def load_sweep(path: str | Path) -> Sweep:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}".splitlines()[0]) from None
+    data = read_yaml(path, f"sweep file {path} does not exist")
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping with keys {', '.join(SWEEP_KEYS)}")
     unknown = sorted(set(data) - set(SWEEP_KEYS))
