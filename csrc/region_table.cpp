@@ -78,42 +78,56 @@ RegionTable::RegionTable(int64_t num_regions, std::vector<double> base, double i
 
 namespace {
 
-// A zeroed (K, 3) scratch buffer, allocated on first use.
-double* zeroed_scratch(std::vector<double>& scratch, int64_t num_regions) {
-  if (scratch.empty()) scratch.assign(static_cast<size_t>(RegionTable::kRows * num_regions), 0.0);
+using Slot = RegionTable::Slot;
+using Vec4 = RegionTable::Vec4;
+
+// The aggregation loops are compiled twice on x86-64 Linux, for AVX and for the baseline ISA, and
+// the loader picks one (an ifunc): a slot update is then one 256-bit add instead of two 128-bit
+// ones. Not under ThreadSanitizer, whose runtime is not up when ifunc resolvers run.
+#if defined(__x86_64__) && defined(__linux__) && !defined(ARIA_TSAN)
+#define ARIA_VECTOR_CLONES __attribute__((target_clones("avx", "default")))
+#else
+#define ARIA_VECTOR_CLONES
+#endif
+
+// A zeroed scratch of K slots, allocated on first use.
+Slot* zeroed_scratch(std::vector<Slot>& scratch, int64_t num_regions) {
+  if (scratch.empty()) scratch.assign(static_cast<size_t>(num_regions), Slot{});
   return scratch.data();
 }
 
-// slots[3 r + (0, 1, 2)] += (v, v^2, 1). With checked = true, stops at the first bad sample and
-// returns its index (the caller then discards slots); returns -1 when every sample was good.
-template <bool checked, bool prefetch>
-int64_t aggregate_impl(const int64_t* region_ids, const double* values, int64_t n, int64_t k,
-                       double* slots) {
+// slots[r] += (v, v^2, 1, 0) for every sample, stopping at the first bad sample: returns its
+// index (the caller then discards what was added), or -1 when every sample was good.
+template <bool prefetch>
+ARIA_VECTOR_CLONES int64_t aggregate_impl(const int64_t* region_ids, const double* values, int64_t n,
+                                          int64_t k, Slot* slots) {
   constexpr int64_t kPrefetch = 24;  // random slots: fetch ahead of the add
   for (int64_t i = 0; i < n; ++i) {
     if (prefetch && i + kPrefetch < n) {
       const auto ahead = static_cast<uint64_t>(region_ids[i + kPrefetch]);
-      if (ahead < static_cast<uint64_t>(k)) __builtin_prefetch(slots + RegionTable::kRows * ahead, 1, 3);
+      if (ahead < static_cast<uint64_t>(k)) __builtin_prefetch(slots + ahead, 1, 3);
     }
     const int64_t r = region_ids[i];
     const double v = values[i];
-    if constexpr (checked) {
-      if (static_cast<uint64_t>(r) >= static_cast<uint64_t>(k) || !std::isfinite(v)) return i;
-    }
-    double* slot = slots + RegionTable::kRows * r;
-    slot[0] += v;
-    slot[1] += v * v;
-    slot[2] += 1.0;
+    if (static_cast<uint64_t>(r) >= static_cast<uint64_t>(k) || !std::isfinite(v)) return i;
+    slots[r].v += Vec4{v, v * v, 1.0, 0.0};
   }
   return -1;
 }
 
 // Prefetching pays only when the slots do not fit in cache; below that it is extra instructions.
-template <bool checked>
-int64_t aggregate(const int64_t* region_ids, const double* values, int64_t n, int64_t k, double* slots) {
-  constexpr int64_t kCachedRegions = 8192;  // 3 * 8192 doubles = 192 KiB
-  return k > kCachedRegions ? aggregate_impl<checked, true>(region_ids, values, n, k, slots)
-                            : aggregate_impl<checked, false>(region_ids, values, n, k, slots);
+int64_t aggregate(const int64_t* region_ids, const double* values, int64_t n, int64_t k, Slot* slots) {
+  constexpr int64_t kCachedRegions = 8192;  // 8192 slots = 256 KiB
+  return k > kCachedRegions ? aggregate_impl<true>(region_ids, values, n, k, slots)
+                            : aggregate_impl<false>(region_ids, values, n, k, slots);
+}
+
+// target[r] += source[r] and source[r] = 0 for every region.
+ARIA_VECTOR_CLONES void merge_and_zero(Slot* target, Slot* source, int64_t k) {
+  for (int64_t r = 0; r < k; ++r) {
+    target[r].v += source[r].v;
+    source[r] = Slot{};
+  }
 }
 
 // Validate up front (for calls with few samples, where a scratch buffer would cost more).
@@ -126,7 +140,6 @@ void check_all(const int64_t* region_ids, const double* values, int64_t n, int64
 void RegionTable::record(const int64_t* region_ids, const double* values, int64_t n) {
   if (n <= 0) return;
   const int64_t k = num_regions_;
-  const bool dense = n >= kDenseMinSamplesPerRegion * k;
   // Claim a private stripe, starting from one chosen by the thread id (rarely contended). No
   // thread_local state: its teardown in a dlopen'd module races with glibc's TLS reuse.
   const uint64_t preferred = std::hash<std::thread::id>{}(std::this_thread::get_id());
@@ -138,24 +151,28 @@ void RegionTable::record(const int64_t* region_ids, const double* values, int64_
       Stripe& stripe;
       ~Release() { stripe.busy.store(false, std::memory_order_release); }
     } release{stripe};
-    if (stripe.slots.empty()) stripe.slots.assign(static_cast<size_t>(kRows * k), 0.0);
-    double* slots = stripe.slots.data();
-    if (!dense) {
+    if (stripe.slots.empty()) stripe.slots.assign(static_cast<size_t>(k), Slot{});
+    Slot* slots = stripe.slots.data();
+    if (!stripe.dirty) {
+      // A clean stripe is all zeros: add straight into it; a bad sample restores the zeros.
+      const int64_t bad = aggregate(region_ids, values, n, k, slots);
+      if (bad >= 0) {
+        std::fill(stripe.slots.begin(), stripe.slots.end(), Slot{});
+        check_sample(region_ids[bad], values[bad], k);  // throws
+      }
+    } else if (n < kDenseMinSamplesPerRegion * k) {
       check_all(region_ids, values, n, k);
-      aggregate<false>(region_ids, values, n, k, slots);
+      aggregate(region_ids, values, n, k, slots);
     } else {
       // One fused pass into a zeroed scratch (so a bad sample leaves the stripe untouched), then
       // merge into the stripe, zeroing the scratch in the same sweep.
-      double* scratch = zeroed_scratch(stripe.scratch, k);
-      const int64_t bad = aggregate<true>(region_ids, values, n, k, scratch);
+      Slot* scratch = zeroed_scratch(stripe.scratch, k);
+      const int64_t bad = aggregate(region_ids, values, n, k, scratch);
       if (bad >= 0) {
-        std::fill(stripe.scratch.begin(), stripe.scratch.end(), 0.0);
+        std::fill(stripe.scratch.begin(), stripe.scratch.end(), Slot{});
         check_sample(region_ids[bad], values[bad], k);  // throws
       }
-      for (size_t j = 0; j < stripe.scratch.size(); ++j) {
-        slots[j] += scratch[j];
-        scratch[j] = 0.0;
-      }
+      merge_and_zero(slots, scratch, k);
     }
     stripe.dirty = true;
     return;
@@ -180,19 +197,16 @@ void RegionTable::record_atomic(const int64_t* region_ids, const double* values,
     }
     return;
   }
-  std::vector<double> local;
-  double* acc = zeroed_scratch(local, k);
-  const int64_t bad = aggregate<true>(region_ids, values, n, k, acc);
-  if (bad < 0) {
-    for (int64_t r = 0; r < k; ++r) {
-      const double* slot = acc + kRows * r;
-      if (slot[2] == 0.0) continue;
-      atomic_add(sums + r, slot[0]);
-      atomic_add(squares + r, slot[1]);
-      atomic_add(counts + r, slot[2]);
-    }
-  }
+  std::vector<Slot> local;
+  Slot* acc = zeroed_scratch(local, k);
+  const int64_t bad = aggregate(region_ids, values, n, k, acc);
   if (bad >= 0) check_sample(region_ids[bad], values[bad], k);  // throws
+  for (int64_t r = 0; r < k; ++r) {
+    if (acc[r].v[2] == 0.0) continue;
+    atomic_add(sums + r, acc[r].v[0]);
+    atomic_add(squares + r, acc[r].v[1]);
+    atomic_add(counts + r, acc[r].v[2]);
+  }
 }
 
 void RegionTable::settle() {
@@ -205,11 +219,11 @@ void RegionTable::settle() {
       throw std::logic_error("settle() ran concurrently with record()");
     }
     if (stripe.dirty) {
-      double* slots = stripe.slots.data();
+      const Slot* slots = stripe.slots.data();
       for (int64_t r = 0; r < k; ++r) {
-        for (int64_t j = 0; j < kRows; ++j) sums[j * k + r] += slots[kRows * r + j];
+        for (int64_t j = 0; j < kRows; ++j) sums[j * k + r] += slots[r].v[j];
       }
-      std::fill(stripe.slots.begin(), stripe.slots.end(), 0.0);
+      std::fill(stripe.slots.begin(), stripe.slots.end(), Slot{});
       stripe.dirty = false;
     }
     stripe.busy.store(false, std::memory_order_release);

@@ -4,7 +4,9 @@
 // (sum d, sum d^2, count) of the timestep-normalised discrepancy d_i into one contiguous float64
 // block of shape (3, K). `record` is lock-free and safe from any number of threads:
 //   * a caller first tries to claim one of S private stripes (an atomic exchange, never a wait) and
-//     adds into it with plain stores: no atomic per sample, no flush;
+//     adds into it with plain stores: no atomic per sample, no flush. A stripe holds a 32-byte slot
+//     (sum, sum of squares, count, pad) per region, so a sample is one aligned vector add on one
+//     cache line (AVX where the CPU has it, chosen at load time);
 //   * if every stripe is busy it aggregates locally and publishes with relaxed atomic adds on the
 //     block (contention per region, not per sample).
 // Stripes are merged into the block by settle(), which reading the accumulators, fold() and the
@@ -79,12 +81,20 @@ class RegionTable {
   std::vector<double> alias_prob_;
   std::vector<int64_t> alias_index_;
 
+  // (sum, sum of squares, count, 0) of one region. A struct with explicit alignment: a bare
+  // 32-byte vector type is only 16-byte aligned in code compiled without AVX, and its alignment
+  // attribute is dropped as a template argument (std::vector).
+  typedef double Vec4 __attribute__((vector_size(4 * sizeof(double))));
+  struct alignas(32) Slot {
+    Vec4 v;
+  };
+
  private:
   struct Stripe {
     std::atomic<bool> busy{false};
-    bool dirty = false;         // written only by the claimant, read by settle()
-    std::vector<double> slots;  // (K, 3) interleaved: one cache line per sample
-    std::vector<double> scratch;  // zero between calls: a dense call's samples before merging
+    bool dirty = false;         // written only by the claimant, read by settle(); clean = all zero
+    std::vector<Slot> slots;    // K slots
+    std::vector<Slot> scratch;  // zero between calls: a dense call's samples before merging
   };
   struct AliasEntry {
     uint64_t threshold;  // accept the column when the 64 leftover bits are below this

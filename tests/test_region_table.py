@@ -121,13 +121,23 @@ def test_accumulators_are_zero_copy_and_all_reducible_through_torch():
     ([0, 1], [float("inf"), 1.0], "not finite"),
 ])
 @pytest.mark.parametrize("repeat", [1, 100])  # sparse and dense record paths
-def test_bad_samples_raise_and_record_nothing(ids, values, match, repeat):
-    table = RegionTable(5)
-    table.record(np.array([2]), np.array([1.0]))
-    before = table.accumulators.copy()
+@pytest.mark.parametrize("settled", [True, False])  # into a clean stripe, or one holding samples
+@pytest.mark.parametrize("bad_last", [False, True])  # after the good samples have been added
+def test_bad_samples_raise_and_record_nothing(ids, values, match, repeat, settled, bad_last):
+    table, twin = RegionTable(5), RegionTable(5)
+    for t in (table, twin):
+        t.record(np.array([2, 3]), np.array([1.0, 0.1]))
+    if settled:
+        table.accumulators
+    bad_ids, bad_values = ids * repeat, values * repeat
+    if bad_last:
+        bad_ids, bad_values = bad_ids[::-1], bad_values[::-1]
     with pytest.raises(ValueError, match=match):
-        table.record(np.array(ids * repeat), np.array(values * repeat))
-    np.testing.assert_array_equal(table.accumulators, before)
+        table.record(np.array(bad_ids), np.array(bad_values))
+    np.testing.assert_array_equal(table.accumulators, twin.accumulators)
+    table.record(np.array([1]), np.array([0.5]))  # still usable
+    twin.record(np.array([1]), np.array([0.5]))
+    np.testing.assert_array_equal(table.accumulators, twin.accumulators)
 
 
 def test_bad_construction_and_arguments():
