@@ -84,9 +84,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from aria_hpc.conditioning.embeddings import build_shard, check_complete_shard, shard_expectation, shard_range
-    from aria_hpc.conditioning.encoders import TextEncoder
-    from aria_hpc.conditioning.pool import PromptPool, materialise_pool
+    from aria_hpc.conditioning.embeddings import build_shards, open_pool_and_encoder, shard_range
 
     cfg = _resolve(args)
     if cfg is None:
@@ -96,29 +94,28 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if args.rebuild and embed_dir.exists():
         shutil.rmtree(embed_dir)
     save_resolved(cfg, embed_dir / "runs" / f"embed-{'all' if args.shard is None else args.shard.replace('/', 'of')}")
-    encoder = TextEncoder(cfg.text_encoder.dir, cfg.text_encoder.max_length)
-    pool = PromptPool(materialise_pool(embed_dir, cfg.pool.files, cfg.pool.jsonl_field, cfg.shapes_world()))
+    pool, encoder = open_pool_and_encoder(cfg)
     print(f"pool: {len(pool)} prompts, digest {pool.digest[:16]}; encoder {encoder.model_dir} ({encoder.dim}-d)",
           flush=True)
-    for index in shards:  # refuse before any work if a finished shard belongs to another pool/encoder
-        expect = shard_expectation(pool, encoder, index, cfg.embed.shards, cfg.embed.store_tokens)
-        check_complete_shard(embed_dir, expect, index, cfg.embed.shards)
-    for index in shards:
-        start, stop = shard_range(len(pool), index, cfg.embed.shards)
-        with tqdm(total=stop - start, desc=f"shard {index}/{cfg.embed.shards}", unit="prompt",
-                  disable=args.quiet) as bar:
-            def progress(_index: int, done: int) -> None:
-                bar.n = done
-                bar.refresh()
-                if args.quiet:
-                    print(f"shard {index}: {done}/{stop - start} rows", flush=True)
+    bars: dict[int, tqdm] = {}
 
-            result = build_shard(embed_dir, pool, encoder, index, cfg.embed.shards,
-                                 batch_size=cfg.text_encoder.batch_size, store_tokens=cfg.embed.store_tokens,
-                                 progress=progress)
+    def progress(index: int, done: int) -> None:
+        start, stop = shard_range(len(pool), index, cfg.embed.shards)
+        if index not in bars:
+            bars[index] = tqdm(total=stop - start, desc=f"shard {index}/{cfg.embed.shards}", unit="prompt",
+                               disable=args.quiet)
+        bars[index].n = done
+        bars[index].refresh()
+        if args.quiet:
+            print(f"shard {index}: {done}/{stop - start} rows", flush=True)
+
+    for result in build_shards(embed_dir, pool, encoder, shards, cfg.embed.shards, batch_size=cfg.text_encoder.batch_size,
+                               store_tokens=cfg.embed.store_tokens, progress=progress):
+        if result.index in bars:
+            bars.pop(result.index).close()
         state = ("already complete" if result.resumed_from == result.rows else
                  f"resumed at row {result.resumed_from}" if result.resumed_from else "built")
-        print(f"shard {index}/{cfg.embed.shards}: {result.rows} rows, {state}", flush=True)
+        print(f"shard {result.index}/{cfg.embed.shards}: {result.rows} rows, {state}", flush=True)
     return 0
 
 

@@ -23,20 +23,12 @@ def demo_overrides(out: Path) -> list[str]:
 
 
 def ensure_embeddings(cfg: Config, log) -> str:
-    from aria_hpc.conditioning.embeddings import build_shard, check_complete_shard, shard_expectation
-    from aria_hpc.conditioning.encoders import TextEncoder
-    from aria_hpc.conditioning.pool import PromptPool, materialise_pool
+    from aria_hpc.conditioning.embeddings import build_shards, open_pool_and_encoder
 
-    embed_dir = Path(cfg.embed.dir)
-    encoder = TextEncoder(cfg.text_encoder.dir, cfg.text_encoder.max_length)
-    pool = PromptPool(materialise_pool(embed_dir, cfg.pool.files, cfg.pool.jsonl_field, cfg.shapes_world()))
-    built = 0
-    for index in range(cfg.embed.shards):
-        expect = shard_expectation(pool, encoder, index, cfg.embed.shards, cfg.embed.store_tokens)
-        if not check_complete_shard(embed_dir, expect, index, cfg.embed.shards):
-            build_shard(embed_dir, pool, encoder, index, cfg.embed.shards, batch_size=cfg.text_encoder.batch_size,
-                        store_tokens=cfg.embed.store_tokens)
-            built += 1
+    pool, encoder = open_pool_and_encoder(cfg)
+    results = list(build_shards(Path(cfg.embed.dir), pool, encoder, range(cfg.embed.shards), cfg.embed.shards,
+                                batch_size=cfg.text_encoder.batch_size, store_tokens=cfg.embed.store_tokens))
+    built = sum(r.resumed_from < r.rows for r in results)
     return f"{len(pool)} prompts, {built} of {cfg.embed.shards} shard(s) built"
 
 

@@ -12,14 +12,14 @@ complete, so a killed build resumes where it stopped and a reader never sees a p
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from aria_hpc.conditioning.pool import PromptPool
+from aria_hpc.conditioning.pool import PromptPool, materialise_pool
 from aria_hpc.errors import UserError
 from aria_hpc.fsio import fsync_path
 
@@ -114,6 +114,26 @@ def build_shard(embed_dir: Path, pool: PromptPool, encoder, index: int, shards: 
     fsync_path(partial)
     os.replace(partial, final)
     return ShardResult(index, n, resumed_from)
+
+
+def open_pool_and_encoder(cfg) -> tuple[PromptPool, object]:
+    """The configured prompt pool (materialised into embed.dir) and text encoder."""
+    from aria_hpc.conditioning.encoders import TextEncoder
+
+    encoder = TextEncoder(cfg.text_encoder.dir, cfg.text_encoder.max_length)
+    pool = PromptPool(materialise_pool(Path(cfg.embed.dir), cfg.pool.files, cfg.pool.jsonl_field, cfg.shapes_world()))
+    return pool, encoder
+
+
+def build_shards(embed_dir: Path, pool: PromptPool, encoder, indices, shards: int, *, batch_size: int,
+                 store_tokens: bool, progress: Callable[[int, int], None] | None = None) -> Iterator[ShardResult]:
+    """build_shard for each of `indices`, yielding each result as it finishes. Every finished shard
+    is checked before any work, so one built for another pool or encoder is refused up front."""
+    for index in indices:
+        check_complete_shard(embed_dir, shard_expectation(pool, encoder, index, shards, store_tokens), index, shards)
+    for index in indices:
+        yield build_shard(embed_dir, pool, encoder, index, shards, batch_size=batch_size, store_tokens=store_tokens,
+                          progress=progress)
 
 
 class EmbeddingStore:

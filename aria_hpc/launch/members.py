@@ -26,6 +26,10 @@ class Member:
     config: str  # base config file (absolute path)
     overrides: list[str] = field(default_factory=list)  # includes run.dir and seed
     evaluate: bool = True
+    # What a sweep's results table shows; the job itself reads only the resolved config.
+    varied: dict = field(default_factory=dict)  # sweep key -> this member's value
+    seed: int | None = None
+    run_dir: Path | None = None
 
     def resolve(self) -> Config:
         return load_config(self.config, self.overrides)

@@ -113,11 +113,7 @@ def members(sweep: Sweep) -> list[Member]:
             load_config(sweep.base, overrides)
         except ConfigError as exc:
             raise ConfigError(f"sweep member {name}: {exc}") from None
-        m = Member(name, str(sweep.base), overrides, sweep.evaluate)
-        m.varied = varied  # type: ignore[attr-defined]
-        m.seed = seed  # type: ignore[attr-defined]
-        m.run_dir = run_dir  # type: ignore[attr-defined]
-        out.append(m)
+        out.append(Member(name, str(sweep.base), overrides, sweep.evaluate, varied=varied, seed=seed, run_dir=run_dir))
     return out
 
 
