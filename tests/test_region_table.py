@@ -122,16 +122,19 @@ def test_accumulators_are_zero_copy_and_all_reducible_through_torch():
 ])
 @pytest.mark.parametrize("repeat", [1, 100])  # sparse and dense record paths
 @pytest.mark.parametrize("settled", [True, False])  # into a clean stripe, or one holding samples
-@pytest.mark.parametrize("bad_last", [False, True])  # after the good samples have been added
+@pytest.mark.parametrize("bad_last", [False, True])  # first, or after every good sample
 def test_bad_samples_raise_and_record_nothing(ids, values, match, repeat, settled, bad_last):
     table, twin = RegionTable(5), RegionTable(5)
     for t in (table, twin):
         t.record(np.array([2, 3]), np.array([1.0, 0.1]))
     if settled:
         table.accumulators
-    bad_ids, bad_values = ids * repeat, values * repeat
-    if bad_last:
-        bad_ids, bad_values = bad_ids[::-1], bad_values[::-1]
+    # One bad sample, before or after 2 * repeat - 1 good ones (all added by then on the fast paths).
+    bad = next(i for i, (r, v) in enumerate(zip(ids, values)) if not (0 <= r < 5 and np.isfinite(v)))
+    bad_ids, bad_values = [ids[1 - bad]] * (2 * repeat - 1), [values[1 - bad]] * (2 * repeat - 1)
+    at = len(bad_ids) if bad_last else 0
+    bad_ids.insert(at, ids[bad])
+    bad_values.insert(at, values[bad])
     with pytest.raises(ValueError, match=match):
         table.record(np.array(bad_ids), np.array(bad_values))
     np.testing.assert_array_equal(table.accumulators, twin.accumulators)
