@@ -59,10 +59,9 @@ def load_sweep(path: str | Path) -> Sweep:
     for key in ("base", "dir"):
         if not isinstance(data.get(key), str):
             raise ConfigError(f"{path}: '{key}' is required (a path)")
-    base = (path.parent / data["base"]) if not Path(data["base"]).is_absolute() else Path(data["base"])
-    if not base.is_file():
-        base = Path(data["base"]) if Path(data["base"]).is_file() else base
-    if not base.is_file():
+    given = Path(data["base"])
+    base = next((p for p in ([given] if given.is_absolute() else [path.parent / given, given]) if p.is_file()), None)
+    if base is None:
         raise ConfigError(f"{path}: base config {data['base']} does not exist (relative to the sweep file or "
                           "the working directory)")
     sweep = Sweep(path, base.resolve(), Path(data["dir"]).resolve())
@@ -174,6 +173,7 @@ def run_sweep(path: str | Path, executor: str, log=print) -> dict:
     def record(submitted: dict) -> None:
         jobs.update({k: {**v, "executor": executor} for k, v in submitted.items()})
         atomic_write_text(_jobs_file(sweep), json.dumps(jobs, indent=1))
+
     results = run_members(todo, base_cfg.launch, executor, sweep.dir / "submitit", log=log, on_submit=record)
     for name, r in results.items():
         jobs.setdefault(name, {})["error"] = r.get("error", "") if r["state"] == "failed" else ""
@@ -191,7 +191,7 @@ def collect(sweep: Sweep, log=print) -> dict:
         row = {"member": m.name, **{k: _value(v) for k, v in m.varied.items()}, "seed": m.seed, "state": st["state"]}
         final = _final_metrics(m.run_dir)
         row.update(final)
-        row["error"] = st["error"] or jobs.get(m.name, {}).get("error", "")
+        row["error"] = st["error"]
         row["log"] = st["log"] or str(m.run_dir)
         rows.append(row)
     columns = list(dict.fromkeys(k for r in rows for k in r))
