@@ -20,6 +20,7 @@ import yaml
 from aria_hpc.errors import ConfigError
 
 Policy = Literal["paired", "rc", "aria"]
+BankMode = Literal["cached", "hybrid", "live"]
 
 
 @dataclass
@@ -94,6 +95,13 @@ class BankConfig:
     pairs: str | None = None  # HDF5 with images (n,C,H,W) and prompt_ids (n,); None = the shapes world's
     vae_dir: str | None = None  # AutoencoderKL dir: latent mode (paired images encoded once)
     prefetch: int = 2  # batches the trainer keeps in flight (BankSource.prefetch reads in a background thread)
+    # How training gets teacher outputs when bank.dir is set (without it, the live teacher computes all):
+    # cached = only what the bank holds; hybrid = the bank while a region still has entries this run has
+    # served fewer than max_reuse times, then fresh tuples from the live teacher; live = every tuple fresh.
+    mode: BankMode = "cached"
+    max_reuse: int = 1  # hybrid: draws one bank entry may serve per run before its region needs fresh tuples
+    writeback: bool = True  # hybrid/live: append the fresh tuples to the bank as new shards
+    writeback_every: int = 4096  # fresh entries held before a write-back shard (also flushed at checkpoints)
 
 
 @dataclass
@@ -287,6 +295,10 @@ class Config:
             (self.bank.shards <= self.bank.entries, "bank.shards must be <= bank.entries"),
             (self.bank.min_per_region >= 0, "bank.min_per_region must be >= 0"),
             (self.bank.batch_size >= 1 and self.bank.prefetch >= 0, "bank.batch_size must be >= 1, bank.prefetch >= 0"),
+            (self.bank.max_reuse >= 1 and self.bank.writeback_every >= 1,
+             "bank.max_reuse and bank.writeback_every must be >= 1"),
+            (self.bank.mode == "cached" or bool(self.bank.dir),
+             f"bank.mode={self.bank.mode} needs bank.dir (the bank it reads and writes back to)"),
             (self.launch.tasks_per_node >= 0 and self.launch.gpus_per_node >= 0 and self.launch.cpus_per_task >= 1,
              "launch.tasks_per_node and launch.gpus_per_node must be >= 0, launch.cpus_per_task >= 1"),
             (self.launch.timeout_min >= 1 and self.launch.array_parallelism >= 1,

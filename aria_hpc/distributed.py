@@ -46,6 +46,17 @@ def all_reduce_sum_(array: np.ndarray) -> None:
     dist.all_reduce(torch.from_numpy(array), op=dist.ReduceOp.SUM)
 
 
+def all_reduce_max(array: np.ndarray) -> np.ndarray:
+    """Element-wise maximum of a float64 NumPy array over all ranks (a copy; itself on one process)."""
+    out = np.array(array, dtype=np.float64)
+    if is_distributed():
+        import torch
+        import torch.distributed as dist
+
+        dist.all_reduce(torch.from_numpy(out), op=dist.ReduceOp.MAX)
+    return out
+
+
 def init(backend: str | None = None) -> WorldInfo:
     """Join the process group described by the environment (no-op for one process)."""
     info = world_info()

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 
 from aria_hpc.bank import Bank, BankSource, LiveTeacher, build_bank
 from aria_hpc.bank.context import load_context
+from aria_hpc.bank.sources import Writeback
 from aria_hpc.bank.plan import Conditioning, plan_bank, shard_plan
 from aria_hpc.config import load_config
 from aria_hpc.errors import UserError
@@ -232,15 +234,18 @@ def test_sigkill_mid_shard_leaves_no_partial_shard_and_rerun_matches(tiny_world,
 def test_live_teacher_writes_back_shards_that_later_runs_read(tiny_world, tmp_path):
     cfg = bank_config(tiny_world, tmp_path, "bank.shards=1", "bank.entries=64")
     build_bank(cfg, log=lambda _m: None)
-    live = LiveTeacher(load_context(cfg), stream=2, writeback_every=40)
+    ctx = load_context(cfg)
+    writeback = Writeback(Path(cfg.bank.dir), ctx.fingerprint, {"run_dir": "x", "rank": 0}, every=40)
+    live = LiveTeacher(ctx, stream=2, writeback=writeback)
     rng = np.random.default_rng(0)
     batches = [live.draw(20, rng, region_sampler=lambda m: np.full(m, 5)) for _ in range(2)]
-    assert live.teacher_forwards == 40 and live.written == 1
+    assert live.teacher_forwards == 40 and live.written_back == 40 and writeback.shards == 1
     bank = Bank(cfg.bank.dir)
+    assert bank.shard_kinds == ["planned", "live"] and bank.planned_entries == len(bank) - 40
     live_rows = np.arange(len(bank))[bank.columns["entry"] >= 1 << 48]
-    assert len(live_rows) == 40
-    by_entry = {int(e): r for r, e in zip(live_rows, bank.columns["entry"][live_rows])}
-    wanted = np.array([by_entry[(1 << 48) + (2 << 32) + i] for i in range(40)])
+    assert len(live_rows) == 40 and bank.shards[-1] == "shard-live-w00000-00000.h5"
+    by_seed = {int(s): r for r, s in zip(live_rows, bank.columns["seed"][live_rows])}
+    wanted = np.array([by_seed[int(s)] for b in batches for s in b.seed])
     got = bank.read(wanted)
     order = np.searchsorted(got.rows, wanted)  # got is in row order; put it back in draw order
     expect_out = torch.cat([b.output for b in batches])

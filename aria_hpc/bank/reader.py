@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from aria_hpc.bank.context import X0_FILE, fingerprint_diff, load_x0, noised_inputs
+from aria_hpc.bank.ledger import FRESH, ReuseLedger
 from aria_hpc.bank.plan import COLUMNS
 from aria_hpc.bank.writer import MANIFEST
 from aria_hpc.errors import UserError
@@ -59,7 +60,7 @@ class Bank:
     """A complete bank, opened for reading. Picklable: file handles are per process."""
 
     def __init__(self, bank_dir: str | Path, expected_fingerprint: dict | None = None,
-                 ignore: tuple[str, ...] = ()) -> None:
+                 ignore: tuple[str, ...] = (), shards: list[str] | None = None) -> None:
         self.dir = Path(bank_dir)
         manifest = read_manifest(self.dir)
         self.fingerprint = manifest["fingerprint"]
@@ -71,8 +72,20 @@ class Bank:
         if not manifest["complete"]:
             raise UserError(f"the bank in {self.dir} lacks shards {manifest['missing'][:8]}: "
                             "run `aria-hpc bank CONFIG` to finish it")
-        self.shards = [s["name"] for s in manifest["shards"]]
-        counts = np.array([s["entries"] for s in manifest["shards"]], dtype=np.int64)
+        listed = {s["name"]: s for s in manifest["shards"]}
+        if shards is not None:  # a run's pinned view: the shards it started with (exact resume)
+            gone = [name for name in shards if name not in listed]
+            if gone:
+                raise UserError(f"the bank in {self.dir} no longer lists {gone[:4]}, which this run started with: "
+                                "restore them, or start the run over in a new run.dir")
+            listed = {name: listed[name] for name in shards}
+        # planned shards first, then written-back ones: the planned rows [0, planned_entries) carry
+        # RC's schedule (which draws are random-conditioned); written-back rows only join the regions
+        metas = sorted(listed.values(), key=lambda s: (s.get("kind", "planned") != "planned", s["name"]))
+        self.shards = [s["name"] for s in metas]
+        self.shard_kinds = [s.get("kind", "planned") for s in metas]
+        counts = np.array([s["entries"] for s in metas], dtype=np.int64)
+        self.planned_entries = int(sum(c for c, kind in zip(counts, self.shard_kinds) if kind == "planned"))
         self.offsets = np.concatenate([[0], np.cumsum(counts)])
         cols = {k: [] for k in COLUMNS}
         feature_names: set[str] = set()
@@ -144,22 +157,43 @@ class Bank:
 
     def draw(self, n: int, rng: np.random.Generator, region_sampler: Callable[[int], np.ndarray] | None = None,
              *, paired_only: bool = False) -> np.ndarray:
-        """Rows of a batch: uniform over the bank (RC's schedule); with a region sampler, the
-        random-conditioned rows are re-drawn as region k = region_sampler(m), then uniformly inside k.
-        paired_only: uniform over the entries that keep their true caption (or the null text)."""
+        """Rows of a batch: uniform over the planned entries (RC's schedule); with a region sampler,
+        the random-conditioned rows are re-drawn as region k = region_sampler(m), then uniformly
+        inside k. paired_only: uniform over the entries that keep their true caption (or the null text)."""
+        return self.draw_served(n, rng, region_sampler, paired_only=paired_only)[0]
+
+    def draw_served(self, n: int, rng: np.random.Generator, region_sampler: Callable[[int], np.ndarray] | None = None,
+                    *, paired_only: bool = False, ledger: ReuseLedger | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`draw` through a ledger (which records what each entry served and, with a reuse limit,
+        retires used-up entries): (rows, regions), where rows is FRESH (-1) for a draw whose region has
+        nothing left and regions is the region such a draw asked for (-1 elsewhere)."""
+        wanted = np.full(n, -1, np.int64)
         if paired_only:
-            return self.kept_rows[rng.integers(0, len(self.kept_rows), n)]
-        rows = rng.integers(0, len(self), n)
+            return self.kept_rows[rng.integers(0, len(self.kept_rows), n)], wanted
+        rows = rng.integers(0, self.planned_entries, n)
         if region_sampler is not None:
             redraw = np.flatnonzero(self.random[rows])
             if len(redraw):
                 regions = np.asarray(region_sampler(len(redraw)), dtype=np.int64)
-                lo, hi = self.region_bounds[regions], self.region_bounds[regions + 1]
-                if np.any(hi <= lo):
-                    raise UserError(f"region {int(regions[np.argmax(hi <= lo)])} has no entries in the bank: "
-                                    "rebuild it with bank.min_per_region >= 1")
-                rows[redraw] = self.region_rows[lo + (rng.random(len(redraw)) * (hi - lo)).astype(np.int64)]
-        return rows
+                u = rng.random(len(redraw))
+                if ledger is None or ledger.max_reuse is None:
+                    lo, hi = self.region_bounds[regions], self.region_bounds[regions + 1]
+                    if np.any(hi <= lo):
+                        raise UserError(f"region {int(regions[np.argmax(hi <= lo)])} has no entries in the bank: "
+                                        "rebuild it with bank.min_per_region >= 1, or use bank.mode=hybrid")
+                if ledger is None:
+                    rows[redraw] = self.region_rows[lo + (u * (hi - lo)).astype(np.int64)]
+                else:
+                    rows[redraw] = ledger.serve(regions, u)
+                    fresh = rows[redraw] == FRESH
+                    wanted[redraw[fresh]] = regions[fresh]
+        return rows, wanted
+
+    def ledger(self, num_regions: int, max_reuse: int | None = None, rank: int = 0, world: int = 1) -> ReuseLedger:
+        """A ledger over this bank's random-conditioned entries in regions 0..num_regions-1 (bank/ledger.py)."""
+        bounds = self.region_bounds[:num_regions + 1]
+        bounds = np.concatenate([bounds, np.full(num_regions + 1 - len(bounds), bounds[-1] if len(bounds) else 0)])
+        return ReuseLedger(self.region_rows[:bounds[-1]], bounds, max_reuse, rank, world)
 
     def read_outputs(self, rows: np.ndarray, dataset: str = "output") -> np.ndarray:
         """float16 rows of a per-entry dataset; `rows` sorted ascending. One gather per shard (C++,

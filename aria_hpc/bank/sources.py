@@ -1,8 +1,12 @@
-"""Where teacher outputs come from during training: one interface, two implementations.
+"""Where teacher outputs come from during training: one interface, three modes (bank.mode).
 
-``BankSource`` reads cached outputs; ``LiveTeacher`` runs the frozen teacher on freshly drawn
-tuples (same schedule, same region steering) and can write them back to the bank as new shards, so
-later runs reuse them. Both count teacher forwards and bank hits for the metrics.
+``BankSource`` reads cached outputs (cached), and with a live teacher beside it serves a region from
+the bank only while the region has entries this run has served fewer than ``bank.max_reuse`` times,
+computing fresh tuples after that (hybrid). ``LiveTeacher`` runs the frozen teacher on freshly drawn
+tuples (same schedule, same region steering) for every draw (live) or for the hybrid's fresh draws.
+Fresh tuples are written back to the bank as new shards (``Writeback``), so later runs reuse them.
+Every source counts teacher forwards, bank hits and entries written back for the metrics, keeps its
+cursor in ``state_dict`` for exact resume, and flushes pending write-back at checkpoints.
 """
 
 from __future__ import annotations
@@ -12,72 +16,220 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
+import h5py
 import numpy as np
 import torch
 
 from aria_hpc.bank.context import BankContext, TeacherRunner, noised_inputs
-from aria_hpc.bank.plan import COLUMNS, draw_entries, finish, region_order
+from aria_hpc.bank.ledger import FRESH
+from aria_hpc.bank.plan import COLUMNS, NULL, draw_entries, finish, region_order
 from aria_hpc.bank.reader import Bank, BankBatch
-from aria_hpc.bank.writer import prepare_bank_dir, update_manifest, write_shard
+from aria_hpc.bank.writer import claim_writer, update_manifest, write_shard
 
 RegionSampler = Callable[[int], np.ndarray]
-LIVE_ENTRY_BASE = 1 << 48  # live entry ids: base + (stream << 32) + counter; planned ids are below
+LIVE_ENTRY_BASE = 1 << 48  # fresh entry ids: base + (stream << 32) + counter; planned ids are below
 
 
 class TeacherSource(Protocol):
     teacher_forwards: int
     bank_hits: int
+    written_back: int
+    feature_names: list[str]
 
     def draw(self, n: int, rng: np.random.Generator, region_sampler: RegionSampler | None = None,
              *, paired_only: bool = False) -> BankBatch:
         """A batch of n (x_t, t, condition, teacher output) tuples; paired_only keeps true captions."""
 
+    def region_usage(self, num_regions: int) -> dict[str, np.ndarray]:
+        """Per region: draws, distinct entries used, largest draws served by one entry."""
+
+    def flush(self) -> None:
+        """Write pending fresh entries back (before a checkpoint records the state)."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def concat_batches(parts: list[BankBatch]) -> BankBatch:
+    if len(parts) == 1:
+        return parts[0]
+    cat = {k: np.concatenate([getattr(p, k) for p in parts]) for k in ("rows", *COLUMNS)}
+    return BankBatch(cat["rows"], cat["entry"], cat["image"], cat["cond"], cat["region"], cat["t"], cat["seed"],
+                     cat["paired"], torch.cat([p.output for p in parts]),
+                     {k: torch.cat([p.features[k] for p in parts]) for k in parts[0].features},
+                     torch.cat([p.x_t for p in parts]) if all(p.x_t is not None for p in parts) else None)
+
 
 class BankSource:
-    """Cached outputs. `prefetch` draws a batch's rows now (in the caller's thread, so the region
-    sampler sees the current allocation) and reads them in a background thread: the C++ gather and
-    the noise regeneration release the GIL, so the read overlaps the training step."""
+    """Cached outputs, drawn through a ledger (bank/ledger.py) that records what each entry served.
+    With `live` (hybrid mode), the ledger retires an entry after `max_reuse` draws and a region with
+    nothing left gets fresh tuples from the live teacher: the same schedule, the region asked for.
 
-    def __init__(self, bank: Bank) -> None:
+    `prefetch` draws a batch's rows now (in the caller's thread, so the region sampler sees the
+    current allocation) and reads them in a background thread: the C++ gather and the noise
+    regeneration release the GIL, so the read overlaps the training step."""
+
+    def __init__(self, bank: Bank, *, num_regions: int | None = None, live: LiveTeacher | None = None,
+                 max_reuse: int | None = None, rank: int = 0, world: int = 1) -> None:
         self.bank = bank
-        self.teacher_forwards = 0
+        self.live = live
+        self.num_regions = num_regions if num_regions is not None else len(bank.region_bounds) - 1
+        self.ledger = bank.ledger(self.num_regions, max_reuse if live is not None else None, rank, world)
         self.bank_hits = 0
+        self._rank, self._world = rank, world
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bank-read")
+
+    @property
+    def teacher_forwards(self) -> int:
+        return self.live.teacher_forwards if self.live else 0
+
+    @property
+    def written_back(self) -> int:
+        return self.live.written_back if self.live else 0
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.bank.feature_names
 
     def draw(self, n: int, rng: np.random.Generator, region_sampler: RegionSampler | None = None,
              *, paired_only: bool = False) -> BankBatch:
-        return self.prefetch(n, rng, region_sampler, paired_only=paired_only).result()
+        rows, wanted = self.bank.draw_served(n, rng, region_sampler, paired_only=paired_only, ledger=self.ledger)
+        cached = rows[rows != FRESH]
+        self.bank_hits += len(cached)
+        parts = [self.bank.read(cached)] if len(cached) else []
+        fresh = wanted[rows == FRESH]
+        if len(fresh):
+            parts.append(self.live.fresh(fresh, rng))
+        return concat_batches(parts)
 
     def prefetch(self, n: int, rng: np.random.Generator, region_sampler: RegionSampler | None = None,
                  *, paired_only: bool = False) -> Future[BankBatch]:
-        rows = self.bank.draw(n, rng, region_sampler, paired_only=paired_only)
+        if self.live is not None:  # fresh tuples run the teacher in the caller's thread
+            done: Future[BankBatch] = Future()
+            done.set_result(self.draw(n, rng, region_sampler, paired_only=paired_only))
+            return done
+        rows = self.bank.draw_served(n, rng, region_sampler, paired_only=paired_only, ledger=self.ledger)[0]
         self.bank_hits += n
         return self._reader.submit(self.bank.read, rows)
+
+    def region_usage(self, num_regions: int) -> dict[str, np.ndarray]:
+        return self.ledger.region_usage()
+
+    def flush(self) -> None:
+        if self.live:
+            self.live.flush()
+
+    def state_dict(self) -> dict:
+        state = {"bank_hits": self.bank_hits, "shards": list(self.bank.shards), "ledger": self.ledger.state_dict()}
+        if self.live:
+            state["live"] = self.live.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if "shards" in state and state["shards"] != list(self.bank.shards):  # the bank grew since: pin the view
+            self.bank = Bank(self.bank.dir, shards=state["shards"])
+            self.ledger = self.bank.ledger(self.num_regions, self.ledger.max_reuse, self._rank, self._world)
+        self.bank_hits = state["bank_hits"]
+        if "ledger" in state:
+            self.ledger.load_state_dict(state["ledger"])
+        if self.live and "live" in state:
+            self.live.load_state_dict(state["live"])
 
     def close(self) -> None:
         self._reader.shutdown(wait=True)
 
 
-class LiveTeacher:
-    """The frozen teacher computing each batch; optionally writing every `writeback_every` entries
-    back to the bank directory as a shard `shard-live-<stream>-<k>.h5`."""
+class Writeback:
+    """Fresh entries appended to a bank as shards ``shard-live-w<writer>-<k>.h5``, through the same
+    write-aside / verify / fsync / rename path and flock'd manifest as planned shards. The writer id
+    is claimed from the bank (writer.claim_writer) at the first flush, so names and entry ids never
+    collide between writers. Flushes happen every `every` entries and at every checkpoint; a resumed
+    run recomputes the same entries after its checkpoint, finds a shard it already wrote under the
+    same name and columns, and keeps it (no duplicate, nothing lost)."""
 
-    def __init__(self, ctx: BankContext, *, stream: int = 0, writeback_every: int = 0) -> None:
+    def __init__(self, bank_dir: Path, fingerprint: dict, owner: dict, every: int) -> None:
+        self.bank_dir = Path(bank_dir)
+        self.fingerprint = fingerprint
+        self.owner = owner
+        self.every = every
+        self.writer: int | None = None
+        self.shards = 0  # shards this writer has written
+        self.entries = 0  # entries in them
+        self.resumed = False
+        self._pending: list[BankBatch] = []
+
+    def add(self, batch: BankBatch) -> None:
+        self._pending.append(batch)
+        if sum(len(b.t) for b in self._pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> Path | None:
+        if not self._pending:
+            return None
+        pending, self._pending = self._pending, []
+        if self.writer is None:
+            self.writer = claim_writer(self.bank_dir, self.owner, reuse=self.resumed)
+        cols = {k: np.concatenate([getattr(b, k) for b in pending]) for k in COLUMNS}
+        n = len(cols["t"])
+        cols["entry"] = LIVE_ENTRY_BASE + (self.writer << 32) + self.entries + np.arange(n, dtype=np.int64)
+        order = region_order(cols)
+        cols = {k: v[order] for k, v in cols.items()}
+        output = np.concatenate([b.output.numpy() for b in pending])[order]  # float16, as computed
+        feats = {k: np.concatenate([b.features[k].numpy() for b in pending])[order] for k in pending[0].features}
+        path = self.bank_dir / f"shard-live-w{self.writer:05d}-{self.shards:05d}.h5"
+        if path.is_file():  # written before a kill that this run resumed from: the same entries
+            with h5py.File(path, "r", locking=False) as f:
+                same = all(np.array_equal(f[k][:], cols[k]) for k in COLUMNS)
+            if not same:
+                raise RuntimeError(f"{path} exists with other entries: two runs share writer {self.writer}")
+        else:
+            write_shard(path, self.fingerprint, {"kind": "live", "index": self.shards, "writer": self.writer},
+                        cols, [(0, n, output, feats)], tuple(output.shape[1:]))
+        self.shards += 1
+        self.entries += n
+        update_manifest(self.bank_dir, self.fingerprint)
+        return path
+
+    def state_dict(self) -> dict:
+        if self._pending:
+            raise RuntimeError("flush the write-back before saving its state")
+        return {"writer": self.writer, "shards": self.shards, "entries": self.entries}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.writer, self.shards, self.entries = state["writer"], state["shards"], state["entries"]
+        self.resumed = True
+
+
+class LiveTeacher:
+    """The frozen teacher computing tuples: every draw (`draw`, live mode) or the fresh draws of the
+    hybrid mode (`fresh`). Noise seeds derive from (seed, stream, counter), so a run's fresh tuples are
+    a pure function of its config and resume; `writeback` (optional) appends them to the bank."""
+
+    def __init__(self, ctx: BankContext, *, stream: int = 0, writeback: Writeback | None = None,
+                 features: list[str] | None = None) -> None:
         self.ctx = ctx
-        self.runner = TeacherRunner(ctx, ctx.cfg.bank.features)
+        self.runner = TeacherRunner(ctx, ctx.cfg.bank.features if features is None else features)
         self.x0 = torch.from_numpy(ctx.x0)
         self.stream = stream
-        self.writeback_every = writeback_every
+        self.writeback = writeback
         self.counter = 0
-        self.written = 0
         self.bank_hits = 0
-        self._pending: list[BankBatch] = []
-        if writeback_every:
-            prepare_bank_dir(Path(ctx.cfg.bank.dir), ctx.fingerprint, rebuild=False)
+        self.fresh_per_region = np.zeros(ctx.conditioning.num_regions, np.int64)
 
     @property
     def teacher_forwards(self) -> int:
         return self.runner.forwards
+
+    @property
+    def written_back(self) -> int:
+        return self.writeback.entries if self.writeback else 0
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.runner.features
 
     def draw(self, n: int, rng: np.random.Generator, region_sampler: RegionSampler | None = None,
              *, paired_only: bool = False) -> BankBatch:
@@ -90,34 +242,77 @@ class LiveTeacher:
         random = np.flatnonzero(~cols["paired"] & (cols["cond"] >= 0))
         if region_sampler is not None and len(random):
             cols["cond"][random] = cond.prompts_in(np.asarray(region_sampler(len(random)), np.int64), rng)
+        return self._compute(cols)
+
+    def fresh(self, regions: np.ndarray, rng: np.random.Generator) -> BankBatch:
+        """New random-conditioned tuples in the given regions, as the bank's top-up draws them: a
+        paired image, a prompt uniformly inside the region, t from RC's p(t | caption replaced)."""
+        cond = self.ctx.conditioning
+        m = len(regions)
+        cols = {"image": rng.integers(0, len(cond.captions), m), "cond": cond.prompts_in(regions, rng),
+                "t": cond.rc_timesteps(rng, m), "paired": np.zeros(m, bool)}
+        return self._compute(cols)
+
+    def _compute(self, cols: dict[str, np.ndarray]) -> BankBatch:
+        n = len(cols["t"])
         entry = LIVE_ENTRY_BASE + (self.stream << 32) + self.counter + np.arange(n)
         self.counter += n
-        cols = finish(cond, cols, entry, self.ctx.cfg.seed)
+        cols = finish(self.ctx.conditioning, cols, entry, self.ctx.cfg.seed)
         x_t = noised_inputs(self.ctx.teacher.scheduler, self.x0[cols["image"]], cols["t"], cols["seed"])
         output, feats = self.runner(x_t, cols["t"], cols["cond"])
+        random = ~cols["paired"] & (cols["cond"] != NULL)
+        np.add.at(self.fresh_per_region, cols["region"][random], 1)
         batch = BankBatch(np.full(n, -1), cols["entry"], cols["image"], cols["cond"], cols["region"], cols["t"],
                           cols["seed"], cols["paired"], torch.from_numpy(output),
                           {k: torch.from_numpy(v) for k, v in feats.items()}, x_t)
-        if self.writeback_every:
-            self._pending.append(batch)
-            if sum(len(b.t) for b in self._pending) >= self.writeback_every:
-                self.flush()
+        if self.writeback:
+            self.writeback.add(batch)
         return batch
 
+    def region_usage(self, num_regions: int) -> dict[str, np.ndarray]:
+        fresh = self.fresh_per_region[:num_regions]
+        return {"draws": fresh.copy(), "distinct": fresh.copy(), "max_reuse": (fresh > 0).astype(np.int64)}
+
     def flush(self) -> Path | None:
-        """Write the pending entries as one live shard and list it in the manifest."""
-        if not self._pending:
-            return None
-        pending, self._pending = self._pending, []
-        cols = {k: np.concatenate([getattr(b, k) for b in pending]) for k in COLUMNS}
-        order = region_order(cols)
-        cols = {k: v[order] for k, v in cols.items()}
-        output = np.concatenate([b.output.numpy() for b in pending])[order]  # float16, as computed
-        feats = {k: np.concatenate([b.features[k].numpy() for b in pending])[order] for k in pending[0].features}
-        bank_dir = Path(self.ctx.cfg.bank.dir)
-        path = bank_dir / f"shard-live-{self.stream:05d}-{self.written:05d}.h5"
-        write_shard(path, self.ctx.fingerprint, {"kind": "live", "index": self.written}, cols,
-                    [(0, len(order), output, feats)], tuple(output.shape[1:]))
-        self.written += 1
-        update_manifest(bank_dir, self.ctx.fingerprint)
-        return path
+        return self.writeback.flush() if self.writeback else None
+
+    def state_dict(self) -> dict:
+        state = {"bank_hits": self.bank_hits, "teacher_forwards": self.runner.forwards, "counter": self.counter,
+                 "fresh_per_region": self.fresh_per_region.copy()}
+        if self.writeback:
+            state["writeback"] = self.writeback.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.bank_hits = state["bank_hits"]
+        self.runner.forwards = state["teacher_forwards"]
+        self.counter = state["counter"]
+        if "fresh_per_region" in state:
+            self.fresh_per_region[:] = state["fresh_per_region"]
+        if self.writeback and "writeback" in state:
+            self.writeback.load_state_dict(state["writeback"])
+
+    def close(self) -> None:
+        pass
+
+
+def open_source(cfg, ctx: BankContext, *, rank: int = 0, world: int = 1, run_dir: Path | None = None):
+    """The teacher source of a training run (bank.mode): cached, hybrid or live; with no bank.dir,
+    the live teacher without write-back."""
+    from aria_hpc.bank.reader import LAYOUT_FIELDS
+
+    b = cfg.bank
+    if not b.dir:
+        return LiveTeacher(ctx, stream=rank)
+    bank = Bank(b.dir, ctx.fingerprint, ignore=LAYOUT_FIELDS)
+    if b.mode == "cached":
+        return BankSource(bank, num_regions=ctx.conditioning.num_regions, rank=rank, world=world)
+    writeback = None
+    if b.writeback:  # under the bank's own fingerprint (a run may differ from it in layout fields only)
+        owner = {"run_dir": str(Path(run_dir or cfg.run.dir).resolve()), "rank": rank}
+        writeback = Writeback(Path(b.dir), bank.fingerprint, owner, b.writeback_every)
+    live = LiveTeacher(ctx, stream=rank, writeback=writeback, features=bank.feature_names)
+    if b.mode == "live":
+        return live
+    return BankSource(bank, num_regions=ctx.conditioning.num_regions, live=live, max_reuse=b.max_reuse,
+                      rank=rank, world=world)

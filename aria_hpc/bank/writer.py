@@ -130,6 +130,49 @@ def update_manifest(bank_dir: Path, fingerprint: dict) -> dict:
     return manifest
 
 
+WRITERS = "writers.json"
+
+
+def claim_writer(bank_dir: Path, owner: dict, *, reuse: bool = False) -> int:
+    """A writer id unique in this bank, registered under the manifest lock in BANK_DIR/writers.json.
+    Write-back shards are named after it and entry ids carry it, so sweep members, ranks and job
+    arrays writing into one bank never collide. reuse: the latest id registered to the same owner
+    (a resumed run continues its own names), else a new one."""
+    with manifest_lock(bank_dir):
+        path = bank_dir / WRITERS
+        writers = json.loads(path.read_text())["writers"] if path.is_file() else []
+        if reuse:
+            same = [w["id"] for w in writers if w["owner"] == owner]
+            if same:
+                return same[-1]
+        wid = len(writers)
+        writers.append({"id": wid, "owner": owner, "host": os.uname().nodename, "pid": os.getpid()})
+        atomic_write_text(path, json.dumps({"writers": writers}, indent=1))
+    return wid
+
+
+def bank_status(bank_dir: Path) -> dict:
+    """Per shard kind (planned / written back): shards, entries, regions covered, bytes."""
+    from aria_hpc.bank.reader import read_manifest
+
+    manifest = read_manifest(bank_dir)
+    kinds: dict[str, dict] = {}
+    for meta in manifest["shards"]:
+        kind = "planned" if meta.get("kind", "planned") == "planned" else "written back"
+        row = kinds.setdefault(kind, {"shards": 0, "entries": 0, "bytes": 0, "regions": set()})
+        path = bank_dir / meta["name"]
+        with h5py.File(path, "r", locking=False) as f:
+            region, cond, paired = f["region"][:], f["cond"][:], f["paired"][:]
+        row["regions"].update(np.unique(region[~paired & (cond >= 0)]).tolist())
+        row["shards"] += 1
+        row["entries"] += meta["entries"]
+        row["bytes"] += path.stat().st_size
+    for row in kinds.values():
+        row["regions"] = len(row["regions"])
+    writers = json.loads((bank_dir / WRITERS).read_text())["writers"] if (bank_dir / WRITERS).is_file() else []
+    return {"complete": manifest["complete"], "missing": manifest["missing"], "kinds": kinds, "writers": len(writers)}
+
+
 def existing_fingerprint(bank_dir: Path) -> tuple[str, dict] | None:
     """The fingerprint of what is already in bank_dir (manifest, else any complete shard)."""
     if (bank_dir / MANIFEST).is_file():

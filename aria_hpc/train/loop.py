@@ -70,8 +70,8 @@ def _any_rank(flag: bool) -> bool:
 def train(cfg: Config, log=print) -> dict:
     # ---- setup -----------------------------------------------------------------------------
     from aria_hpc.bank.context import load_context
-    from aria_hpc.bank.reader import LAYOUT_FIELDS, Bank, read_manifest
-    from aria_hpc.bank.sources import BankSource, LiveTeacher
+    from aria_hpc.bank.reader import read_manifest
+    from aria_hpc.bank.sources import open_source
     from aria_hpc.engine import initialize
     from aria_hpc.models.students import build_student
 
@@ -82,9 +82,9 @@ def train(cfg: Config, log=print) -> dict:
     if cfg.bank.dir:
         read_manifest(Path(cfg.bank.dir))  # a missing bank is an error, never silently built here
     ctx = load_context(cfg, need_bank_dir=False)
-    source = BankSource(Bank(cfg.bank.dir, ctx.fingerprint, ignore=LAYOUT_FIELDS)) if cfg.bank.dir else LiveTeacher(ctx, stream=rank)
+    source = open_source(cfg, ctx, rank=rank, world=world, run_dir=run_dir)
     if cfg.loss.feature_kd > 0:
-        have = source.bank.feature_names if cfg.bank.dir else ctx.cfg.bank.features
+        have = source.feature_names
         missing = [b for b in cfg.loss.feature_blocks if b not in have]
         if missing:
             raise UserError(f"loss.feature_kd needs teacher features {missing}: build the bank with "
@@ -134,7 +134,7 @@ def train(cfg: Config, log=print) -> dict:
         table.load_state_dict(own["table"])  # this rank's own unsynced sums since the last sync
         baseline.load_state_dict(own["baseline"])
         ema.load_state_dict(own["ema"])
-        load_source_state(source, own["source"])
+        source.load_state_dict(own["source"])
         torch.set_rng_state(own["torch_rng"])
         if rank == 0:
             _truncate_metrics(run_dir / "metrics.jsonl", start_step)
@@ -154,9 +154,10 @@ def train(cfg: Config, log=print) -> dict:
         # The region table's EMA state is the same on every rank; its accumulators (sums since the
         # last sync) are each rank's own, so every rank keeps its table in its own file.
         meta = {"step": step, "tag": tag, "world_size": world, "config": flat_config(cfg)}
+        source.flush()  # fresh entries reach the bank before the state that counts them is saved
         engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=meta, save_latest=False)
         torch.save({"ema": ema.state_dict(), "torch_rng": torch.get_rng_state(), "table": table.state_dict(),
-                    "baseline": baseline.state_dict(), "source": source_state(source)},
+                    "baseline": baseline.state_dict(), "source": source.state_dict()},
                    ckpt_dir / tag / f"aria_rank{rank}.pt")
         distributed.barrier()
         if rank == 0:  # the checkpoint is complete: describe it, then point `latest` at it
@@ -249,22 +250,25 @@ def train(cfg: Config, log=print) -> dict:
             steps_since += 1
             done = step + 1
             if done % cfg.train.log_every == 0 or done == cfg.train.steps:
-                totals = np.array([step_loss, source.teacher_forwards, source.bank_hits], dtype=np.float64)
+                totals = np.array([step_loss, source.teacher_forwards, source.bank_hits, source.written_back],
+                                  dtype=np.float64)
                 distributed.all_reduce_sum_(totals)
-                loss_sum, forwards, hits = totals
+                loss_sum, forwards, hits, written = totals
                 elapsed = time.perf_counter() - t_last
                 rate = steps_since * cfg.train.micro_batch_per_gpu * cfg.train.grad_accum * world / elapsed
                 t_last, steps_since = time.perf_counter(), 0
                 record = {"step": done, "loss": loss_sum / world, "samples_per_s": rate,
-                          "teacher_forwards": int(forwards), "bank_hits": int(hits), "policy": policy}
+                          "teacher_forwards": int(forwards), "bank_hits": int(hits),
+                          "fresh_forwards": int(forwards), "written_back": int(written), "policy": policy}
                 if done % cfg.train.region_log_every == 0 or done == cfg.train.steps:
                     record["region_estimate"] = table.estimate().round(6).tolist()
                     record["allocation"] = table.q.round(6).tolist()
+                    record.update(_region_usage(source, index.num_regions))
                 if metrics:
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
                 if board:
-                    for key in ("loss", "samples_per_s", "teacher_forwards", "bank_hits"):
+                    for key in ("loss", "samples_per_s", "teacher_forwards", "bank_hits", "written_back"):
                         board.add_scalar(f"train/{key}", record[key], done)
             if progress:
                 progress.update(1)
@@ -288,8 +292,7 @@ def train(cfg: Config, log=print) -> dict:
             board.close()
         if progress:
             progress.close()
-        if hasattr(source, "close"):
-            source.close()
+        source.close()
 
     # ---- export: the EMA student, consolidated, loadable by plain diffusers --------------------
     exported = None
@@ -299,20 +302,17 @@ def train(cfg: Config, log=print) -> dict:
     return {"steps": cfg.train.steps, "loss": last_loss, "run_dir": str(run_dir), "student": exported}
 
 
-def source_state(source) -> dict:
-    """The teacher source's cursor: counters for the metrics and the live teacher's entry counter
-    (its noise seeds derive from entry ids, so a resumed run must continue the count)."""
-    state = {"bank_hits": source.bank_hits}
-    if hasattr(source, "runner"):
-        state.update(teacher_forwards=source.runner.forwards, counter=source.counter)
-    return state
-
-
-def load_source_state(source, state: dict) -> None:
-    source.bank_hits = state["bank_hits"]
-    if hasattr(source, "runner"):
-        source.runner.forwards = state["teacher_forwards"]
-        source.counter = state["counter"]
+def _region_usage(source, num_regions: int) -> dict:
+    """Per region, over all ranks: draws, distinct entries used, and the largest draws one entry
+    served (summed, summed and maxed; in cached mode with several ranks, an entry two ranks both
+    drew counts as distinct on each)."""
+    usage = source.region_usage(num_regions)
+    sums = np.concatenate([usage["draws"], usage["distinct"]]).astype(np.float64)
+    distributed.all_reduce_sum_(sums)
+    largest = distributed.all_reduce_max(usage["max_reuse"].astype(np.float64))
+    return {"region_draws": sums[:num_regions].astype(int).tolist(),
+            "region_distinct": sums[num_regions:].astype(int).tolist(),
+            "region_max_reuse": largest.astype(int).tolist()}
 
 
 def _tensorboard(run_dir: Path):
