@@ -183,6 +183,9 @@ def cmd_bank(args: argparse.Namespace) -> int:
         return 0
     if not cfg.bank.dir:
         raise UserError("bank.dir is not set: give the directory the bank lives in (bank.dir=runs/bank)")
+    if args.status:
+        print_bank_status(Path(cfg.bank.dir))
+        return 0
     save_resolved(cfg, Path(cfg.bank.dir) / "runs" / f"bank-{'all' if args.shard is None else args.shard}")
     from tqdm import tqdm
 
@@ -205,6 +208,18 @@ def cmd_bank(args: argparse.Namespace) -> int:
     print(f"teacher forwards: {result['teacher_forwards']}")
     print(f"bank {cfg.bank.dir}: {m['entries']} entries in {len(m['shards'])} shards, {state}")
     return 0
+
+
+def print_bank_status(bank_dir: Path) -> None:
+    from aria_hpc.bank.writer import bank_status
+
+    st = bank_status(bank_dir)
+    state = "complete" if st["complete"] else f"incomplete (missing planned shards {st['missing'][:8]})"
+    print(f"bank {bank_dir}: {state}; {st['writers']} write-back writers registered")
+    print(f"{'kind':<13} {'shards':>7} {'entries':>10} {'regions':>8} {'bytes':>14}")
+    for kind in ("planned", "written back"):
+        row = st["kinds"].get(kind, {"shards": 0, "entries": 0, "regions": 0, "bytes": 0})
+        print(f"{kind:<13} {row['shards']:>7} {row['entries']:>10} {row['regions']:>8} {row['bytes']:>14,}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -287,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="submit one submitit array task per missing shard instead of building in-process")
     p.add_argument("--rebuild", action="store_true", help="replace a bank built with another fingerprint")
     p.add_argument("--quiet", action="store_true", help="progress as plain lines instead of bars")
+    p.add_argument("--status", action="store_true",
+                   help="print entries, regions covered and bytes per shard kind (planned / written back); builds nothing")
     p.set_defaults(func=cmd_bank)
     p = sub.add_parser("train", help="distil a student (RC / ARIA / paired) on DeepSpeed; resumes by default")
     _add_config_args(p)

@@ -249,6 +249,9 @@ def train(cfg: Config, log=print) -> dict:
             # ---- log ---------------------------------------------------------------------------
             steps_since += 1
             done = step + 1
+            checkpoint_due = done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps
+            if checkpoint_due:  # write-back first, so this step's log counts what reached the bank
+                source.flush()
             if done % cfg.train.log_every == 0 or done == cfg.train.steps:
                 totals = np.array([step_loss, source.teacher_forwards, source.bank_hits, source.written_back],
                                   dtype=np.float64)
@@ -279,7 +282,7 @@ def train(cfg: Config, log=print) -> dict:
 
             # ---- checkpoint (and preemption) ---------------------------------------------------
             preempt = _any_rank(stop["signal"] is not None)
-            if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps or preempt:
+            if checkpoint_due or preempt:
                 path = save(done, f"step{done:08d}")
             if preempt and done < cfg.train.steps:
                 raise Preempted(f"preempted at step {done}: checkpoint {path}; run the same command to resume")
