@@ -220,6 +220,9 @@ def print_bank_status(bank_dir: Path) -> None:
     for kind in ("planned", "written back"):
         row = st["kinds"].get(kind, {"shards": 0, "entries": 0, "regions": 0, "bytes": 0})
         print(f"{kind:<13} {row['shards']:>7} {row['entries']:>10} {row['regions']:>8} {row['bytes']:>14,}")
+    if st["left_aside"]:
+        print(f"{len(st['left_aside'])} unfinished shard files left aside by killed writers (never read; safe to "
+              f"delete when no writer runs): {', '.join(st['left_aside'][:3])}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

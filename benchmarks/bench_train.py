@@ -1,16 +1,25 @@
-"""Training throughput for every policy, with the teacher bank and with the live teacher, in one run.
+"""Training throughput per policy and teacher source (bank.mode cached / hybrid / live), the teacher
+forwards each run spends, and how often bank entries are reused, in one run.
 
-    python benchmarks/bench_train.py [--config configs/debug.yaml] [--steps 30] [--dir /tmp/aria_bench_train]
-                                     [--out benchmarks/out/train.json] [key=value ...]
+    python benchmarks/bench_train.py [--config configs/demo.yaml] [--steps 200] [--reuse-steps 1200]
+                                     [--dir /tmp/aria_bench_train] [--out benchmarks/out/train.json] [key=value ...]
 
 Setup (not timed): the prompt pool is embedded, split into regions and a bank is built through the
 real CLI code into --dir, for the config's teacher (the shipped shapes teacher by default). Then the
 real training loop (`aria_hpc.train.loop.train`, DeepSpeed on one CPU rank) runs `--steps` steps for
-each of paired / rc / aria x bank / live teacher; samples/s is the median of the logged rates after
-the first interval. Separately timed passes on one batch: the teacher's forward (no grad) and the
-student's training step (forward, backward, optimizer), giving the ideal bank speed-up
-(t_teacher + t_student) / t_student. Targets (issue 5): ARIA's step time <= 1.03x RC's (bank);
-bank speed-up over the live teacher >= 0.8x the ideal.
+paired / rc / aria x cached / hybrid / live; samples/s is the median of the logged rates after the
+first interval. Every hybrid and live run writes back into its own copy of the bank, so each starts
+from the same bank state. Then:
+- the same sweep member (rc, hybrid) runs a second time over the bank its first run grew: it must
+  spend fewer teacher forwards (the ratio is reported);
+- reuse: ARIA at the config's alpha and at alpha = 2 (which concentrates the allocation), cached vs
+  hybrid, `--reuse-steps` steps: draws served per distinct entry (median, max, from the final
+  checkpoint's ledger; a fresh tuple serves one draw);
+- separately timed passes on one batch: the teacher's forward (no grad) and the student's training
+  step, giving the ideal cached-bank speed-up (t_teacher + t_student) / t_student.
+Targets (issue 5): ARIA's step time <= 1.03x RC's (cached); cached speed-up over the live teacher
+>= 0.8x the ideal. Samples/s come from separate runs one after the other (not paired), so compare
+them only beyond this machine's run-to-run drift; the forward and reuse counts are exact.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 from pathlib import Path
 
@@ -47,23 +57,45 @@ def setup(base: list[str], work: Path) -> list[str]:
     return paths
 
 
-def run_policy(base: list[str], paths: list[str], work: Path, policy: str, source: str, steps: int) -> dict:
-    import shutil
-
+def run_policy(base: list[str], paths: list[str], work: Path, policy: str, mode: str, steps: int,
+               extra: tuple[str, ...] = (), name: str | None = None, bank_dir: Path | None = None) -> dict:
+    """One training run; hybrid and live runs write back into a fresh copy of the bank (or bank_dir)."""
     from aria_hpc.train.loop import train
 
-    run_dir = work / f"run-{policy}-{source}"
+    name = name or f"{policy}-{mode}"
+    run_dir = work / f"run-{name}"
     shutil.rmtree(run_dir, ignore_errors=True)
     overrides = [*base[1:], *paths, f"run.dir={run_dir}", f"train.policy={policy}", f"train.steps={steps}",
                  "train.log_every=5", "train.checkpoint_every=100000", "train.export=false",
-                 "aria.warmup_steps=5"]
-    if source == "live":
-        overrides.append("bank.dir=null")
+                 f"bank.mode={mode}", *extra]
+    if mode != "cached" and bank_dir is None:
+        bank_dir = work / f"bank-{name}"
+        shutil.rmtree(bank_dir, ignore_errors=True)
+        shutil.copytree(work / "bank", bank_dir)
+    if bank_dir is not None:
+        overrides.append(f"bank.dir={bank_dir}")
     train(load_config(base[0], overrides), log=lambda _m: None)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rates = [r["samples_per_s"] for r in records[1:]] or [records[0]["samples_per_s"]]
-    return {"samples_per_s": statistics.median(rates), "teacher_forwards": records[-1]["teacher_forwards"],
-            "bank_hits": records[-1]["bank_hits"]}
+    last = records[-1]
+    out = {"samples_per_s": statistics.median(rates), "teacher_forwards": last["teacher_forwards"],
+           "bank_hits": last["bank_hits"], "written_back": last["written_back"], "bank_dir": str(bank_dir or "")}
+    out.update(reuse(run_dir, steps))
+    return out
+
+
+def reuse(run_dir: Path, steps: int) -> dict:
+    """Draws served per distinct entry used (bank entries from the ledger, fresh tuples one each)."""
+    state = torch.load(run_dir / "checkpoints" / f"step{steps:08d}" / "aria_rank0.pt", weights_only=False)["source"]
+    if "ledger" in state:
+        uses, fresh = state["ledger"]["uses"], int(state["ledger"]["fresh"].sum())
+    else:  # the live teacher: every draw a fresh tuple
+        uses, fresh = np.zeros(0, np.int64), int(state["teacher_forwards"])
+    per_entry = np.concatenate([uses[uses > 0], np.ones(fresh, np.int64)])
+    if not len(per_entry):
+        return {"reuse_median": 0.0, "reuse_max": 0, "distinct_entries": 0}
+    return {"reuse_median": float(np.median(per_entry)), "reuse_max": int(per_entry.max()),
+            "distinct_entries": int(len(per_entry)), "fresh_tuples": fresh}
 
 
 def separate_passes(base: list[str], paths: list[str], repeats: int = 5) -> dict:
@@ -99,8 +131,9 @@ def separate_passes(base: list[str], paths: list[str], repeats: int = 5) -> dict
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="configs/debug.yaml")
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--config", default="configs/demo.yaml")
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--reuse-steps", type=int, default=None, help="steps of the reuse rows (default --steps)")
     ap.add_argument("--dir", default="/tmp/aria_bench_train")
     ap.add_argument("--out", default="benchmarks/out/train.json")
     ap.add_argument("overrides", nargs="*")
@@ -110,30 +143,59 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     base = [args.config, *args.overrides]
     paths = setup(base, work)
+    cfg = load_config(base[0], [*base[1:], *paths])
 
     results = {}
-    for source in ("bank", "live"):
+    for mode in ("cached", "hybrid", "live"):
         for policy in ("paired", "rc", "aria"):
-            results[f"{policy}/{source}"] = run_policy(base, paths, work, policy, source, args.steps)
+            if policy == "paired" and mode == "hybrid":
+                continue  # paired draws are never region-steered: hybrid is cached for them
+            results[f"{policy}/{mode}"] = run_policy(base, paths, work, policy, mode, args.steps)
+    first = results["rc/hybrid"]
+    second = run_policy(base, paths, work, "rc", "hybrid", args.steps, name="rc-hybrid-again",
+                        bank_dir=Path(first["bank_dir"]))
+    results["rc/hybrid, 2nd run"] = second
+    forward_ratio = second["teacher_forwards"] / max(1, first["teacher_forwards"])
+
+    reuse_steps = args.reuse_steps or args.steps
+    reuse_rows = {}
+    for alpha in sorted({cfg.aria.alpha, 2.0}):
+        for mode in ("cached", "hybrid"):
+            reuse_rows[f"aria alpha={alpha:g}/{mode}"] = run_policy(
+                base, paths, work, "aria", mode, reuse_steps, (f"aria.alpha={alpha}",), name=f"reuse-a{alpha:g}-{mode}")
+
     passes = separate_passes(base, paths)
     ideal = (passes["teacher_s"] + passes["student_s"]) / passes["student_s"]
-    aria_overhead = results["rc/bank"]["samples_per_s"] / results["aria/bank"]["samples_per_s"]
-    bank_speedup = results["aria/bank"]["samples_per_s"] / results["aria/live"]["samples_per_s"]
+    aria_overhead = results["rc/cached"]["samples_per_s"] / results["aria/cached"]["samples_per_s"]
+    bank_speedup = results["aria/cached"]["samples_per_s"] / results["aria/live"]["samples_per_s"]
 
-    print(f"{args.steps} steps per run, micro-batch {passes['batch']}, 1 CPU rank (DeepSpeed, gloo)")
-    print(f"{'policy/source':<14} {'samples/s':>10} {'teacher fwd':>12} {'bank hits':>10}")
+    print(f"{args.config}: {args.steps} steps per run, micro-batch {passes['batch']}, 1 CPU rank (DeepSpeed, gloo), "
+          f"bank.max_reuse={cfg.bank.max_reuse}")
+    head = f"{'policy/mode':<22} {'samples/s':>10} {'teacher fwd':>12} {'bank hits':>10} {'written':>8} " \
+           f"{'reuse med':>10} {'reuse max':>10}"
+    print(head)
     for name, r in results.items():
-        print(f"{name:<14} {r['samples_per_s']:>10.1f} {r['teacher_forwards']:>12} {r['bank_hits']:>10}")
+        print(f"{name:<22} {r['samples_per_s']:>10.1f} {r['teacher_forwards']:>12} {r['bank_hits']:>10} "
+              f"{r['written_back']:>8} {r['reuse_median']:>10.1f} {r['reuse_max']:>10}")
+    print(f"second run of the same member over the grown bank: {second['teacher_forwards']} vs "
+          f"{first['teacher_forwards']} teacher forwards = {forward_ratio:.2f}x")
+    print(f"reuse, {reuse_steps} steps (draws served per distinct entry):")
+    print(head)
+    for name, r in reuse_rows.items():
+        print(f"{name:<22} {r['samples_per_s']:>10.1f} {r['teacher_forwards']:>12} {r['bank_hits']:>10} "
+              f"{r['written_back']:>8} {r['reuse_median']:>10.1f} {r['reuse_max']:>10}")
     print(f"separate passes: teacher forward {passes['teacher_s'] * 1e3:.0f} ms, student step "
-          f"{passes['student_s'] * 1e3:.0f} ms -> ideal bank speed-up {ideal:.2f}x")
-    print(f"ARIA step time vs RC (bank): {aria_overhead:.3f}x (target <= {TARGET_ARIA_OVERHEAD}): "
+          f"{passes['student_s'] * 1e3:.0f} ms -> ideal cached speed-up {ideal:.2f}x")
+    print(f"ARIA step time vs RC (cached): {aria_overhead:.3f}x (target <= {TARGET_ARIA_OVERHEAD}): "
           f"{'met' if aria_overhead <= TARGET_ARIA_OVERHEAD else 'NOT met'}")
-    print(f"bank vs live teacher (aria): {bank_speedup:.2f}x = {bank_speedup / ideal:.2f} of ideal "
+    print(f"cached vs live teacher (aria): {bank_speedup:.2f}x = {bank_speedup / ideal:.2f} of ideal "
           f"(target >= {TARGET_BANK_FRACTION}): {'met' if bank_speedup >= TARGET_BANK_FRACTION * ideal else 'NOT met'}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"config": args.config, "overrides": args.overrides, "steps": args.steps,
-                               "results": results, "passes": passes, "ideal_bank_speedup": ideal,
+                               "reuse_steps": reuse_steps, "max_reuse": cfg.bank.max_reuse,
+                               "results": results, "second_run_forward_ratio": forward_ratio, "reuse": reuse_rows,
+                               "passes": passes, "ideal_bank_speedup": ideal,
                                "aria_vs_rc_step_time": aria_overhead, "bank_speedup": bank_speedup,
                                "targets": {"aria_vs_rc": TARGET_ARIA_OVERHEAD, "bank_fraction_of_ideal":
                                            TARGET_BANK_FRACTION},

@@ -49,6 +49,9 @@ def test_overrides_are_typed():
     (["aria.eps=1.5"], r"aria.eps must be in \[0, 1\]"),
     (["aria.beta=0"], r"aria.beta must be in \(0, 1\]"),
     (["train.steps"], r"not of the form key=value"),
+    (["bank.mode=hybrid"], r"bank.mode=hybrid needs bank.dir"),
+    (["bank.mode=lazy"], r"'bank.mode' must be one of cached, hybrid, live"),
+    (["bank.dir=b", "bank.max_reuse=0"], r"bank.max_reuse and bank.writeback_every must be >= 1"),
 ])
 def test_bad_overrides(overrides, match):
     with pytest.raises(ConfigError, match=match):

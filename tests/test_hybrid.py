@@ -18,6 +18,7 @@ from aria_hpc.bank import Bank, BankSource, LiveTeacher, build_bank
 from aria_hpc.bank.context import load_context
 from aria_hpc.bank.ledger import FRESH, ReuseLedger
 from aria_hpc.bank.sources import Writeback
+from aria_hpc.bank.writer import bank_status
 from aria_hpc.config import load_config
 from conftest import ROOT, cli_env
 
@@ -150,6 +151,8 @@ def test_two_writers_at_once_then_a_killed_writer(tiny_world, small_bank, tmp_pa
     assert list(bank_dir.glob("shard-live-*.tmp-*"))  # what it left aside ...
     after = Bank(bank_dir)  # ... is invisible: the same entries as before
     assert len(after) == len(bank) and json.loads((bank_dir / "manifest.json").read_text()) == manifest
+    status = bank_status(bank_dir)
+    assert status["kinds"]["written back"]["entries"] == 60 and status["writers"] == 3 and status["left_aside"]
 
 
 def run_train(args, *, world=1, env_extra=None):

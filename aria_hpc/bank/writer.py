@@ -170,7 +170,9 @@ def bank_status(bank_dir: Path) -> dict:
     for row in kinds.values():
         row["regions"] = len(row["regions"])
     writers = json.loads((bank_dir / WRITERS).read_text())["writers"] if (bank_dir / WRITERS).is_file() else []
-    return {"complete": manifest["complete"], "missing": manifest["missing"], "kinds": kinds, "writers": len(writers)}
+    aside = sorted(p.name for p in bank_dir.glob("shard-*.h5.tmp-*"))  # left by killed writers; never read
+    return {"complete": manifest["complete"], "missing": manifest["missing"], "kinds": kinds, "writers": len(writers),
+            "left_aside": aside}
 
 
 def existing_fingerprint(bank_dir: Path) -> tuple[str, dict] | None:
