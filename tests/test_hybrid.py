@@ -7,8 +7,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,6 @@ from aria_hpc.bank.ledger import FRESH, ReuseLedger
 from aria_hpc.bank.sources import Writeback
 from aria_hpc.bank.writer import bank_status
 from aria_hpc.config import load_config
-from conftest import ROOT, cli_env
 
 # A small bank with mostly random-conditioned entries (rc.lam = 1: ~63% replaced), so that a few
 # training steps run regions out of unused entries.
