@@ -123,7 +123,7 @@ def cmd_regions(args: argparse.Namespace) -> int:
     import time
 
     from aria_hpc.conditioning.embeddings import EmbeddingStore
-    from aria_hpc.conditioning.kmeans import composition, kmeans, save_regions
+    from aria_hpc.conditioning.kmeans import composition, kmeans, purity, save_regions
 
     cfg = _resolve(args)
     if cfg is None:
@@ -150,6 +150,12 @@ def cmd_regions(args: argparse.Namespace) -> int:
         rep = next(rep_iter) if regions.representatives[r, 0] >= 0 else ""
         split_cols = f"{comp[r, 0]:>6} {comp[r, 1]:>6} {comp[r, 2]:>6} " if labelled else ""
         print(f"{r:>6} {regions.sizes[r]:>6} {split_cols}{rep}")
+    if labelled:  # how pure the regions of the held-out and under-represented groups are
+        for column, name in ((2, "unseen"), (1, "under")):
+            parts = [f">{p['threshold']:.0%} {name}: {p['regions']} regions holding {p['held']:.0%}"
+                     for p in purity(comp, column)]
+            print(f"{name}: {comp[:, column].sum()} prompts ({comp[:, column].sum() / max(1, comp.sum()):.1%} of the "
+                  f"pool); " + "; ".join(parts))
     print(f"wrote {path}")
     return 0
 

@@ -142,6 +142,12 @@ class WorldConfig:
         "red triangle", "blue circle", "yellow cross", "cyan square"])
     under_pairs: list[str] = field(default_factory=lambda: [
         "green ring", "magenta diamond", "orange square", "white triangle"])
+    # Whole-concept holdout: every combination with one of these colours / shapes has no paired image
+    # (it joins the unseen group); heldout_share > 0 dilutes those concepts to at most that share of the
+    # pool by keeping fewer of their paraphrases (configs/regimes/ has the named presets).
+    heldout_colours: list[str] = field(default_factory=list)
+    heldout_shapes: list[str] = field(default_factory=list)
+    heldout_share: float = 0.0
 
 
 @dataclass
@@ -324,7 +330,8 @@ class Config:
         w = self.world
         return ShapesWorld(resolution=w.resolution, seen_images=w.seen_images, under_images=w.under_images,
                            jitter_px=w.jitter_px, unseen_pairs=tuple(w.unseen_pairs),
-                           under_pairs=tuple(w.under_pairs))
+                           under_pairs=tuple(w.under_pairs), heldout_colours=tuple(w.heldout_colours),
+                           heldout_shapes=tuple(w.heldout_shapes), heldout_share=w.heldout_share)
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -340,17 +347,34 @@ def read_yaml(path: Path, missing: str) -> Any:
         raise ConfigError(f"{path} is not valid YAML: {exc}".splitlines()[0]) from None
 
 
+def read_config_mapping(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """A config file's sections; `base: other.yaml` (relative to the file) is read first and this
+    file's sections are merged over it, key by key (a preset is a few lines over another one)."""
+    data = read_yaml(path, f"config file {path} does not exist (pass a YAML file, e.g. configs/debug.yaml)")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config sections, not {type(data).__name__}")
+    if "base" not in data:
+        return data
+    base = Path(str(data.pop("base")))
+    base = base if base.is_absolute() else path.parent / base
+    if base.resolve() in _chain:
+        raise ConfigError(f"{path}: 'base: {base}' makes a cycle of config files")
+    merged = read_config_mapping(base, (*_chain, path.resolve()))
+    for section, values in data.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    return merged
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults <- YAML file <- dotted overrides, type-checked and validated."""
+    """Defaults <- YAML file (and the files it is based on) <- dotted overrides, type-checked and validated."""
     cfg = Config()
     if path is not None:
-        path = Path(path)
-        data = read_yaml(path, f"config file {path} does not exist (pass a YAML file, e.g. configs/debug.yaml)")
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a mapping of config sections, not {type(data).__name__}")
-        _apply_mapping(cfg, data, prefix="")
+        _apply_mapping(cfg, read_config_mapping(Path(path)), prefix="")
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:

@@ -162,3 +162,12 @@ def test_estimate_tracks_a_drifting_discrepancy_within_the_ema_error():
     # And the bound is not vacuous: a frozen estimate would be far outside it by the end.
     frozen_error = abs(records[0]["planted_estimate"] - records[-1]["planted_truth"])
     assert frozen_error > 2 * records[-1]["predicted_error"]
+
+
+def test_region_purity_of_a_split_group():
+    from aria_hpc.conditioning.kmeans import purity
+
+    comp = np.array([[0, 0, 10, 0], [5, 0, 5, 0], [9, 0, 1, 0], [4, 0, 0, 0]])  # seen, under, unseen, -1
+    p = purity(comp, 2)
+    assert p[0] == {"threshold": 0.5, "regions": 1, "held": 10 / 16} and p[1]["regions"] == 1
+    assert purity(comp, 0, (0.8,))[0] == {"threshold": 0.8, "regions": 2, "held": 13 / 18}

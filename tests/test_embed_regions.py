@@ -133,6 +133,8 @@ def test_regions_are_deterministic_and_report_split_composition(tmp_path, tiny_b
     first = run_cli("regions", cfg)
     assert first.returncode == 0, first.stderr
     assert "seen  under unseen" in first.stdout and "into 12 regions" in first.stdout
+    # the held-out group's purity: its prompt count and share, and regions more than 50% / 90% of it
+    assert "unseen: 960 prompts (8.3% of the pool); >50% unseen:" in first.stdout and ">90% unseen:" in first.stdout
     a = load_regions(tmp_path / "emb" / "regions.h5")
     second = run_cli("regions", cfg)
     assert second.returncode == 0, second.stderr

@@ -5,6 +5,7 @@ import pytest
 
 from aria_hpc.config import load_config
 from aria_hpc.errors import ConfigError
+from conftest import ROOT
 from aria_hpc.worlds.shapes import (ALL_COMBINATIONS, ATTRIBUTES, SPLITS, TEMPLATES, ShapesWorld, prompts_for,
                                     render)
 
@@ -69,3 +70,52 @@ def test_world_config_errors():
         load_config(None, ["world.unseen_pairs=[red circle]", "world.under_pairs=[red circle]"])
     with pytest.raises(ConfigError, match="under_images"):
         load_config(None, ["world.under_images=3"])
+
+
+REGIMES = sorted((ROOT / "configs" / "regimes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", REGIMES, ids=lambda p: p.stem)
+def test_regimes_resolve_and_keep_every_heldout_combination_image_free(path):
+    cfg = load_config(path)
+    world = cfg.shapes_world()
+    _, combos = world.paired_set()
+    with_images = set(combos.tolist())
+    unseen = {i for i, s in enumerate(world.combination_splits) if SPLITS[s] == "unseen"}
+    assert unseen and not unseen & with_images
+    for i in unseen:  # a held-out concept means every combination with it, not some of them
+        c = ALL_COMBINATIONS[i]
+        assert world.is_heldout_concept(c) or f"{c.colour} {c.shape}" in world.unseen_pairs
+    held = [i for i, c in enumerate(ALL_COMBINATIONS) if world.is_heldout_concept(c)]
+    assert all(i in unseen for i in held)
+    # the pool is every combination's paraphrases (fewer for a diluted concept) and matches the labels
+    assert len(world.prompts) == len(world.prompt_combination) == len(set(world.prompts))
+    captions = world.caption_ids(combos[:5])
+    assert (world.prompt_combination[captions] == combos[:5, None]).all()
+    if cfg.world.heldout_share:
+        assert 0 < world.heldout_pool_share <= cfg.world.heldout_share
+        assert world.heldout_paraphrases < len(TEMPLATES)
+        ids = np.flatnonzero(np.isin(world.prompt_combination, held))
+        texts = [world.prompts[j] for j in ids]
+        assert len({t.split(" ")[0] for t in texts}) > 3  # a rotating subset of templates, not one wording
+
+
+def test_dilution_sets_the_share_and_configs_inherit_their_base(tmp_path):
+    w = ShapesWorld(unseen_pairs=(), under_pairs=(), heldout_colours=("orange",), heldout_share=0.02)
+    assert w.heldout_paraphrases == 1 and w.heldout_pool_share == pytest.approx(120 / 10200)
+    w = ShapesWorld(unseen_pairs=(), under_pairs=(), heldout_colours=("orange",), heldout_share=0.05)
+    assert w.heldout_paraphrases == 4 and w.heldout_pool_share == pytest.approx(480 / 10560)
+    assert ShapesWorld(unseen_pairs=(), under_pairs=(), heldout_colours=("orange",)).heldout_pool_share == 0.125
+    with pytest.raises(ValueError, match="held-out colour or shape"):
+        ShapesWorld(heldout_colours=("orange",))  # orange square is under-represented by default
+    with pytest.raises(ValueError, match="not one of"):
+        ShapesWorld(heldout_shapes=("hexagon",))
+    with pytest.raises(ValueError, match="set world.heldout_colours"):
+        ShapesWorld(heldout_share=0.02)
+    (tmp_path / "a.yaml").write_text("train: {steps: 7, lr: 0.5}\nseed: 3\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\ntrain: {steps: 9}\n")
+    cfg = load_config(tmp_path / "b.yaml")
+    assert cfg.train.steps == 9 and cfg.train.lr == 0.5 and cfg.seed == 3
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "b.yaml")

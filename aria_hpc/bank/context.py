@@ -58,10 +58,9 @@ def paired_images(cfg: Config, pool) -> tuple[np.ndarray, np.ndarray]:
     if cfg.pool.files:
         raise UserError("the shapes world's paired set needs the world's own prompt pool: unset pool.files, "
                         "or give bank.pairs (images + prompt_ids into your pool)")
-    from aria_hpc.worlds.shapes import TEMPLATES
-
-    images, combos = cfg.shapes_world().paired_set()
-    captions = combos[:, None] * len(TEMPLATES) + np.arange(len(TEMPLATES))[None]
+    world = cfg.shapes_world()
+    images, combos = world.paired_set()
+    captions = world.caption_ids(combos)
     if not np.array_equal(pool.combination[captions[:, 0]], combos):
         raise UserError("the prompt pool is not the shapes world's: rebuild the embeddings (aria-hpc embed --rebuild)")
     return images, captions

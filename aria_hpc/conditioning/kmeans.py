@@ -78,3 +78,14 @@ def composition(region: np.ndarray, split: np.ndarray, k: int) -> np.ndarray:
     for column, value in enumerate((0, 1, 2, -1)):
         out[:, column] = np.bincount(region[split == value], minlength=k)
     return out
+
+
+def purity(comp: np.ndarray, column: int, thresholds: tuple[float, ...] = (0.5, 0.9)) -> list[dict]:
+    """How well regions isolate one split group (a column of `composition`): per threshold, the
+    regions whose prompts are more than that fraction of the group, and the share of the group's
+    prompts those regions hold."""
+    sizes = comp.sum(axis=1)
+    share = np.divide(comp[:, column], sizes, out=np.zeros(len(sizes)), where=sizes > 0)
+    total = max(1, int(comp[:, column].sum()))
+    return [{"threshold": th, "regions": int((share > th).sum()),
+             "held": float(comp[share > th, column].sum() / total)} for th in thresholds]

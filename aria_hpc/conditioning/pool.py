@@ -69,8 +69,11 @@ def describe_sources(files: list[str], jsonl_field: str, world) -> str:
             st = p.stat()
             stats.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
         return json.dumps({"files": stats, "jsonl_field": jsonl_field})
-    return json.dumps({"world": "shapes", "unseen_pairs": list(world.unseen_pairs),
-                       "under_pairs": list(world.under_pairs)})
+    described = {"world": "shapes", "unseen_pairs": list(world.unseen_pairs), "under_pairs": list(world.under_pairs)}
+    for name in ("heldout_colours", "heldout_shapes", "heldout_share"):  # only when set: older pools still match
+        if getattr(world, name):
+            described[name] = getattr(world, name) if name == "heldout_share" else list(getattr(world, name))
+    return json.dumps(described)
 
 
 def materialise_pool(out_dir: Path, files: list[str], jsonl_field: str, world) -> Path:

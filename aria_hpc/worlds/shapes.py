@@ -146,7 +146,12 @@ SPLITS = ("seen", "under", "unseen")
 
 @dataclass(frozen=True)
 class ShapesWorld:
-    """Combinations, their splits and images, and the prompt pool with its per-prompt labels."""
+    """Combinations, their splits and images, and the prompt pool with its per-prompt labels.
+
+    Regimes: a pair holdout (unseen_pairs: those colour-shape pairs have no image), a whole-concept
+    holdout (heldout_colours / heldout_shapes: every combination with such a value has no image) and
+    pool dilution (heldout_share: the held-out concepts' combinations keep only as many paraphrases
+    as bring their share of the pool to at most that fraction; everything else keeps all)."""
 
     resolution: int = 16
     seen_images: int = 4  # images per seen combination
@@ -154,6 +159,9 @@ class ShapesWorld:
     jitter_px: int = 1
     unseen_pairs: tuple[str, ...] = ("red triangle", "blue circle", "yellow cross", "cyan square")
     under_pairs: tuple[str, ...] = ("green ring", "magenta diamond", "orange square", "white triangle")
+    heldout_colours: tuple[str, ...] = ()
+    heldout_shapes: tuple[str, ...] = ()
+    heldout_share: float = 0.0  # 0: held-out concepts keep every paraphrase
 
     def __post_init__(self) -> None:
         pairs = {f"{c} {s}" for c in COLOURS for s in SHAPES}
@@ -165,14 +173,57 @@ class ShapesWorld:
             raise ValueError("world.unseen_pairs and world.under_pairs overlap")
         if not 1 <= self.under_images <= 2:
             raise ValueError("world.under_images must be 1 or 2 (under-represented means <= 2 images)")
+        for name, values in (("heldout_colours", COLOURS), ("heldout_shapes", SHAPES)):
+            bad = [v for v in getattr(self, name) if v not in values]
+            if bad:
+                raise ValueError(f"world.{name}: '{bad[0]}' is not one of {', '.join(values)}")
+        clash = [p for p in self.under_pairs if self._heldout_concept(*p.split(" "))]
+        if clash:
+            raise ValueError(f"world.under_pairs: '{clash[0]}' has a held-out colour or shape (it can have no "
+                             "image): drop it from world.under_pairs")
+        if not 0 <= self.heldout_share < 1:
+            raise ValueError("world.heldout_share must be in [0, 1)")
+        if self.heldout_share and not (self.heldout_colours or self.heldout_shapes):
+            raise ValueError("world.heldout_share dilutes held-out concepts: set world.heldout_colours or "
+                             "world.heldout_shapes")
+
+    def _heldout_concept(self, colour: str, shape: str) -> bool:
+        return colour in self.heldout_colours or shape in self.heldout_shapes
+
+    def is_heldout_concept(self, combo: Combination) -> bool:
+        return self._heldout_concept(combo.colour, combo.shape)
 
     def split_of(self, combo: Combination) -> str:
         pair = f"{combo.colour} {combo.shape}"
-        if pair in self.unseen_pairs:
+        if pair in self.unseen_pairs or self.is_heldout_concept(combo):
             return "unseen"
         if pair in self.under_pairs:
             return "under"
         return "seen"
+
+    @cached_property
+    def heldout_paraphrases(self) -> int:
+        """Paraphrases each held-out-concept combination keeps: all, or the most (>= 1) that keep
+        the concepts' share of the pool at or below heldout_share."""
+        held = sum(map(self.is_heldout_concept, ALL_COMBINATIONS))
+        if not self.heldout_share or not held:
+            return len(TEMPLATES)
+        others = (len(ALL_COMBINATIONS) - held) * len(TEMPLATES)
+        fits = int(np.floor(self.heldout_share * others / (held * (1 - self.heldout_share)) + 1e-9))
+        return int(np.clip(fits, 1, len(TEMPLATES)))
+
+    def templates_of(self, combo_id: int) -> list[int]:
+        """Template indices of a combination's paraphrases (a diluted one keeps a rotating subset, so
+        the held-out concept's prompts still vary in wording across its combinations)."""
+        if not self.is_heldout_concept(ALL_COMBINATIONS[combo_id]) or self.heldout_paraphrases == len(TEMPLATES):
+            return list(range(len(TEMPLATES)))
+        return [(combo_id + j) % len(TEMPLATES) for j in range(self.heldout_paraphrases)]
+
+    @cached_property
+    def heldout_pool_share(self) -> float:
+        """The held-out concepts' share of the pool (0 without a whole-concept holdout)."""
+        held = np.array([self.is_heldout_concept(c) for c in ALL_COMBINATIONS])
+        return float(held[self.prompt_combination].mean())
 
     @cached_property
     def combination_splits(self) -> np.ndarray:
@@ -181,13 +232,28 @@ class ShapesWorld:
 
     @cached_property
     def prompts(self) -> list[str]:
-        """The pool: all paraphrases of all combinations, combination-major."""
-        return [p for c in ALL_COMBINATIONS for p in prompts_for(c)]
+        """The pool: the paraphrases of all combinations, combination-major."""
+        out = []
+        for combo_id, combo in enumerate(ALL_COMBINATIONS):
+            texts = prompts_for(combo)
+            out += [texts[j] for j in self.templates_of(combo_id)]
+        return out
 
     @cached_property
     def prompt_combination(self) -> np.ndarray:
         """(N,) combination id of every prompt in the pool."""
-        return np.repeat(np.arange(len(ALL_COMBINATIONS)), len(TEMPLATES))
+        counts = [len(self.templates_of(c)) for c in range(len(ALL_COMBINATIONS))]
+        return np.repeat(np.arange(len(ALL_COMBINATIONS)), counts)
+
+    def caption_ids(self, combo_ids: np.ndarray) -> np.ndarray:
+        """(n, len(TEMPLATES)) pool ids of every paraphrase of each combination (combinations that
+        have images keep all their paraphrases)."""
+        first = np.searchsorted(self.prompt_combination, np.asarray(combo_ids))
+        ids = first[:, None] + np.arange(len(TEMPLATES))[None]
+        if len(ids) and not np.array_equal(self.prompt_combination[np.minimum(ids, len(self.prompt_combination) - 1)],
+                                           np.repeat(np.asarray(combo_ids)[:, None], len(TEMPLATES), 1)):
+            raise ValueError("caption_ids: a diluted combination has no full set of paraphrases")
+        return ids
 
     def images_per_combination(self, combo_id: int) -> int:
         split = SPLITS[self.combination_splits[combo_id]]
