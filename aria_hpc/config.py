@@ -45,6 +45,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2  # newest checkpoints kept (plus any marked non-finite)
     export: bool = True  # save_pretrained the final (EMA) student to RUN_DIR/student
+    curve_every: int = 0  # held-out output MSE per split group every N steps into metrics.jsonl (0 = off)
 
 
 @dataclass
@@ -225,6 +226,7 @@ class EvalConfig:
     per_region: int = 16  # held-out (prompt, image, t, noise) tuples per region for the output MSE
     timestep_bins: int = 10  # MSE is also reported per timestep bin
     per_group: int = 64  # prompts per split group sampled with DDIM and judged (distinct combinations)
+    per_split_group: int = 64  # held-out tuples per split group (its own quota: a diluted group still gets them)
     sample_steps: int = 25  # DDIM steps for teacher and student samples
     grid: int = 8  # samples per group kept for the report's grids
     batch_size: int = 256
@@ -265,6 +267,8 @@ class Config:
             (self.train.checkpoint_every >= 1 and self.train.region_log_every >= 1,
              "train.checkpoint_every and train.region_log_every must be >= 1"),
             (self.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
+            (self.train.curve_every >= 0 and self.train.curve_every % self.train.log_every == 0,
+             "train.curve_every must be 0 (off) or a multiple of train.log_every"),
             (min(self.loss.output_kd, self.loss.feature_kd, self.loss.task) >= 0, "loss weights must be >= 0"),
             (self.rc.lam >= 0, "rc.lam must be >= 0"),
             (0 <= self.rc.null_text_prob < 1, "rc.null_text_prob must be in [0, 1)"),
@@ -311,6 +315,7 @@ class Config:
              "launch.timeout_min and launch.array_parallelism must be >= 1"),
             (self.judge.steps >= 1 and self.judge.batch_size >= 1, "judge.steps and judge.batch_size must be >= 1"),
             (self.eval.seed >= 0, "eval.seed must be >= 0"),
+            (self.eval.per_split_group >= 1, "eval.per_split_group must be >= 1"),
             (min(self.eval.per_region, self.eval.per_group, self.eval.sample_steps, self.eval.timestep_bins,
                  self.eval.batch_size) >= 1,
              "eval.per_region, eval.per_group, eval.sample_steps, eval.timestep_bins and eval.batch_size must be >= 1"),

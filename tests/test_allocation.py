@@ -171,3 +171,15 @@ def test_region_purity_of_a_split_group():
     p = purity(comp, 2)
     assert p[0] == {"threshold": 0.5, "regions": 1, "held": 10 / 16} and p[1]["regions"] == 1
     assert purity(comp, 0, (0.8,))[0] == {"threshold": 0.8, "regions": 2, "held": 13 / 18}
+
+
+def test_group_view_of_the_allocation_and_the_tracker():
+    from aria_hpc.regions.allocation import group_view
+
+    comp = np.array([[8, 2], [10, 0], [0, 0], [5, 5]])  # regions x (seen, unseen) prompt counts
+    pi = comp.sum(1) / comp.sum()
+    share, tracked = group_view(pi, np.array([1.0, 1.0, 9.0, 3.0]), comp)
+    assert np.allclose(share, comp.sum(0) / comp.sum())  # RC: each group's share of the pool
+    assert np.allclose(tracked, [(8 + 10 + 15) / 23, (2 + 15) / 7])
+    share, _ = group_view(np.array([0.0, 0.0, 0.0, 1.0]), np.ones(4), comp)
+    assert np.allclose(share, [0.5, 0.5]) and np.isclose(share.sum(), 1)

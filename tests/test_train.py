@@ -212,3 +212,20 @@ def test_srun_two_tasks_through_slurm_train_sbatch(tiny_world, tiny_bank, tmp_pa
     m = metrics(tmp_path / "run")
     assert [r["step"] for r in m] == [1, 2, 3] and m[-1]["bank_hits"] == 3 * 8 * 2  # two ranks
     assert (tmp_path / "run" / "student" / "config.json").is_file()
+
+
+def test_learning_curve_and_group_mechanism_are_logged_and_deterministic(tiny_world, tiny_bank, tmp_path, aria_cli):
+    path, _ = tiny_world
+    runs = []
+    for name in ("a", "b"):
+        res = aria_cli("train", str(path), f"run.dir={tmp_path / name}", f"bank.dir={tiny_bank}", "train.steps=4",
+                       "train.policy=aria", "train.curve_every=2", "eval.per_split_group=8", *FAST)
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs.append(metrics(tmp_path / name))
+    a, b = runs
+    curves = [(r["step"], r["curve_mse"]) for r in a if "curve_mse" in r]
+    assert [s for s, _ in curves] == [2, 4] and set(curves[0][1]) == {"seen", "under", "unseen"}
+    assert all(v > 0 for _, c in curves for v in c.values())
+    assert curves == [(r["step"], r["curve_mse"]) for r in b if "curve_mse" in r]  # deterministic for a seed
+    last = a[-1]
+    assert abs(sum(last["group_share"].values()) - 1) < 1e-5 and set(last["group_estimate"]) == set(last["group_share"])

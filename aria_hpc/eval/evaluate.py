@@ -55,6 +55,62 @@ def heldout_tuples(cfg: Config, index, num_images: int, num_timesteps: int) -> d
             "seed": entry_seeds(derive_key(e.seed, EVAL_STREAM) >> 2, np.arange(n))}
 
 
+GROUP_SEED_OFFSET = 1 << 40  # the group set's noise seeds follow the region set's, never the same
+
+
+def group_tuples(cfg: Config, prompt_groups: np.ndarray, region_of_prompt: np.ndarray, num_images: int,
+                 num_timesteps: int) -> dict[str, np.ndarray]:
+    """The fixed held-out set of the split groups: eval.per_split_group tuples per group present in
+    the pool, prompts uniform over the group (so a group diluted in the pool still gets its quota),
+    t stratified over [0, T). What the group MSE of `aria-hpc eval` and the training curves measure."""
+    from aria_hpc.bank.plan import entry_seeds
+    from aria_hpc.regions.rng import derive_key
+
+    e = cfg.eval
+    rng = np.random.default_rng([e.seed, EVAL_STREAM, 2])
+    parts = []
+    for g in range(len(SPLIT_GROUPS)):
+        ids = np.flatnonzero(prompt_groups == g)
+        if len(ids):
+            n = e.per_split_group
+            parts.append({"group": np.full(n, g), "cond": ids[rng.integers(0, len(ids), n)],
+                          "image": rng.integers(0, num_images, n), "t": stratified_timesteps(rng, n, num_timesteps)})
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    out["region"] = np.asarray(region_of_prompt)[out["cond"]]
+    out["seed"] = entry_seeds(derive_key(e.seed, EVAL_STREAM) >> 2, GROUP_SEED_OFFSET + np.arange(len(out["cond"])))
+    return out
+
+
+class HeldoutCurve:
+    """Output MSE per split group on the group held-out set, no sampling: the teacher's predictions
+    are computed once; each call runs the student over the set (what train.curve_every logs)."""
+
+    def __init__(self, cfg: Config, ctx, device=None) -> None:
+        from aria_hpc.bank.context import noised_inputs
+
+        scheduler = ctx.teacher.scheduler
+        tup = group_tuples(cfg, group_of(ctx.store.pool.split), ctx.conditioning.region_of_prompt, len(ctx.x0),
+                           scheduler.config.num_train_timesteps)
+        self.group, self.t = tup["group"], tup["t"]
+        self.batch_size = cfg.eval.batch_size
+        self.device = device or torch.device("cpu")
+        self.x_t = noised_inputs(scheduler, torch.from_numpy(ctx.x0[tup["image"]]).float(), tup["t"], tup["seed"])
+        self.tokens, self.mask = ctx.tokens(tup["cond"])
+        self.teacher = predictions(ctx.teacher.unet, self.x_t, self.t, self.tokens, self.mask, self.batch_size)
+
+    @torch.no_grad()
+    def __call__(self, student_fn) -> dict[str, float]:
+        """student_fn(x_t, t, tokens, mask) -> predictions; the mean MSE of each group present."""
+        out = []
+        for s in range(0, len(self.t), self.batch_size):
+            sl = slice(s, s + self.batch_size)
+            t = torch.from_numpy(self.t[sl].astype(np.int64)).to(self.device)
+            out.append(student_fn(self.x_t[sl].to(self.device), t, self.tokens[sl].to(self.device),
+                                  self.mask[sl].to(self.device)).float().cpu())
+        mse = (torch.cat(out) - self.teacher).pow(2).flatten(1).mean(1).double().numpy()
+        return {SPLIT_GROUPS[g]: float(mse[self.group == g].mean()) for g in np.unique(self.group)}
+
+
 def sample_prompts(cfg: Config, pool) -> dict[str, np.ndarray]:
     """Per split group, up to per_group prompt ids of distinct combinations (fixed by eval.seed)."""
     rng = np.random.default_rng([cfg.eval.seed, EVAL_STREAM, 1])
@@ -152,23 +208,29 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
     diff = (predictions(student, x_t, tup["t"], tokens, mask, e.batch_size)
             - predictions(teacher, x_t, tup["t"], tokens, mask, e.batch_size))
     mse = diff.pow(2).flatten(1).mean(1).double().numpy()
-    tuple_group = groups[tup["cond"]]
     bins = np.minimum(tup["t"] * e.timestep_bins // num_timesteps, e.timestep_bins - 1)
-    present = [g for g, _ in enumerate(SPLIT_GROUPS) if (tuple_group == g).any()]
     per_region = grouped(mse, tup["region"], index.num_regions)
     result = {
         "run_dir": str(run_dir), "policy": cfg.train.policy, "seed": cfg.seed, "steps": cfg.train.steps,
         "eval": {"seed": e.seed, "per_region": e.per_region, "per_group": e.per_group,
+                 "per_split_group": e.per_split_group,
                  "sample_steps": e.sample_steps, "timestep_bins": e.timestep_bins},
         "regions": {"mse": [r["mean"] for r in per_region], "n": [r["n"] for r in per_region],
                     "composition": composition(index.region_of_prompt, pool.split, index.num_regions).tolist()},
         "groups": {},
     }
-    for g in present:
-        sel = tuple_group == g
+    # per split group: its own quota of held-out tuples (eval.per_split_group), the set the curves use
+    gt = group_tuples(cfg, groups, index.region_of_prompt, len(ctx.x0), num_timesteps)
+    gx = noised_inputs(scheduler, torch.from_numpy(ctx.x0[gt["image"]]).float(), gt["t"], gt["seed"])
+    gtok, gmask = ctx.tokens(gt["cond"])
+    group_mse = (predictions(student, gx, gt["t"], gtok, gmask, e.batch_size)
+                 - predictions(teacher, gx, gt["t"], gtok, gmask, e.batch_size)).pow(2).flatten(1).mean(1).double().numpy()
+    gbins = np.minimum(gt["t"] * e.timestep_bins // num_timesteps, e.timestep_bins - 1)
+    for g in np.unique(gt["group"]):
+        sel = gt["group"] == g
         result["groups"][SPLIT_GROUPS[g]] = {
-            "mse": mean_se(mse[sel]),
-            "mse_by_timestep": [mean_se(mse[sel & (bins == b)])["mean"] for b in range(e.timestep_bins)]}
+            "mse": mean_se(group_mse[sel]),
+            "mse_by_timestep": [mean_se(group_mse[sel & (gbins == b)])["mean"] for b in range(e.timestep_bins)]}
     result["groups"]["all"] = {"mse": mean_se(mse),
                                "mse_by_timestep": [mean_se(mse[bins == b])["mean"] for b in range(e.timestep_bins)]}
     timings["mse_s"] = time.perf_counter() - t0

@@ -167,3 +167,18 @@ def normalise_by_baseline(losses: np.ndarray, bins: np.ndarray, baseline: np.nda
     mask = baseline_seen[bins] & (baseline[bins] > 0)
     safe = np.where(mask, baseline[bins], 1.0)
     return losses / safe, mask
+
+
+def group_view(q: np.ndarray, estimate: np.ndarray, composition: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per split group (a column of `composition`, (K, G) prompt counts): the share of random-condition
+    draws the allocation q gives it, sum_k q_k n_kg / n_k (a prompt is drawn uniformly inside its
+    region), and its tracked discrepancy, the region estimates averaged over the group's prompts,
+    sum_k n_kg m_k / n_g. Under RC (q = pi) a group's share is its share of the pool."""
+    comp = np.asarray(composition, dtype=np.float64)
+    sizes = comp.sum(axis=1)
+    within = np.divide(comp, sizes[:, None], out=np.zeros_like(comp), where=sizes[:, None] > 0)
+    share = np.asarray(q, dtype=np.float64) @ within
+    totals = comp.sum(axis=0)
+    tracked = np.divide(np.asarray(estimate, dtype=np.float64) @ comp, totals, out=np.full(comp.shape[1], np.nan),
+                        where=totals > 0)
+    return share, tracked

@@ -26,7 +26,7 @@ from aria_hpc import distributed
 from aria_hpc.config import Config, save_resolved, to_dict
 from aria_hpc.errors import UserError
 from aria_hpc.fsio import atomic_write_text
-from aria_hpc.regions.allocation import importance_weights, normalise_by_baseline, timestep_bins
+from aria_hpc.regions.allocation import group_view, importance_weights, normalise_by_baseline, timestep_bins
 from aria_hpc.regions.rng import derive_key
 from aria_hpc.regions.sampler import REGION_STREAM, update_allocation
 from aria_hpc.regions.sync import sync_and_fold
@@ -104,6 +104,14 @@ def train(cfg: Config, log=print) -> dict:
     ema = StudentEMA(engine.module, cfg.train.ema_decay)
     device = engine.device
     weights = asdict(cfg.loss)
+    # the mechanism, per split group: region composition (for draw shares and tracked discrepancy)
+    # and the held-out learning curve (output MSE on the fixed group set, no sampling)
+    from aria_hpc.conditioning.kmeans import composition
+    from aria_hpc.eval.evaluate import SPLIT_GROUPS, HeldoutCurve
+
+    group_comp = composition(index.region_of_prompt, ctx.store.pool.split, index.num_regions)
+    present = [g for g in range(len(SPLIT_GROUPS)) if group_comp[:, g].sum() > 0]
+    curve = HeldoutCurve(cfg, ctx, device) if cfg.train.curve_every else None
 
     # ---- resume ----------------------------------------------------------------------------
     start_step = 0
@@ -267,6 +275,13 @@ def train(cfg: Config, log=print) -> dict:
                     record["region_estimate"] = table.estimate().round(6).tolist()
                     record["allocation"] = table.q.round(6).tolist()
                     record.update(_region_usage(source, index.num_regions))
+                    if policy != "paired":
+                        share, tracked = group_view(table.q, table.estimate(), group_comp)
+                        record["group_share"] = {SPLIT_GROUPS[g]: round(float(share[g]), 6) for g in present}
+                        record["group_estimate"] = {SPLIT_GROUPS[g]: round(float(tracked[g]), 6) for g in present}
+                        record["estimate_mean"] = round(float(table.base @ table.estimate()), 6)
+                if curve is not None and (done % cfg.train.curve_every == 0 or done == cfg.train.steps):
+                    record["curve_mse"] = curve(lambda x, t, tok, m: engine(x, t, tok, m)[0])
                 if metrics:
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
