@@ -68,7 +68,14 @@ def test_student_presets_from_the_teacher():
     assert shared and all(torch.equal(small.state_dict()[k], t_state[k]) for k in shared)
     half = build_student("half_width", teacher)
     assert sum(p.numel() for p in half.parameters()) < 0.5 * sum(p.numel() for p in teacher.parameters())
-    assert set(PRESETS) >= {"bk_base", "bk_small", "half_width"}
+    assert set(PRESETS) >= {"bk_base", "bk_small", "bk_tiny", "half_width"}
+    tiny = build_student("bk_tiny", teacher)  # innermost stage and mid-block gone, the rest the teacher's
+    assert len(tiny.down_blocks) == len(teacher.down_blocks) - 1 and tiny.mid_block is None
+    t_up = {k.replace("up_blocks.1.", "up_blocks.0.", 1): v for k, v in t_state.items() if k.startswith("up_blocks.1.")}
+    tiny_state = tiny.state_dict()
+    assert len(t_up) > 10 and all(torch.equal(tiny_state[k], v) for k, v in t_up.items())
+    assert torch.equal(tiny_state["down_blocks.0.resnets.0.conv1.weight"], t_state["down_blocks.0.resnets.0.conv1.weight"])
+    assert sum(p.numel() for p in tiny.parameters()) < 0.6 * sum(p.numel() for p in teacher.parameters())
     with pytest.raises(UserError, match="unknown student preset 'nope'.*bk_small"):
         build_student("nope", teacher)
 

@@ -49,6 +49,35 @@ def block_removed(teacher, *, drop_layers: int, drop_mid: bool):
     return student
 
 
+def stage_removed(teacher):
+    """BK-SDM-Tiny's idea at this UNet's scale: the innermost stage (its down block, the up block
+    that mirrors it) and the mid-block removed, every other stage initialised from the teacher (the
+    up blocks shift down by one index). Starts measurably worse than the teacher, not from scratch."""
+    cfg = teacher.config
+    if len(cfg.block_out_channels) < 2:
+        raise UserError("student.preset=bk_tiny needs a teacher with at least 2 stages")
+    layers = cfg.layers_per_block
+    student = _unet_from(cfg, block_out_channels=list(cfg.block_out_channels[:-1]),
+                         down_block_types=list(cfg.down_block_types[:-1]), up_block_types=list(cfg.up_block_types[1:]),
+                         layers_per_block=layers if isinstance(layers, int) else list(layers[:-1]),
+                         mid_block_type=None)
+    renamed = {}
+    for name, value in teacher.state_dict().items():
+        if name.startswith("up_blocks."):
+            index, rest = name[len("up_blocks."):].split(".", 1)
+            if int(index) == 0:
+                continue
+            name = f"up_blocks.{int(index) - 1}.{rest}"
+        renamed[name] = value
+    state = student.state_dict()
+    with torch.no_grad():
+        for name, value in state.items():
+            src = renamed.get(name)
+            if src is not None and src.shape == value.shape:
+                value.copy_(src)
+    return student
+
+
 def narrow(teacher, *, width: float):
     """The teacher's layout at a fraction of its channel widths, from scratch (no weights match)."""
     cfg = teacher.config
@@ -61,6 +90,8 @@ PRESETS: dict[str, Callable] = {
     # BK-SDM-Base: one layer fewer per stage; BK-SDM-Small: also no mid-block.
     "bk_base": lambda teacher: block_removed(teacher, drop_layers=1, drop_mid=False),
     "bk_small": lambda teacher: block_removed(teacher, drop_layers=1, drop_mid=True),
+    # BK-SDM-Tiny: also the innermost stage removed (teacher-initialised elsewhere).
+    "bk_tiny": stage_removed,
     # Same layout, half the widths, random init (a student that cannot copy the teacher).
     "half_width": lambda teacher: narrow(teacher, width=0.5),
     # The teacher's own architecture and weights (an upper bound / sanity check).
