@@ -286,6 +286,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from aria_hpc.launch.study import load_study, run_study, write_study_report
+
+    study = load_study(args.study)
+    if args.report_only:
+        print(f"report: {write_study_report(study)}")
+        return 0
+    result = run_study(study, args.executor, only=args.regime, log=lambda msg: print(msg, flush=True))
+    print(f"[study] {result['members_run']} member(s) run in {result['wall_s']:.0f}s; report: {result['report']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aria-hpc",
@@ -346,6 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace a bank under --out built with another configuration (e.g. after changing regions.k)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the demo config")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("study", help="policies x seeds on each world regime; committed summaries and a report (resumable)")
+    p.add_argument("study", help="study YAML (e.g. configs/studies/select.yaml)")
+    p.add_argument("--executor", choices=("local", "slurm", "debug"), default="local",
+                   help="submitit executor for the members (local: launch.array_parallelism at a time)")
+    p.add_argument("--regime", action="append", help="run only this regime (repeatable)")
+    p.add_argument("--report-only", action="store_true", help="rewrite the report from the committed summaries")
+    p.set_defaults(func=cmd_study)
     return parser
 
 

@@ -6,7 +6,7 @@ import yaml
 
 from aria_hpc.cli import build_parser
 
-SUBCOMMANDS = ["simulate", "embed", "regions", "bank", "train", "teacher", "eval", "report", "sweep", "demo"]
+SUBCOMMANDS = ["simulate", "embed", "regions", "bank", "train", "teacher", "eval", "report", "sweep", "demo", "study"]
 
 
 def test_cli_surface_is_pinned():

@@ -66,6 +66,9 @@ def load_runs(run_dirs: list[str | Path]) -> list[Run]:
     if not runs:
         raise UserError("give at least one run directory")
     _label(runs)
+    for r in runs:  # a study's summary names its arm (policy or ARIA variant) itself
+        if (r.path / "summary.json").is_file():
+            r.label = json.loads((r.path / "summary.json").read_text()).get("arm", r.label)
     return runs
 
 
@@ -280,6 +283,89 @@ def plot_samples(runs: list[Run], group: str, path: Path) -> Path | None:
     return path
 
 
+def curve_series(runs: list[Run], key: str, group: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """label -> (steps, values (seeds, steps)) of a per-group metrics.jsonl field (curve_mse,
+    group_share, group_estimate), over the steps every seed of the label logged."""
+    out = {}
+    for label in dict.fromkeys(r.label for r in runs):
+        per_seed = [{m["step"]: m[key][group] for m in r.metrics if group in m.get(key, {})}
+                    for r in runs if r.label == label]
+        common = sorted(set.intersection(*(set(d) for d in per_seed))) if per_seed else []
+        if common:
+            out[label] = (np.array(common), np.array([[d[s] for s in common] for d in per_seed]))
+    return out
+
+
+def steps_to_reach(runs: list[Run], label: str, baseline: str = "rc", group: str = "unseen") -> int | None:
+    """The first logged step at which `label`'s held-out curve (mean over seeds) is at or below
+    `baseline`'s final value (mean over seeds); None if it never gets there."""
+    series = curve_series(runs, "curve_mse", group)
+    if label not in series or baseline not in series:
+        return None
+    target = float(series[baseline][1][:, -1].mean())
+    steps, values = series[label]
+    hit = np.flatnonzero(values.mean(axis=0) <= target)
+    return int(steps[hit[0]]) if len(hit) else None
+
+
+def _band(ax, steps, values, label):
+    mean = values.mean(axis=0)
+    ax.plot(steps, mean, label=f"{label} ({len(values)} seed{'s' if len(values) > 1 else ''})")
+    if len(values) > 1:
+        lo, hi = values.min(axis=0), values.max(axis=0)
+        ax.fill_between(steps, lo, hi, alpha=0.2)
+
+
+def plot_curves(runs: list[Run], path: Path) -> Path | None:
+    """Held-out output MSE against step per split group: mean over seeds, band = min..max."""
+    groups = [g for g in ("unseen", "under", "seen") if curve_series(runs, "curve_mse", g)]
+    if not groups:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.2), squeeze=False)
+    for ax, g in zip(axes[0], groups):
+        for label, (steps, values) in curve_series(runs, "curve_mse", g).items():
+            _band(ax, steps, values, label)
+        ax.set_title(f"{g}: held-out output MSE")
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_mechanism(runs: list[Run], path: Path) -> Path | None:
+    """Per split group: each policy's share of random-condition draws, and the group's tracked
+    discrepancy relative to the pool-weighted mean, against step."""
+    groups = [g for g in ("unseen", "under") if curve_series(runs, "group_share", g)]
+    if not groups:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(2, len(groups), figsize=(4.2 * len(groups), 6), squeeze=False)
+    for j, g in enumerate(groups):
+        for label, (steps, values) in curve_series(runs, "group_share", g).items():
+            _band(axes[0, j], steps, 100 * values, label)
+        axes[0, j].set_title(f"{g}: % of random-condition draws")
+        for r_label in dict.fromkeys(r.label for r in runs):
+            mine = [r for r in runs if r.label == r_label]
+            per_seed = [{m["step"]: m["group_estimate"][g] / m["estimate_mean"] for m in r.metrics
+                         if g in m.get("group_estimate", {}) and m.get("estimate_mean")} for r in mine]
+            common = sorted(set.intersection(*(set(d) for d in per_seed))) if per_seed else []
+            if common:
+                _band(axes[1, j], np.array(common), np.array([[d[s] for s in common] for d in per_seed]), r_label)
+        axes[1, j].axhline(1.0, color="grey", lw=0.8)
+        axes[1, j].set_title(f"{g}: tracked discrepancy / pool mean")
+        for ax in axes[:, j]:
+            ax.set_xlabel("step")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _wrap(text: str, width: int) -> list[str]:
     lines, line = [], ""
     for word in text.split():
@@ -302,7 +388,9 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, baseline: str 
     table = headline(summary, baseline)
     figures = {"groups": plot_groups(summary, out / "groups.png"),
                "heatmaps": plot_heatmaps(runs, out / "regions.png"),
-               "timesteps": plot_timesteps(runs, out / "mse_by_timestep.png")}
+               "timesteps": plot_timesteps(runs, out / "mse_by_timestep.png"),
+               "curves": plot_curves(runs, out / "curves.png"),
+               "mechanism": plot_mechanism(runs, out / "mechanism.png")}
     for g in GROUPS[:4]:
         figures[f"samples_{g}"] = plot_samples(runs, g, out / f"samples_{g}.png")
     seeds = {lab: sum(r.label == lab for r in runs) for lab in summary}
@@ -321,6 +409,17 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, baseline: str 
         lines += ["The teacher's own samples of the same prompts, read by the same judge: "
                   + ", ".join(f"{g} {a:.3f}" for g, a in teacher.items()) + ".", ""]
     lines += ["## Per split group", "", "![groups](groups.png)", "", "![mse by timestep](mse_by_timestep.png)", ""]
+    if figures["curves"]:
+        lines += ["## Learning curves", "",
+                  "Held-out output MSE per split group during training (the fixed group set, no sampling; mean "
+                  "over seeds, band min..max). Steps to reach the baseline's final unseen MSE: "
+                  + ", ".join(f"{lab} {steps_to_reach(runs, lab, baseline) or 'not reached'}"
+                              for lab in summary if lab != baseline) + ".", "", "![curves](curves.png)", ""]
+    if figures["mechanism"]:
+        lines += ["## Mechanism", "",
+                  "Top: the share of random-condition draws each policy gives a group (RC: its pool share). "
+                  "Bottom: the group's tracked discrepancy over the pool-weighted mean (above 1: the tracker sees "
+                  "the group as worse than average).", "", "![mechanism](mechanism.png)", ""]
     if figures["heatmaps"]:
         lines += ["## Region estimate and allocation over training", "",
                   "Regions sorted by their dominant split; right: how far each policy's allocation q_k leaves "

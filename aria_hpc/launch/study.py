@@ -1,0 +1,232 @@
+"""`aria-hpc study STUDY.yaml`: policies x seeds on each world regime at equal steps, through submitit.
+
+A study file names its regimes (config files, e.g. configs/regimes/*.yaml), the policies, the seeds,
+overrides common to every member, and ARIA variants (named override lists, each run over the same
+seeds). Per regime it builds the embeddings, regions and bank once under `dir/<regime>` (reused when
+they match), trains and evaluates every member that has no committed summary yet (two at a time on
+the local executor: launch.array_parallelism), and copies each finished member's summary (eval.json,
+config.yaml, metrics.jsonl, eval_samples.npz, summary.json: arm, seed, timings) to `docs/<regime>/<member>/` as soon as it
+finishes. A rerun skips committed members, so a study can span sessions. The report (per regime:
+report.md + figures; over all regimes: README.md) is written from the committed summaries only, so
+`aria-hpc study STUDY.yaml --report-only` regenerates it without training.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aria_hpc.config import read_yaml
+from aria_hpc.errors import ConfigError, UserError
+from aria_hpc.fsio import atomic_write_text
+
+STUDY_KEYS = {"dir", "docs", "regimes", "policies", "seeds", "overrides", "variants", "baseline", "question"}
+SUMMARY_FILES = ("eval.json", "config.yaml", "metrics.jsonl", "eval_samples.npz")
+
+
+@dataclass
+class Study:
+    path: Path
+    dir: Path  # work: embeddings, banks, runs
+    docs: Path  # committed summaries and the report
+    regimes: dict[str, Path]
+    policies: list[str]
+    seeds: list[int]
+    overrides: list[str] = field(default_factory=list)
+    variants: dict[str, list[str]] = field(default_factory=dict)  # ARIA variants: name -> overrides
+    baseline: str = "rc"
+    question: str = ""
+
+
+def load_study(path: str | Path) -> Study:
+    path = Path(path)
+    data = read_yaml(path, f"study file {path} does not exist (e.g. configs/studies/select.yaml)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping (dir, docs, regimes, policies, seeds, ...)")
+    unknown = sorted(set(data) - STUDY_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown study key '{unknown[0]}' (known: {', '.join(sorted(STUDY_KEYS))})")
+    for key in ("dir", "docs", "regimes", "seeds"):
+        if not data.get(key):
+            raise ConfigError(f"{path}: '{key}' is required")
+    root = path.parent
+
+    def rel(p) -> Path:  # study paths: configs relative to the study file, dir/docs to the working directory
+        return Path(p) if Path(p).is_absolute() else root / p
+    regimes = {str(k): rel(v) for k, v in dict(data["regimes"]).items()}
+    study = Study(path, Path(data["dir"]), Path(data["docs"]), regimes, list(data.get("policies", [])),
+                  [int(s) for s in data["seeds"]], list(data.get("overrides", [])),
+                  {str(k): list(v or []) for k, v in dict(data.get("variants", {})).items()},
+                  str(data.get("baseline", "rc")), str(data.get("question", "")))
+    bad = [p for p in study.policies if p not in ("paired", "rc", "aria")]
+    if bad:
+        raise ConfigError(f"{path}: policy '{bad[0]}' is not one of paired, rc, aria")
+    clash = set(study.variants) & {"paired", "rc", "aria"}
+    if clash:
+        raise ConfigError(f"{path}: variant name '{sorted(clash)[0]}' is a policy name; give it another")
+    for name in study.regimes:
+        for member in regime_members(study, name):  # every member resolves before anything runs
+            member.resolve()
+    return study
+
+
+def regime_overrides(study: Study, name: str) -> list[str]:
+    from aria_hpc.demo import demo_overrides
+
+    return [*demo_overrides((study.dir / name).resolve()), *study.overrides]
+
+
+def regime_members(study: Study, name: str):
+    from aria_hpc.launch.members import Member
+
+    base = regime_overrides(study, name)
+    arms = [(p, [f"train.policy={p}"]) for p in study.policies]
+    arms += [(v, ["train.policy=aria", *ov]) for v, ov in study.variants.items()]
+    out = []
+    for seed in study.seeds:
+        for arm, extra in arms:
+            run_dir = (study.dir / name / "runs" / f"{arm}-s{seed}").resolve()
+            out.append(Member(f"{arm}-s{seed}", str(study.regimes[name].resolve()),
+                              [*base, *extra, f"seed={seed}", f"run.dir={run_dir}"], seed=seed, run_dir=run_dir))
+    return out
+
+
+def summary_dir(study: Study, regime: str, member: str) -> Path:
+    return study.docs / regime / member
+
+
+def commit_summary(study: Study, regime: str, member, result: dict) -> Path:
+    """Copy a finished member's summary under docs (written aside, then renamed into place)."""
+    dest = summary_dir(study, regime, member.name)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in SUMMARY_FILES:
+        src = Path(member.run_dir) / name
+        if src.is_file():
+            shutil.copy2(src, tmp / name)
+    arm = member.name.rsplit("-s", 1)[0]  # the report labels a summary by its arm (policy or variant)
+    (tmp / "summary.json").write_text(json.dumps({"arm": arm, "seed": member.seed,
+                                                  **{k: result.get(k) for k in ("train_s", "eval_s")}}))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
+def run_study(study: Study, executor: str = "local", only: list[str] | None = None, log=print) -> dict:
+    from aria_hpc.bank.writer import build_bank
+    from aria_hpc.config import load_config
+    from aria_hpc.demo import ensure_embeddings, ensure_regions
+    from aria_hpc.launch.members import run_members
+
+    names = only or list(study.regimes)
+    missing = [n for n in names if n not in study.regimes]
+    if missing:
+        raise UserError(f"--regime {missing[0]}: the study has regimes {', '.join(study.regimes)}")
+    t_start = time.perf_counter()
+    ran = 0
+    for name in names:
+        members = regime_members(study, name)
+        pending = [m for m in members if not (summary_dir(study, name, m.name) / "eval.json").is_file()]
+        log(f"[study] {name}: {len(members) - len(pending)} of {len(members)} members committed, {len(pending)} to run")
+        if not pending:
+            continue
+        cfg = load_config(study.regimes[name], regime_overrides(study, name))
+        log(f"[study] {name}: {ensure_embeddings(cfg, log)}; {ensure_regions(cfg, log)}")
+        bank = build_bank(cfg, log=lambda _m: None)
+        log(f"[study] {name}: bank {bank['manifest']['entries']} entries, teacher forwards {bank['teacher_forwards']}")
+        wave = max(1, cfg.launch.array_parallelism) if executor != "slurm" else len(pending)
+        for start in range(0, len(pending), wave):
+            batch = pending[start:start + wave]
+            results = run_members(batch, cfg.launch, executor, study.dir / name / "submitit", log=log)
+            for m in batch:
+                r = results[m.name]
+                if r["state"] == "finished":
+                    log(f"[study] {name}/{m.name}: committed {commit_summary(study, name, m, r['result'])}")
+                    ran += 1
+                else:
+                    log(f"[study] {name}/{m.name}: {r['state']} ({r.get('error')}; log {r['stderr']}); "
+                        "rerun the same command to retry it")
+    wall = time.perf_counter() - t_start
+    _log_invocation(study, executor, names, ran, wall)
+    report = write_study_report(study)
+    return {"members_run": ran, "wall_s": wall, "report": report}
+
+
+def _log_invocation(study: Study, executor: str, regimes: list[str], ran: int, wall: float) -> None:
+    path = study.docs / "invocations.json"
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    entries.append({"command": f"aria-hpc study {study.path} --executor {executor}", "regimes": regimes,
+                    "members_run": ran, "wall_s": round(wall, 1), "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+    study.docs.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(entries, indent=1))
+
+
+def regime_table(runs, summary, baseline: str) -> tuple[list[str], dict]:
+    """The pre-registered comparison of one regime: per arm, the held-out (unseen) group's output MSE
+    and judge accuracy (mean ± std over seeds), seen accuracy, the held-out gap (seen - unseen
+    accuracy), steps to reach the baseline's final held-out MSE, and the verdict against the baseline
+    (a win only beyond the seed spread)."""
+    from aria_hpc.eval.report import METRICS, _fmt, compare, steps_to_reach
+
+    rows = ["| arm | seeds | unseen output MSE ↓ | unseen judge acc ↑ | seen judge acc ↑ | gap seen-unseen | "
+            f"steps to {baseline}'s final unseen MSE | unseen MSE vs {baseline} | unseen acc vs {baseline} |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    facts = {}
+    for label, groups in summary.items():
+        unseen, seen = groups.get("unseen", {}), groups.get("seen", {})
+        mse, acc, sacc = unseen.get("mse"), unseen.get("student_accuracy"), seen.get("student_accuracy")
+        gap = (sacc.mean - acc.mean) if sacc and acc else None
+        verdicts = []
+        for metric, value in (("mse", mse), ("student_accuracy", acc)):
+            base = summary.get(baseline, {}).get("unseen", {}).get(metric)
+            if label == baseline or value is None or base is None:
+                verdicts.append("-")
+            else:
+                diff, spread, basis, verdict = compare(value, base, METRICS[metric][1], label, baseline)
+                verdicts.append(f"{verdict} ({diff:+.3g}; {basis} {spread:.2g})")
+        reach = steps_to_reach(runs, label, baseline) if label != baseline else None
+        seeds = mse.seeds if mse else 0
+        rows.append(f"| {label} | {seeds} | {_fmt(mse)} | {_fmt(acc)} | {_fmt(sacc)} | "
+                    f"{'-' if gap is None else f'{gap:+.3f}'} | {'-' if label == baseline else (reach or 'not reached')} | "
+                    + " | ".join(verdicts) + " |")
+        facts[label] = {"gap": gap, "steps_to_baseline": reach, "verdicts": verdicts}
+    return rows, facts
+
+
+def write_study_report(study: Study) -> Path:
+    """Per regime with committed summaries: report.md + figures; over all: docs/README.md."""
+    from aria_hpc.eval.report import load_runs, summarise, write_report
+
+    lines = [f"# Study: {study.path.name}", ""]
+    if study.question:
+        lines += [study.question.strip(), ""]
+    lines += [f"Regenerate: `aria-hpc study {study.path} --report-only` (from the summaries under {study.docs}, no "
+              f"training). Policies {study.policies}, variants {study.variants or '{}'}, seeds {study.seeds}. A "
+              "difference is a win or a loss only beyond the std over seeds (both sides >= 2 seeds).", ""]
+    for name, config in study.regimes.items():
+        dirs = sorted(d for d in (study.docs / name).glob("*") if (d / "eval.json").is_file())
+        lines += [f"## {name} ({config.name})", ""]
+        if not dirs:
+            lines += ["No member committed yet.", ""]
+            continue
+        write_report(dirs, study.docs / name, baseline=study.baseline)
+        runs = load_runs(dirs)
+        rows, _ = regime_table(runs, summarise(runs), study.baseline)
+        train_s = [json.loads((d / "summary.json").read_text()).get("train_s") or 0 for d in dirs
+                   if (d / "summary.json").is_file()]
+        lines += [*rows, "", f"{len(dirs)} members; training {sum(train_s) / 60:.1f} min in all "
+                  f"({max(train_s, default=0):.0f} s the longest). Full report: [{name}/report.md]({name}/report.md).", ""]
+    inv = study.docs / "invocations.json"
+    if inv.is_file():
+        entries = json.loads(inv.read_text())
+        lines += ["## Invocations", "", "| command | regimes | members run | wall s | when |", "|---|---|---|---|---|"]
+        lines += [f"| `{e['command']}` | {', '.join(e['regimes'])} | {e['members_run']} | {e['wall_s']} | {e['time']} |"
+                  for e in entries]
+    study.docs.mkdir(parents=True, exist_ok=True)
+    out = study.docs / "README.md"
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    return out
