@@ -81,6 +81,7 @@ class AriaConfig:
     baseline_beta: float = 0.1  # EMA rate of b(t)
     init_estimate: float = 1.0  # m_k before region k is first observed
     importance: bool = False  # weight random samples by pi_k / q_k (keeps RC's objective)
+    base_gamma: float = 0.0  # allocation base pi^(1-gamma): 0 = the pool share (RC's), 1 = uniform over regions
 
 
 @dataclass
@@ -277,6 +278,7 @@ class Config:
             (0 < self.aria.beta <= 1, "aria.beta must be in (0, 1]"),
             (0 < self.aria.baseline_beta <= 1, "aria.baseline_beta must be in (0, 1]"),
             (self.aria.warmup_steps >= 0, "aria.warmup_steps must be >= 0"),
+            (0 <= self.aria.base_gamma <= 1, "aria.base_gamma must be in [0, 1]"),
             (self.aria.sync_every >= 1, "aria.sync_every must be >= 1"),
             (self.aria.timestep_bins >= 1, "aria.timestep_bins must be >= 1"),
             (self.aria.init_estimate > 0, "aria.init_estimate must be > 0"),

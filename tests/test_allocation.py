@@ -183,3 +183,19 @@ def test_group_view_of_the_allocation_and_the_tracker():
     assert np.allclose(tracked, [(8 + 10 + 15) / 23, (2 + 15) / 7])
     share, _ = group_view(np.array([0.0, 0.0, 0.0, 1.0]), np.ones(4), comp)
     assert np.allclose(share, [0.5, 0.5]) and np.isclose(share.sum(), 1)
+
+
+def test_flattened_base_of_the_allocation():
+    from aria_hpc.regions.allocation import allocate, flattened_base
+
+    pi = np.array([0.6, 0.3, 0.1, 0.0])
+    assert np.array_equal(flattened_base(pi, 0.0), pi)
+    assert np.allclose(flattened_base(pi, 1.0), [1 / 3, 1 / 3, 1 / 3, 0])  # uniform over non-empty regions
+    half = flattened_base(pi, 0.5)
+    assert np.isclose(half.sum(), 1) and half[2] > pi[2] and half[0] < pi[0] and half[3] == 0
+    # equal estimates: q is the base itself; a worse region gains over it
+    assert np.allclose(allocate(np.ones(4), flattened_base(pi, 1.0), 1.0, 0.1), [1 / 3, 1 / 3, 1 / 3, 0])
+    q = allocate(np.array([1.0, 1.0, 3.0, 1.0]), flattened_base(pi, 1.0), 1.0, 0.1)
+    assert q[2] > 1 / 3 and np.isclose(q.sum(), 1)
+    with pytest.raises(ValueError):
+        flattened_base(pi, 1.5)

@@ -90,6 +90,19 @@ def allocate(m: np.ndarray, base: np.ndarray, alpha: float, eps: float) -> np.nd
     return base * (1.0 + (1.0 - eps) * (tilt / z - 1.0))
 
 
+def flattened_base(base: np.ndarray, gamma: float) -> np.ndarray:
+    """The allocation's base b_k ∝ pi_k^(1 - gamma) over non-empty regions: gamma = 0 is the pool
+    share pi (today's ARIA), gamma = 1 uniform over regions (region-level allocation, so a concept
+    diluted in the pool is not kept small by its pool share)."""
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError("gamma must be in [0, 1]")
+    base = np.asarray(base, dtype=np.float64)
+    if gamma == 0.0:
+        return base
+    flat = np.where(base > 0, np.power(base, 1.0 - gamma, where=base > 0, out=np.zeros_like(base)), 0.0)
+    return flat / _sequential_sum(flat)
+
+
 def _sequential_sum(x: np.ndarray) -> float:
     """Left-to-right float64 sum, the order the C++ table uses (np.sum is pairwise)."""
     return float(np.cumsum(x)[-1]) if len(x) else 0.0

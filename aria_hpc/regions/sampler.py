@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from aria_hpc.regions.allocation import allocate, flattened_base
 from aria_hpc.regions.rng import counter_uniform, derive_key
 from aria_hpc.regions.table import RegionTable
 
@@ -41,14 +42,19 @@ class RegionIndex:
 
 
 def update_allocation(table: RegionTable, *, step: int, policy: str, alpha: float, eps: float,
-                      warmup_steps: int) -> np.ndarray:
-    """Set the table's allocation for this step: pi for RC and during warm-up, else ARIA's q."""
+                      warmup_steps: int, base_gamma: float = 0.0) -> np.ndarray:
+    """Set the table's allocation for this step: pi for RC and during warm-up, else ARIA's q (over
+    the base pi, or with base_gamma > 0 over the flatter base pi^(1 - gamma), DESIGN section 3)."""
     if policy == "rc" or step < warmup_steps:
         table.set_probabilities(table.base)
         return table.base
     if policy != "aria":
         raise ValueError(f"no random-condition allocation for policy '{policy}'")
-    return table.probabilities(alpha, eps)
+    if base_gamma == 0.0:
+        return table.probabilities(alpha, eps)
+    q = allocate(table.estimate(), flattened_base(table.base, base_gamma), alpha, eps)
+    table.set_probabilities(q)
+    return q
 
 
 def draw_conditions(table: RegionTable, index: RegionIndex, n: int, *, seed: int, rank: int,

@@ -191,7 +191,7 @@ def train(cfg: Config, log=print) -> dict:
             # ---- sample: allocation for this step, then one batch per micro-step -------------
             if policy != "paired":
                 q = update_allocation(table, step=step, policy=policy, alpha=cfg.aria.alpha, eps=cfg.aria.eps,
-                                      warmup_steps=cfg.aria.warmup_steps)
+                                      warmup_steps=cfg.aria.warmup_steps, base_gamma=cfg.aria.base_gamma)
             step_loss = 0.0
             for micro in range(cfg.train.grad_accum):
                 rng = np.random.default_rng([cfg.seed, rank, step, micro])
