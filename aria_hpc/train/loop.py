@@ -39,7 +39,7 @@ PREEMPTED_EXIT = 75  # EX_TEMPFAIL: checkpoint saved, run the same command again
 # Keys that may change between a checkpoint and its resume (run length and bookkeeping only; eval.*
 # never affects training either).
 RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.region_log_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.export", "run.dir", "launch.folder", "launch.partition",
+                     "train.curve_every", "train.keep_checkpoints", "train.export", "run.dir", "launch.folder", "launch.partition",
                      "launch.timeout_min"}
 
 
@@ -127,8 +127,10 @@ def train(cfg: Config, log=print) -> dict:
                             f"has {world}: resume with {meta['world_size']} ranks (DeepSpeed's universal checkpoint "
                             "conversion, ds_to_universal.py, is the way to change it)")
         now = flat_config(cfg)
+        # a key the checkpoint does not know was added to the config since: it had its default then
+        then = {**flat_config(Config()), **meta["config"]}
         differ = sorted(k for k in set(now) | set(meta["config"])
-                        if now.get(k) != meta["config"].get(k) and k not in RESUMABLE_CHANGES
+                        if now.get(k) != then.get(k) and k not in RESUMABLE_CHANGES
                         and not k.startswith("eval."))
         if differ:
             raise UserError(f"the checkpoint in {ckpt_dir / tag} was written with a different config (differs in "
