@@ -39,8 +39,8 @@ PREEMPTED_EXIT = 75  # EX_TEMPFAIL: checkpoint saved, run the same command again
 # Keys that may change between a checkpoint and its resume (run length and bookkeeping only; eval.*
 # never affects training either).
 RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.region_log_every", "train.checkpoint_every",
-                     "train.curve_every", "train.keep_checkpoints", "train.export", "run.dir", "launch.folder", "launch.partition",
-                     "launch.timeout_min"}
+                     "train.curve_every", "train.keep_checkpoints", "train.export", "run.dir", "launch.folder",
+                     "launch.partition", "launch.timeout_min"}
 
 
 class Preempted(Exception):
