@@ -97,6 +97,11 @@ def test_train_from_bank_and_live_teacher(tiny_world, tiny_bank, tmp_path, aria_
     assert res.returncode == 0, res.stderr[-3000:]
     m = metrics(tmp_path / "live_run")
     assert m[-1]["teacher_forwards"] == 16 and m[-1]["bank_hits"] == 0
+    ckpt = tmp_path / "live_run" / "checkpoints"
+    meta_path = ckpt / (ckpt / "latest").read_text().strip() / "aria_meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["aria.base_gamma"]  # a checkpoint from before that key existed: it had its default
+    meta_path.write_text(json.dumps(meta))
     again = aria_cli("train", str(path), f"run.dir={tmp_path / 'live_run'}", "bank.dir=null", "train.steps=3",
                      "train.policy=rc", *FAST)  # resume is the default: one more step
     assert again.returncode == 0 and [r["step"] for r in metrics(tmp_path / "live_run")] == [1, 2, 3]
