@@ -9,8 +9,9 @@ from aria_hpc.config import Config, all_keys, dump_yaml, load_config, save_resol
 from aria_hpc.errors import ConfigError
 from conftest import ROOT
 
-PRESETS = sorted(p for p in (ROOT / "configs").glob("**/*.yaml") if "sweeps" not in p.parts)
+PRESETS = sorted(p for p in (ROOT / "configs").glob("**/*.yaml") if not {"sweeps", "studies"} & set(p.parts))
 SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
+STUDIES = sorted((ROOT / "configs" / "studies").glob("*.yaml"))
 
 
 def test_there_are_presets():
@@ -28,6 +29,14 @@ def test_every_shipped_sweep_resolves_all_its_members(path):
     from aria_hpc.launch.sweep import load_sweep, members
 
     assert len(members(load_sweep(path))) >= 2
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
+def test_every_shipped_study_resolves_all_its_members(path):
+    from aria_hpc.launch.study import load_study, regime_members
+
+    study = load_study(path)  # resolves every member's config
+    assert len(study.seeds) >= 3 and all(len(regime_members(study, r)) >= 6 for r in study.regimes)
 
 
 def test_overrides_are_typed():
