@@ -13,8 +13,8 @@ from the same bank state. Then:
 - the same sweep member (rc, hybrid) runs a second time over the bank its first run grew: it must
   spend fewer teacher forwards (the ratio is reported);
 - reuse: ARIA at the config's alpha and at alpha = 2 (which concentrates the allocation), cached vs
-  hybrid, `--reuse-steps` steps: draws served per distinct entry (median, max, from the final
-  checkpoint's ledger; a fresh tuple serves one draw);
+  hybrid, `--reuse-steps` steps: random-conditioned draws served per distinct entry (median, max,
+  from the final checkpoint's ledger; a fresh tuple serves one draw);
 - separately timed passes on one batch: the teacher's forward (no grad) and the student's training
   step, giving the ideal cached-bank speed-up (t_teacher + t_student) / t_student.
 Targets (issue 5): ARIA's step time <= 1.03x RC's (cached); cached speed-up over the live teacher
@@ -129,6 +129,13 @@ def separate_passes(base: list[str], paths: list[str], repeats: int = 5) -> dict
             "batch": n}
 
 
+def _row(name: str, r: dict) -> str:
+    # reuse counts random-conditioned draws (what the allocation steers); paired draws have none
+    med, top = (f"{r['reuse_median']:.1f}", str(r["reuse_max"])) if r["distinct_entries"] else ("-", "-")
+    return (f"{name:<22} {r['samples_per_s']:>10.1f} {r['teacher_forwards']:>12} {r['bank_hits']:>10} "
+            f"{r['written_back']:>8} {med:>10} {top:>10}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/demo.yaml")
@@ -175,15 +182,13 @@ def main() -> None:
            f"{'reuse med':>10} {'reuse max':>10}"
     print(head)
     for name, r in results.items():
-        print(f"{name:<22} {r['samples_per_s']:>10.1f} {r['teacher_forwards']:>12} {r['bank_hits']:>10} "
-              f"{r['written_back']:>8} {r['reuse_median']:>10.1f} {r['reuse_max']:>10}")
+        print(_row(name, r))
     print(f"second run of the same member over the grown bank: {second['teacher_forwards']} vs "
           f"{first['teacher_forwards']} teacher forwards = {forward_ratio:.2f}x")
     print(f"reuse, {reuse_steps} steps (draws served per distinct entry):")
     print(head)
     for name, r in reuse_rows.items():
-        print(f"{name:<22} {r['samples_per_s']:>10.1f} {r['teacher_forwards']:>12} {r['bank_hits']:>10} "
-              f"{r['written_back']:>8} {r['reuse_median']:>10.1f} {r['reuse_max']:>10}")
+        print(_row(name, r))
     print(f"separate passes: teacher forward {passes['teacher_s'] * 1e3:.0f} ms, student step "
           f"{passes['student_s'] * 1e3:.0f} ms -> ideal cached speed-up {ideal:.2f}x")
     print(f"ARIA step time vs RC (cached): {aria_overhead:.3f}x (target <= {TARGET_ARIA_OVERHEAD}): "
