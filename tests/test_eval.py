@@ -169,3 +169,22 @@ def test_tiny_demo_end_to_end_and_reuse(tiny_world, tmp_path, aria_cli):
     bank_line = next(line for line in again.stdout.splitlines() if line.startswith("[demo] bank"))
     assert "teacher forwards: 0" in bank_line
     assert "regions reused" in again.stdout and "0 of 1 shard(s) built" in again.stdout
+
+
+def test_learning_curve_series_and_steps_to_the_baseline(tmp_path):
+    from aria_hpc.eval.report import Run, curve_series, plot_curves, plot_mechanism, steps_to_reach
+
+    def run(label, curve, share):
+        records = [{"step": s, "curve_mse": {"unseen": v}, "group_share": {"unseen": share},
+                    "group_estimate": {"unseen": 2 * v}, "estimate_mean": v} for s, v in zip((100, 200, 300), curve)]
+        return Run(tmp_path, {}, {}, records, label)
+
+    runs = [run("rc", [3, 2, 1.0], 0.01), run("rc", [3, 2, 1.2], 0.01), run("aria", [2, 1.2, 0.5], 0.02),
+            run("aria", [2.5, 1.0, 0.6], 0.03)]
+    steps, values = curve_series(runs, "curve_mse", "unseen")["aria"]
+    assert steps.tolist() == [100, 200, 300] and values.shape == (2, 3)
+    assert np.allclose(curve_series(runs, "group_estimate", "unseen", over="estimate_mean")["rc"][1], 2.0)
+    assert steps_to_reach(runs, "aria") == 200  # aria's mean 1.1 at step 200 <= rc's final mean 1.1
+    assert steps_to_reach(runs, "rc", baseline="aria") is None
+    assert plot_curves(runs, tmp_path / "c.png").stat().st_size > 1000
+    assert plot_mechanism(runs, tmp_path / "m.png").stat().st_size > 1000

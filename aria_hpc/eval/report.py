@@ -283,12 +283,15 @@ def plot_samples(runs: list[Run], group: str, path: Path) -> Path | None:
     return path
 
 
-def curve_series(runs: list[Run], key: str, group: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def curve_series(runs: list[Run], key: str, group: str,
+                 over: str | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """label -> (steps, values (seeds, steps)) of a per-group metrics.jsonl field (curve_mse,
-    group_share, group_estimate), over the steps every seed of the label logged."""
+    group_share, group_estimate), divided by the record's field `over` if given, over the steps
+    every seed of the label logged."""
     out = {}
     for label in dict.fromkeys(r.label for r in runs):
-        per_seed = [{m["step"]: m[key][group] for m in r.metrics if group in m.get(key, {})}
+        per_seed = [{m["step"]: m[key][group] / (m[over] if over else 1.0) for m in r.metrics
+                     if group in m.get(key, {}) and (over is None or m.get(over))}
                     for r in runs if r.label == label]
         common = sorted(set.intersection(*(set(d) for d in per_seed))) if per_seed else []
         if common:
@@ -348,13 +351,8 @@ def plot_mechanism(runs: list[Run], path: Path) -> Path | None:
         for label, (steps, values) in curve_series(runs, "group_share", g).items():
             _band(axes[0, j], steps, 100 * values, label)
         axes[0, j].set_title(f"{g}: % of random-condition draws")
-        for r_label in dict.fromkeys(r.label for r in runs):
-            mine = [r for r in runs if r.label == r_label]
-            per_seed = [{m["step"]: m["group_estimate"][g] / m["estimate_mean"] for m in r.metrics
-                         if g in m.get("group_estimate", {}) and m.get("estimate_mean")} for r in mine]
-            common = sorted(set.intersection(*(set(d) for d in per_seed))) if per_seed else []
-            if common:
-                _band(axes[1, j], np.array(common), np.array([[d[s] for s in common] for d in per_seed]), r_label)
+        for label, (steps, values) in curve_series(runs, "group_estimate", g, over="estimate_mean").items():
+            _band(axes[1, j], steps, values, label)
         axes[1, j].axhline(1.0, color="grey", lw=0.8)
         axes[1, j].set_title(f"{g}: tracked discrepancy / pool mean")
         for ax in axes[:, j]:
