@@ -16,7 +16,9 @@ from the same bank state. Then:
   hybrid, `--reuse-steps` steps: random-conditioned draws served per distinct entry (median, max,
   from the final checkpoint's ledger; a fresh tuple serves one draw);
 - separately timed passes on one batch: the teacher's forward (no grad) and the student's training
-  step, giving the ideal cached-bank speed-up (t_teacher + t_student) / t_student.
+  step, giving the ideal cached-bank speed-up (t_teacher + t_student) / t_student; and the learning
+  curve's held-out pass (train.curve_every) as a share of training time (target < 5%).
+  `--passes-only` runs just these.
 Targets (issue 5): ARIA's step time <= 1.03x RC's (cached); cached speed-up over the live teacher
 >= 0.8x the ideal. Samples/s come from separate runs one after the other (not paired), so compare
 them only beyond this machine's run-to-run drift; the forward and reuse counts are exact.
@@ -125,8 +127,25 @@ def separate_passes(base: list[str], paths: list[str], repeats: int = 5) -> dict
         loss.backward()
         opt.step()
 
+    from aria_hpc.eval.evaluate import HeldoutCurve
+
+    curve = HeldoutCurve(cfg, ctx)  # the learning curve's held-out pass (train.curve_every)
+    student.eval()
+
+    def curve_pass():
+        curve(lambda xs, ts, tok, m: student(xs, ts, encoder_hidden_states=tok, encoder_attention_mask=m).sample)
+
+    curve_s = median_seconds(curve_pass, repeats)
+    student.train()
     return {"teacher_s": median_seconds(teacher_pass, repeats), "student_s": median_seconds(student_pass, repeats),
-            "batch": n}
+            "curve_s": curve_s, "curve_tuples": len(curve.t), "batch": n}
+
+
+def _curve_line(passes: dict, cfg) -> str:
+    every = cfg.train.curve_every or 100
+    share = passes["curve_s"] / (every * passes["student_s"] + passes["curve_s"])
+    return (f"learning curve: {passes['curve_tuples']} held-out tuples in {passes['curve_s'] * 1e3:.0f} ms every "
+            f"{every} steps = {100 * share:.1f}% of training time (target < 5%)")
 
 
 def _row(name: str, r: dict) -> str:
@@ -144,6 +163,7 @@ def main() -> None:
     ap.add_argument("--dir", default="/tmp/aria_bench_train")
     ap.add_argument("--out", default="benchmarks/out/train.json")
     ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--passes-only", action="store_true", help="only the separately timed passes (no training runs)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(args.dir)
@@ -151,6 +171,15 @@ def main() -> None:
     base = [args.config, *args.overrides]
     paths = setup(base, work)
     cfg = load_config(base[0], [*base[1:], *paths])
+    if args.passes_only:
+        passes = separate_passes(base, paths)
+        print(_curve_line(passes, cfg))
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"config": args.config, "passes": passes, "curve_every": cfg.train.curve_every,
+                                   "machine": platform.processor() or platform.machine()}, indent=2))
+        print(f"wrote {out}")
+        return
 
     results = {}
     for mode in ("cached", "hybrid", "live"):
@@ -191,6 +220,7 @@ def main() -> None:
         print(_row(name, r))
     print(f"separate passes: teacher forward {passes['teacher_s'] * 1e3:.0f} ms, student step "
           f"{passes['student_s'] * 1e3:.0f} ms -> ideal cached speed-up {ideal:.2f}x")
+    print(_curve_line(passes, cfg))
     print(f"ARIA step time vs RC (cached): {aria_overhead:.3f}x (target <= {TARGET_ARIA_OVERHEAD}): "
           f"{'met' if aria_overhead <= TARGET_ARIA_OVERHEAD else 'NOT met'}")
     print(f"cached vs live teacher (aria): {bank_speedup:.2f}x = {bank_speedup / ideal:.2f} of ideal "
