@@ -157,6 +157,13 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def region_order(composition: np.ndarray) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Regions sorted by their dominant split group; (order, [(first row of a group block, name)])."""
     comp = np.asarray(composition, dtype=np.float64)
@@ -195,10 +202,7 @@ def plot_heatmaps(runs: list[Run], path: Path) -> Path | None:
             ax.set_xlabel("step")
             ax.set_ylabel("region (by dominant split)")
             fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_groups(summary: dict, path: Path) -> Path:
@@ -223,10 +227,7 @@ def plot_groups(summary: dict, path: Path) -> Path:
         ax.set_xticks(np.arange(len(groups)), groups)
         ax.set_title(f"{title} ({'higher' if higher else 'lower'} is better)", fontsize=9)
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_timesteps(runs: list[Run], path: Path) -> Path:
@@ -247,10 +248,7 @@ def plot_timesteps(runs: list[Run], path: Path) -> Path:
         ax.set_xlabel("t / T")
         ax.set_yscale("log")
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_samples(runs: list[Run], group: str, path: Path) -> Path | None:
@@ -277,10 +275,7 @@ def plot_samples(runs: list[Run], group: str, path: Path) -> Path | None:
             if i == 0:
                 ax.set_title("\n".join(_wrap(str(prompts[j]), 22)), fontsize=5)
     fig.suptitle(f"{group} prompts: teacher vs students (same DDIM seed)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def curve_series(runs: list[Run], key: str, group: str,
@@ -333,10 +328,7 @@ def plot_curves(runs: list[Run], path: Path) -> Path | None:
         ax.set_xlabel("step")
         ax.set_yscale("log")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_mechanism(runs: list[Run], path: Path) -> Path | None:
@@ -358,10 +350,7 @@ def plot_mechanism(runs: list[Run], path: Path) -> Path | None:
         for ax in axes[:, j]:
             ax.set_xlabel("step")
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _wrap(text: str, width: int) -> list[str]:
