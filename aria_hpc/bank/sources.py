@@ -186,8 +186,6 @@ class Writeback:
             if not same:
                 raise RuntimeError(f"{path} exists with other entries: two runs share writer {self.writer}")
         else:
-            for stale in self.bank_dir.glob(f"{path.name}.tmp-*"):  # left by a killed write of this very shard
-                stale.unlink()
             write_shard(path, self.fingerprint, {"kind": "live", "index": self.shards, "writer": self.writer},
                         cols, [(0, n, output, feats)], tuple(output.shape[1:]))
         self.shards += 1

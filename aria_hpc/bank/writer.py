@@ -57,6 +57,8 @@ def write_shard(path: Path, fingerprint: dict, attrs: dict, cols: dict[str, np.n
     feature datasets take their shapes from the first batch. The outputs are one contiguous
     (unchunked) float16 dataset, so readers can memory-map it.
     """
+    for stale in path.parent.glob(f"{path.name}.tmp-*"):  # left by a killed writer of this very shard
+        stale.unlink()
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     n = len(cols["entry"])
     with h5py.File(tmp, "w") as f:
@@ -209,8 +211,6 @@ def build_shard(ctx: BankContext, index: int, progress: Callable[[int, int, int]
     """Compute and write planned shard `index`; the number of teacher forwards (entries) it took."""
     b = ctx.cfg.bank
     bank_dir = Path(b.dir)
-    for stale in bank_dir.glob(f"{shard_name(index)}.tmp-*"):  # left by a killed writer
-        stale.unlink()
     plan = plan_bank(ctx.conditioning, entries=b.entries, min_per_region=b.min_per_region, seed=ctx.cfg.seed)
     cols = shard_plan(plan, index, b.shards)
     runner = TeacherRunner(ctx, b.features)

@@ -101,14 +101,19 @@ class HeldoutCurve:
     @torch.no_grad()
     def __call__(self, student_fn) -> dict[str, float]:
         """student_fn(x_t, t, tokens, mask) -> predictions; the mean MSE of each group present."""
+        mse = self.per_sample(student_fn)
+        return {SPLIT_GROUPS[g]: float(mse[self.group == g].mean()) for g in np.unique(self.group)}
+
+    @torch.no_grad()
+    def per_sample(self, student_fn) -> np.ndarray:
+        """(n,) MSE of the student's predictions against the teacher's on every tuple of the set."""
         out = []
         for s in range(0, len(self.t), self.batch_size):
             sl = slice(s, s + self.batch_size)
             t = torch.from_numpy(self.t[sl].astype(np.int64)).to(self.device)
             out.append(student_fn(self.x_t[sl].to(self.device), t, self.tokens[sl].to(self.device),
                                   self.mask[sl].to(self.device)).float().cpu())
-        mse = (torch.cat(out) - self.teacher).pow(2).flatten(1).mean(1).double().numpy()
-        return {SPLIT_GROUPS[g]: float(mse[self.group == g].mean()) for g in np.unique(self.group)}
+        return (torch.cat(out) - self.teacher).pow(2).flatten(1).mean(1).double().numpy()
 
 
 def sample_prompts(cfg: Config, pool) -> dict[str, np.ndarray]:
@@ -196,7 +201,6 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
     teacher, scheduler = ctx.teacher.unet, ctx.teacher.scheduler
     num_timesteps = scheduler.config.num_train_timesteps
     pool, index = ctx.store.pool, ctx.conditioning.index
-    groups = group_of(pool.split)
     e = cfg.eval
     timings["load_s"] = time.perf_counter() - t0
 
@@ -220,14 +224,12 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
         "groups": {},
     }
     # per split group: its own quota of held-out tuples (eval.per_split_group), the set the curves use
-    gt = group_tuples(cfg, groups, index.region_of_prompt, len(ctx.x0), num_timesteps)
-    gx = noised_inputs(scheduler, torch.from_numpy(ctx.x0[gt["image"]]).float(), gt["t"], gt["seed"])
-    gtok, gmask = ctx.tokens(gt["cond"])
-    group_mse = (predictions(student, gx, gt["t"], gtok, gmask, e.batch_size)
-                 - predictions(teacher, gx, gt["t"], gtok, gmask, e.batch_size)).pow(2).flatten(1).mean(1).double().numpy()
-    gbins = np.minimum(gt["t"] * e.timestep_bins // num_timesteps, e.timestep_bins - 1)
-    for g in np.unique(gt["group"]):
-        sel = gt["group"] == g
+    curve = HeldoutCurve(cfg, ctx)
+    group_mse = curve.per_sample(lambda x, t, tok, m: student(x, t, encoder_hidden_states=tok,
+                                                               encoder_attention_mask=m).sample)
+    gbins = np.minimum(curve.t * e.timestep_bins // num_timesteps, e.timestep_bins - 1)
+    for g in np.unique(curve.group):
+        sel = curve.group == g
         result["groups"][SPLIT_GROUPS[g]] = {
             "mse": mean_se(group_mse[sel]),
             "mse_by_timestep": [mean_se(group_mse[sel & (gbins == b)])["mean"] for b in range(e.timestep_bins)]}
