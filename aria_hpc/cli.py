@@ -281,8 +281,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     result = run_demo(args.out, config=args.config, overrides=args.overrides, full=args.full,
                       executor=args.executor, rebuild_bank=args.rebuild, log=lambda msg: print(msg, flush=True))
-    print("\n" + "\n".join(result["table"]))
-    print(f"\nreport: {result['report']}")
+    seeds = result["seeds"]
+    print(f"\nThis run: seed(s) {seeds}" + (", fewer than 3, so not a verdict (the seed spread is in the committed "
+                                            "study below)" if len(seeds) < 3 else ""))
+    print("\n".join(result["table"]))
+    print(f"report: {result['report']}")
+    if not result["committed"]:
+        print("\nNo committed study runs this config (configs/studies/*.yaml, docs/study/): the table above is the "
+              "only evidence")
+    for title, rows in result["committed"]:
+        print(f"\nCommitted study (trained earlier, not this run), {title}:")
+        print("\n".join(rows))
     return 0
 
 
@@ -350,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("demo", help="the main job: RC vs ARIA students of the shipped shapes teacher, end to end")
     p.add_argument("--out", default="runs/demo", help="where everything goes (default runs/demo)")
-    p.add_argument("--config", help="base config (default configs/demo.yaml)")
+    p.add_argument("--config", help="base config (default configs/regimes/colour_holdout_diluted.yaml, the "
+                   "regime with RC's largest held-out gap; its settings come from configs/demo.yaml)")
     p.add_argument("--full", action="store_true", help="add the paired policy and run 3 seeds")
     p.add_argument("--executor", choices=("local", "debug"), default="local",
                    help="submitit executor for the members (debug: in this process)")

@@ -21,6 +21,7 @@ from aria_hpc.errors import ConfigError
 
 Policy = Literal["paired", "rc", "aria"]
 BankMode = Literal["cached", "hybrid", "live"]
+LrSchedule = Literal["constant", "cosine"]
 
 
 @dataclass
@@ -37,6 +38,7 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0  # linear learning-rate warm-up
+    lr_schedule: LrSchedule = "constant"  # after warm-up: constant, or cosine decay to zero at train.steps
     grad_clip: float = 1.0
     zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
     ema_decay: float = 0.999  # student EMA (per rank; its own shard under ZeRO-3)

@@ -3,6 +3,7 @@ config, never kept as a second hand-edited JSON, with the batch invariant assert
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -34,9 +35,19 @@ def deepspeed_config(cfg: Config, world_size: int, on_gpu: bool) -> dict:
     return config
 
 
+def lr_factor(step: int, warmup: int, total: int, schedule: str = "cosine") -> float:
+    """The learning rate's multiplier at `step`: linear warm-up over `warmup` steps, then constant or a
+    cosine decay to zero at `total` (the student's train.lr_schedule; the teacher recipe's cosine)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
 def lr_lambda(cfg: Config):
-    warmup = cfg.train.warmup_steps
-    return lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+    t = cfg.train
+    return lambda step: lr_factor(step, t.warmup_steps, t.steps, t.lr_schedule)
 
 
 def initialize(model: torch.nn.Module, cfg: Config, world_size: int):

@@ -11,7 +11,7 @@ from conftest import ROOT
 
 PRESETS = sorted(p for p in (ROOT / "configs").glob("**/*.yaml") if not {"sweeps", "studies"} & set(p.parts))
 SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
-STUDIES = sorted((ROOT / "configs" / "studies").glob("*.yaml"))
+STUDIES = sorted((ROOT / "configs" / "studies").glob("**/*.yaml"))  # v2 and the pinned v1
 
 
 def test_there_are_presets():

@@ -158,6 +158,8 @@ def test_tiny_demo_end_to_end_and_reuse(tiny_world, tmp_path, aria_cli):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[demo] train+eval" in proc.stdout and "[demo] total" in proc.stdout
     assert "| unseen | output MSE" in proc.stdout
+    assert "This run: seed(s) [0], fewer than 3, so not a verdict" in proc.stdout
+    assert "No committed study runs this config" in proc.stdout  # a tmp config: no study names it
     for policy in ("rc", "aria"):
         assert (out / "runs" / f"{policy}-s0" / "eval.json").is_file()
     assert (out / "report" / "report.md").is_file() and (out / "report" / "regions.png").stat().st_size > 1000

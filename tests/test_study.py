@@ -44,6 +44,12 @@ def test_study_end_to_end_resumable_and_regenerable(tiny_world, tmp_path, aria_c
     metrics = [json.loads(line) for line in (docs / "diluted" / "aria-s0" / "metrics.jsonl").read_text().splitlines()]
     assert "unseen" in metrics[-1]["curve_mse"] and "unseen" in metrics[-1]["group_share"]
 
+    from aria_hpc.launch.study import committed_tables  # what the demo prints beside its own run
+
+    [(title, rows)] = committed_tables(tmp_path / "diluted.yaml", tmp_path, tmp_path)
+    assert "regime diluted: 4 committed members, seeds [0, 1]" in title and rows[2].startswith("| aria | 2 |")
+    assert committed_tables(tmp_path / "study.yaml", tmp_path, tmp_path) == []  # no study runs that file
+
     again = aria_cli("study", str(study), timeout=600)  # everything committed: nothing runs
     assert again.returncode == 0 and "4 of 4 members committed, 0 to run" in again.stdout, again.stdout[-2000:]
     shutil.rmtree(tmp_path / "work")  # the report needs only the committed summaries

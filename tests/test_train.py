@@ -76,6 +76,12 @@ def test_student_presets_from_the_teacher():
     assert len(t_up) > 10 and all(torch.equal(tiny_state[k], v) for k, v in t_up.items())
     assert torch.equal(tiny_state["down_blocks.0.resnets.0.conv1.weight"], t_state["down_blocks.0.resnets.0.conv1.weight"])
     assert sum(p.numel() for p in tiny.parameters()) < 0.6 * sum(p.numel() for p in teacher.parameters())
+    lite = build_student("no_inner_attn", teacher)  # every stage; no mid-block, no attention in the innermost
+    assert [type(b).__name__ for b in lite.down_blocks] == ["DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+    assert [type(b).__name__ for b in lite.up_blocks] == ["UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]
+    lite_state = lite.state_dict()
+    assert lite.mid_block is None and all(torch.equal(v, t_state[k]) for k, v in lite_state.items())  # all copied
+    assert 0.6 < sum(v.numel() for v in lite_state.values()) / sum(v.numel() for v in t_state.values()) < 0.7
     with pytest.raises(UserError, match="unknown student preset 'nope'.*bk_small"):
         build_student("nope", teacher)
 
@@ -110,6 +116,11 @@ def test_train_from_bank_and_live_teacher(tiny_world, tiny_bank, tmp_path, aria_
                    "train.policy=aria", "aria.alpha=0.0", *FAST)
     assert res.returncode == 0, res.stderr[-3000:]
     assert [r["loss"] for r in metrics(tmp_path / "alpha0")] == [r["loss"] for r in metrics(tmp_path / "live_run")]
+    assert {r["lr"] for r in metrics(tmp_path / "alpha0")} == {1e-3}  # constant after warm-up (none here)
+    res = aria_cli("train", str(path), f"run.dir={tmp_path / 'cosine'}", "bank.dir=null", "train.steps=3",
+                   "train.policy=rc", "train.lr_schedule=cosine", *FAST)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [r["lr"] for r in metrics(tmp_path / "cosine")] == pytest.approx([1e-3, 1e-3 * 0.75, 1e-3 * 0.25])
 
 
 @pytest.mark.multiproc

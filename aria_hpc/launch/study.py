@@ -197,6 +197,32 @@ def regime_table(runs, summary, baseline: str) -> tuple[list[str], dict]:
     return rows, facts
 
 
+def committed_tables(config: str | Path, studies: str | Path, root: str | Path) -> list[tuple[str, list[str]]]:
+    """The committed multi-seed table of every study regime that runs `config`: (title, table rows) per
+    study file under `studies` (its docs paths taken relative to `root`, the checkout), from the
+    committed summaries only. What the demo prints beside its own single-seed run."""
+    from aria_hpc.eval.report import load_runs, summarise
+
+    config, root, out = Path(config).resolve(), Path(root).resolve(), []
+
+    def shown(p: Path) -> Path:
+        return p.relative_to(root) if p.is_relative_to(root) else p
+    for path in sorted(Path(studies).resolve().glob("*.yaml")):
+        study = load_study(path)
+        docs = study.docs if study.docs.is_absolute() else root / study.docs
+        for name, regime in study.regimes.items():
+            dirs = sorted(d for d in (docs / name).glob("*") if (d / "eval.json").is_file())
+            if regime.resolve() != config or not dirs:
+                continue
+            runs = load_runs(dirs)
+            rows, _ = regime_table(runs, summarise(runs), study.baseline)
+            seeds = sorted({json.loads((d / "summary.json").read_text())["seed"] for d in dirs
+                            if (d / "summary.json").is_file()})
+            out.append((f"{shown(path)}, regime {name}: {len(dirs)} committed members, seeds {seeds} "
+                        f"(report {shown(docs / name / 'report.md')})", rows))
+    return out
+
+
 def write_study_report(study: Study) -> Path:
     """Per regime with committed summaries: report.md + figures; over all: docs/README.md."""
     from aria_hpc.eval.report import load_runs, summarise, write_report

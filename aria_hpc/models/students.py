@@ -78,6 +78,20 @@ def stage_removed(teacher):
     return student
 
 
+def attention_removed(teacher, *, stages: list[int]):
+    """The teacher without the mid-block and without cross-attention in the given stages (down block
+    and the up block that mirrors it become plain resnet blocks). Every stage and resolution stays,
+    every resnet is initialised from the teacher; text enters only through the remaining stages."""
+    cfg = teacher.config
+    down, up = list(cfg.down_block_types), list(cfg.up_block_types)
+    for i in stages:
+        down[i] = "DownBlock2D"
+        up[len(up) - 1 - i] = "UpBlock2D"
+    student = _unet_from(cfg, down_block_types=down, up_block_types=up, mid_block_type=None)
+    init_from_teacher(student, teacher)
+    return student
+
+
 def narrow(teacher, *, width: float):
     """The teacher's layout at a fraction of its channel widths, from scratch (no weights match)."""
     cfg = teacher.config
@@ -92,6 +106,8 @@ PRESETS: dict[str, Callable] = {
     "bk_small": lambda teacher: block_removed(teacher, drop_layers=1, drop_mid=True),
     # BK-SDM-Tiny: also the innermost stage removed (teacher-initialised elsewhere).
     "bk_tiny": stage_removed,
+    # Every stage kept; the mid-block and the innermost stage's cross-attention removed.
+    "no_inner_attn": lambda teacher: attention_removed(teacher, stages=[len(teacher.config.down_block_types) - 1]),
     # Same layout, half the widths, random init (a student that cannot copy the teacher).
     "half_width": lambda teacher: narrow(teacher, width=0.5),
     # The teacher's own architecture and weights (an upper bound / sanity check).

@@ -237,6 +237,7 @@ def train(cfg: Config, log=print) -> dict:
 
                 # ---- backward ------------------------------------------------------------------
                 engine.backward(loss)
+                step_lr = engine.get_lr()[0]  # what this step uses (the scheduler advances in step())
                 engine.step()
                 step_loss += loss_value / cfg.train.grad_accum
 
@@ -270,7 +271,7 @@ def train(cfg: Config, log=print) -> dict:
                 elapsed = time.perf_counter() - t_last
                 rate = steps_since * cfg.train.micro_batch_per_gpu * cfg.train.grad_accum * world / elapsed
                 t_last, steps_since = time.perf_counter(), 0
-                record = {"step": done, "loss": loss_sum / world, "samples_per_s": rate,
+                record = {"step": done, "loss": loss_sum / world, "lr": step_lr, "samples_per_s": rate,
                           "teacher_forwards": int(forwards), "bank_hits": int(hits),
                           "fresh_forwards": int(forwards), "written_back": int(written), "policy": policy}
                 if done % cfg.train.region_log_every == 0 or done == cfg.train.steps:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 
 from aria_hpc.config import Config
 from aria_hpc.conditioning.encoders import TextEncoder
+from aria_hpc.engine import lr_factor
 from aria_hpc.models.sampling import ddim_sample
 from aria_hpc.errors import UserError
 from aria_hpc.models.teacher import build_scheduler, build_unet, load_teacher, save_teacher
@@ -37,13 +37,6 @@ def render_all_offsets(world: ShapesWorld) -> torch.Tensor:
     offsets = [(dy, dx) for dy in range(-j, j + 1) for dx in range(-j, j + 1)]
     return torch.from_numpy(np.stack([np.stack([render(c, world.resolution, o) for o in offsets])
                                       for c in ALL_COMBINATIONS]))
-
-
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to zero."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
 def continue_from(path: str, unet, scheduler, log) -> dict:
