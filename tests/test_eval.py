@@ -45,7 +45,9 @@ def test_within_noise_verdicts():
     assert compare(Summary(0.5, 0.05, 0.01, 3), seeds_b, True, "aria", "rc")[3] == "aria worse"
     one_a, one_b = Summary(1.0, None, 0.1, 1), Summary(1.2, None, 0.1, 1)
     assert compare(one_a, one_b, False, "aria", "rc")[2:] == ("1 seed, 2 x eval SE", "within noise")
-    assert compare(Summary(0.5, None, 0.1, 1), one_b, False, "aria", "rc")[3] == "aria better"
+    assert compare(Summary(0.5, None, 0.1, 1), one_b, False, "aria", "rc")[3] == "aria ahead (1 seed: not a verdict)"
+    two = Summary(0.5, 0.05, 0.01, 2)  # beyond the spread, but 2 seeds are not a verdict either
+    assert compare(two, seeds_b, True, "aria", "rc")[3] == "aria behind (2 seeds: not a verdict)"
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +136,7 @@ def test_report_renders_figures_and_the_comparison(twin_runs, tmp_path, aria_cli
     assert "| unseen | output MSE ↓ |" in text and "aria vs rc" in text
     # the perturbed student is far from the teacher: a real difference, not noise, on output MSE
     row = next(line for line in text.splitlines() if line.startswith("| unseen | output MSE"))
-    assert "aria worse" in row
+    assert "aria behind (1 seed: not a verdict)" in row
     pngs = sorted(out.glob("*.png"))
     assert {p.name for p in pngs} >= {"groups.png", "regions.png", "mse_by_timestep.png", "samples_unseen.png"}
     for png in pngs:

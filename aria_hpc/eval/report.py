@@ -101,8 +101,14 @@ def summarise(runs: list[Run]) -> dict[str, dict[str, dict[str, Summary]]]:
     return out
 
 
+VERDICT_SEEDS = 3  # a comparison between policies is a claim about seeds: "better" / "worse" need this many
+
+
 def compare(a: Summary, b: Summary, higher_better: bool, name_a: str, name_b: str) -> tuple[float, float, str, str]:
-    """(difference a - b, the spread it is judged against, how that spread was measured, verdict)."""
+    """(difference a - b, the spread it is judged against, how that spread was measured, verdict).
+    "within noise" when the difference is inside the spread (the larger std over seeds, or with one
+    seed twice the evaluation's combined SE); beyond it, "better" / "worse" only when both sides have
+    VERDICT_SEEDS seeds, and "ahead" / "behind" (not a verdict) with fewer."""
     diff = a.mean - b.mean
     if a.spread_seeds is not None and b.spread_seeds is not None:
         spread, basis = max(a.spread_seeds, b.spread_seeds), "seed std"
@@ -111,7 +117,11 @@ def compare(a: Summary, b: Summary, higher_better: bool, name_a: str, name_b: st
     if abs(diff) <= spread:
         return diff, spread, basis, "within noise"
     better = (diff > 0) == higher_better
-    return diff, spread, basis, f"{name_a} {'better' if better else 'worse'}"
+    if min(a.seeds, b.seeds) >= VERDICT_SEEDS:
+        return diff, spread, basis, f"{name_a} {'better' if better else 'worse'}"
+    seeds = min(a.seeds, b.seeds)
+    return diff, spread, basis, (f"{name_a} {'ahead' if better else 'behind'} ({seeds} seed{'s' * (seeds > 1)}: "
+                                 "not a verdict)")
 
 
 def _fmt(s: Summary | None) -> str:

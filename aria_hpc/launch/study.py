@@ -232,7 +232,7 @@ def write_study_report(study: Study) -> Path:
         lines += [study.question.strip(), ""]
     lines += [f"Regenerate: `aria-hpc study {study.path} --report-only` (from the summaries under {study.docs}, no "
               f"training). Policies {study.policies}, variants {study.variants or '{}'}, seeds {study.seeds}. A "
-              "difference is a win or a loss only beyond the std over seeds (both sides >= 2 seeds).", ""]
+              "difference is a win or a loss only beyond the std over seeds, with >= 3 seeds on both sides.", ""]
     for name, config in study.regimes.items():
         dirs = sorted(d for d in (study.docs / name).glob("*") if (d / "eval.json").is_file())
         lines += [f"## {name} ({config.name})", ""]
