@@ -95,8 +95,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
         shutil.rmtree(embed_dir)
     save_resolved(cfg, embed_dir / "runs" / f"embed-{'all' if args.shard is None else args.shard.replace('/', 'of')}")
     pool, encoder = open_pool_and_encoder(cfg)
-    print(f"pool: {len(pool)} prompts, digest {pool.digest[:16]}; encoder {encoder.model_dir} ({encoder.dim}-d)",
-          flush=True)
+    print(f"pool: {len(pool)} prompts (dropped {pool.dropped['empty']} empty and {pool.dropped['duplicate']} duplicate), "
+          f"digest {pool.digest[:16]}; encoder {encoder.model_dir} ({encoder.dim}-d)", flush=True)
     bars: dict[int, tqdm] = {}
 
     def progress(index: int, done: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -264,6 +265,9 @@ class Config:
             (self.train.micro_batch_per_gpu >= 1, "train.micro_batch_per_gpu must be >= 1"),
             (self.train.grad_accum >= 1, "train.grad_accum must be >= 1"),
             (self.train.lr > 0, "train.lr must be > 0"),
+            (self.train.weight_decay >= 0, "train.weight_decay must be >= 0"),
+            (self.train.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
+            (self.train.grad_clip >= 0, "train.grad_clip must be >= 0 (0 = no clipping)"),
             (self.train.log_every >= 1, "train.log_every must be >= 1"),
             (self.train.zero_stage in (0, 1, 2, 3), "train.zero_stage must be 0, 1, 2 or 3"),
             (0 <= self.train.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
@@ -272,7 +276,7 @@ class Config:
             (self.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
             (self.train.curve_every >= 0 and self.train.curve_every % self.train.log_every == 0,
              "train.curve_every must be 0 (off) or a multiple of train.log_every"),
-            (min(self.loss.output_kd, self.loss.feature_kd, self.loss.task) >= 0, "loss weights must be >= 0"),
+            (min(self.loss.output_kd, self.loss.feature_kd, self.loss.task) >= 0, "loss.output_kd, loss.feature_kd and loss.task must be >= 0"),
             (self.rc.lam >= 0, "rc.lam must be >= 0"),
             (0 <= self.rc.null_text_prob < 1, "rc.null_text_prob must be in [0, 1)"),
             (self.aria.alpha >= 0, "aria.alpha must be >= 0"),
@@ -289,6 +293,7 @@ class Config:
              "simulate.planted_regions must be in [0, simulate.num_regions]"),
             (self.simulate.planted_scale > 0, "simulate.planted_scale must be > 0"),
             (self.simulate.noise >= 0, "simulate.noise must be >= 0"),
+            (self.simulate.base_skew >= 0, "simulate.base_skew must be >= 0"),
             (self.world.resolution in (16, 32), "world.resolution must be 16 or 32"),
             (self.world.seen_images >= 1, "world.seen_images must be >= 1"),
             (1 <= self.world.under_images <= 2, "world.under_images must be 1 or 2"),
@@ -303,6 +308,13 @@ class Config:
             (all(c % self.teacher.norm_num_groups == 0 for c in self.teacher.block_out_channels),
              "teacher.block_out_channels must all be divisible by teacher.norm_num_groups"),
             (self.teacher.steps >= 1 and self.teacher.batch_size >= 1, "teacher.steps and teacher.batch_size must be >= 1"),
+            (min(self.teacher.layers_per_block, self.teacher.norm_num_groups, self.teacher.attention_head_dim,
+                 self.teacher.sample_steps, self.teacher.eval_per_split, self.teacher.log_every) >= 1,
+             "teacher.layers_per_block, teacher.norm_num_groups, teacher.attention_head_dim, teacher.sample_steps, "
+             "teacher.eval_per_split and teacher.log_every must be >= 1"),
+            (self.teacher.num_train_timesteps >= 2, "teacher.num_train_timesteps must be >= 2"),
+            (self.teacher.lr > 0 and self.teacher.grad_clip > 0 and self.teacher.warmup_steps >= 0,
+             "teacher.lr and teacher.grad_clip must be > 0, teacher.warmup_steps >= 0"),
             (0 <= self.teacher.null_text_prob < 1, "teacher.null_text_prob must be in [0, 1)"),
             (0 < self.teacher.ema_decay < 1, "teacher.ema_decay must be in (0, 1)"),
             (self.bank.entries >= 1 and self.bank.shards >= 1, "bank.entries and bank.shards must be >= 1"),
@@ -315,9 +327,12 @@ class Config:
              f"bank.mode={self.bank.mode} needs bank.dir (the bank it reads and writes back to)"),
             (self.launch.tasks_per_node >= 0 and self.launch.gpus_per_node >= 0 and self.launch.cpus_per_task >= 1,
              "launch.tasks_per_node and launch.gpus_per_node must be >= 0, launch.cpus_per_task >= 1"),
+            (self.launch.mem_gb >= 0, "launch.mem_gb must be >= 0"),
             (self.launch.timeout_min >= 1 and self.launch.array_parallelism >= 1,
              "launch.timeout_min and launch.array_parallelism must be >= 1"),
             (self.judge.steps >= 1 and self.judge.batch_size >= 1, "judge.steps and judge.batch_size must be >= 1"),
+            (self.judge.lr > 0 and self.judge.noise_max >= 0 and self.judge.gain >= 0,
+             "judge.lr must be > 0, judge.noise_max and judge.gain >= 0"),
             (self.eval.seed >= 0, "eval.seed must be >= 0"),
             (self.eval.per_split_group >= 1, "eval.per_split_group must be >= 1"),
             (min(self.eval.per_region, self.eval.per_group, self.eval.sample_steps, self.eval.timestep_bins,
@@ -353,7 +368,16 @@ def read_yaml(path: Path, missing: str) -> Any:
     try:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}".splitlines()[0]) from None
+        raise ConfigError(f"{path} is not valid YAML: {yaml_problem(exc)}") from None
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line with the position and the cause of a YAML error (its own text spans several lines)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    return f"{where}{problem}" + (f" ({context})" if context else "") + "; fix the file's syntax there"
 
 
 def read_config_mapping(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
@@ -486,13 +510,18 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(f"config key '{key}' must be a finite number; got {value!r}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value

@@ -74,12 +74,45 @@ def test_bad_files(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+    bad.write_text("train:\n  steps: 3\n   lr: 1\n")  # position and cause survive, on one line
+    with pytest.raises(ConfigError, match=r"^\S+bad.yaml is not valid YAML: line 3, column 6: mapping values are "
+                                          r"not allowed here; fix the file's syntax there$"):
+        load_config(bad)
+    bad.write_text("train:\n\tsteps: 3\n")
+    with pytest.raises(ConfigError, match=r"line 2, column 1: found character '\\t' that cannot start any token "
+                                          r"\(while scanning for the next token\)"):
+        load_config(bad)
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(bad)
     bad.write_text("train:\n  stepz: 3\n")
     with pytest.raises(ConfigError, match="did you mean 'train.steps'"):
         load_config(bad)
+
+
+def _numeric_keys():
+    import typing
+
+    cfg, out = Config(), []
+    for key in all_keys():
+        *parents, leaf = key.split(".")
+        obj = cfg
+        for part in parents:
+            obj = getattr(obj, part)
+        if typing.get_type_hints(type(obj))[leaf] in (int, float):
+            out.append(key)
+    return out
+
+
+SIGNED = {"simulate.drift_per_step"}  # the only numeric fields where a negative value means something
+
+
+@pytest.mark.parametrize("key", _numeric_keys())
+def test_every_numeric_field_is_range_checked_and_finite(key):
+    """A new numeric field without a range check fails here: -1 is out of range for all but SIGNED."""
+    for bad in ((".inf", "-.inf", ".nan", "1e999") if key in SIGNED else ("-1", ".inf", "-.inf", ".nan", "1e999")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config(None, [f"{key}={bad}"])
 
 
 def test_resolved_config_round_trips(tmp_path):

@@ -40,7 +40,8 @@ def write_config(tmp_path, encoder_dir, files, *, shards=1, batch_size=8, k=4, s
 def test_pool_dedups_with_stable_ids_and_digest(tmp_path):
     files = write_pool_files(tmp_path)
     pool = PromptPool(materialise_pool(tmp_path / "p1", files, "prompt", None))
-    assert len(pool) == 300 + 100  # blanks and the two repeats dropped
+    assert len(pool) == 300 + 100  # blanks and the two repeats dropped, and counted
+    assert pool.dropped == {"empty": 2, "duplicate": 2}
     assert pool.texts(0, 2) == ["prompt number 0", "prompt number 1"] and pool.texts(300, 301) == ["json prompt 0"]
     assert pool.text(np.array([5, 0, 5])) == ["prompt number 5", "prompt number 0", "prompt number 5"]
     assert (pool.split == -1).all()
@@ -62,7 +63,12 @@ def test_pool_bad_input(tmp_path):
     bad.write_text('{"prompt": "ok"\n')
     with pytest.raises(UserError, match="bad.jsonl:1 is not valid JSON"):
         materialise_pool(tmp_path / "p", [str(bad)], "prompt", None)
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("fine\n".encode() + "caf\u00e9 au lait\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1.txt:2 is not valid UTF-8 \(byte 4 of the line\): re-encode"):
+        materialise_pool(tmp_path / "p", [str(bad)], "prompt", None)
     assert not (tmp_path / "p" / "prompts.h5").exists()  # nothing half-written left behind
+    assert list((tmp_path / "p").iterdir()) == []  # not even the temporary file
 
 
 def run_cli(*args):
@@ -74,6 +80,7 @@ def test_embed_shards_independently_then_completes(tmp_path, tiny_bert_dir):
     cfg = write_config(tmp_path, tiny_bert_dir, write_pool_files(tmp_path), shards=2)
     res = run_cli("embed", cfg, "--shard", "1/2", "--quiet")
     assert res.returncode == 0, res.stderr
+    assert "pool: 400 prompts (dropped 2 empty and 2 duplicate)" in res.stdout  # the user is told
     emb = tmp_path / "emb"
     assert (emb / "shard-00001-of-00002.h5").exists() and not (emb / "shard-00000-of-00002.h5").exists()
     with pytest.raises(UserError, match="lacks 1 of 2 embedding shards"):

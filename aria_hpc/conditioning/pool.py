@@ -25,15 +25,19 @@ CHUNK = 4096
 NO_LABEL = -1
 
 
-def iter_file_prompts(path: Path, jsonl_field: str) -> Iterator[str]:
-    """Non-empty prompts of one file (its existence is checked by describe_sources, first)."""
+def iter_file_prompts(path: Path, jsonl_field: str, dropped: dict[str, int] | None = None) -> Iterator[str]:
+    """Non-empty prompts of one file (its existence is checked by describe_sources, first); the
+    empty ones are counted in dropped["empty"]."""
     jsonl = path.suffix in (".jsonl", ".json")
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            if jsonl:
+    dropped = {} if dropped is None else dropped
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{path}:{line_no} is not valid UTF-8 (byte {exc.start + 1} of the line): "
+                                "re-encode the file as UTF-8 (e.g. iconv -t UTF-8)") from None
+            if jsonl and line:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
@@ -41,16 +45,18 @@ def iter_file_prompts(path: Path, jsonl_field: str) -> Iterator[str]:
                 if not isinstance(record, dict) or jsonl_field not in record:
                     raise UserError(f"{path}:{line_no} has no field '{jsonl_field}' (set pool.jsonl_field)")
                 line = str(record[jsonl_field]).strip()
-                if not line:
-                    continue
+            if not line:
+                dropped["empty"] = dropped.get("empty", 0) + 1
+                continue
             yield line
 
 
-def iter_sources(files: list[str], jsonl_field: str, world) -> Iterator[tuple[str, int, int]]:
+def iter_sources(files: list[str], jsonl_field: str, world,
+                 dropped: dict[str, int] | None = None) -> Iterator[tuple[str, int, int]]:
     """(prompt, split, combination) from the files, or from the shapes world when files is empty."""
     if files:
         for name in files:
-            for prompt in iter_file_prompts(Path(name), jsonl_field):
+            for prompt in iter_file_prompts(Path(name), jsonl_field, dropped):
                 yield prompt, NO_LABEL, NO_LABEL
         return
     splits = world.combination_splits
@@ -94,7 +100,18 @@ def materialise_pool(out_dir: Path, files: list[str], jsonl_field: str, world) -
                             "the world's splits changed): use another embed.dir, or pass --rebuild")
         return path
     tmp = out_dir / f".{POOL_FILE}.{os.getpid()}.tmp"
+    try:
+        _write_pool(tmp, files, jsonl_field, world, sources)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a bad line or a kill leaves nothing behind
+        raise
+    os.replace(tmp, path)
+    return path
+
+
+def _write_pool(tmp: Path, files: list[str], jsonl_field: str, world, sources: str) -> None:
     seen: set[bytes] = set()
+    dropped = {"empty": 0, "duplicate": 0}
     digest = hashlib.sha256()
     text_type = h5py.string_dtype("utf-8")
     with h5py.File(tmp, "w") as f:
@@ -112,9 +129,10 @@ def materialise_pool(out_dir: Path, files: list[str], jsonl_field: str, world) -
             combo[n:] = [b[2] for b in buffer]
             buffer.clear()
 
-        for prompt, s, c in iter_sources(files, jsonl_field, world):
+        for prompt, s, c in iter_sources(files, jsonl_field, world, dropped):
             key = hashlib.blake2b(prompt.encode("utf-8"), digest_size=16).digest()
             if key in seen:
+                dropped["duplicate"] += 1
                 continue
             seen.add(key)
             digest.update(prompt.encode("utf-8") + b"\n")
@@ -128,8 +146,8 @@ def materialise_pool(out_dir: Path, files: list[str], jsonl_field: str, world) -
         f.attrs["count"] = text.shape[0]
         f.attrs["digest"] = digest.hexdigest()
         f.attrs["sources"] = sources
-    os.replace(tmp, path)
-    return path
+        f.attrs["dropped_empty"] = dropped["empty"]  # blank lines / empty JSONL fields
+        f.attrs["dropped_duplicate"] = dropped["duplicate"]  # repeats of an earlier prompt (first one kept)
 
 
 class PromptPool:
@@ -142,6 +160,8 @@ class PromptPool:
         with h5py.File(path, "r", locking=False) as f:
             self.count = int(f.attrs["count"])
             self.digest = str(f.attrs["digest"])
+            # what building dropped (absent in pools written before these were recorded)
+            self.dropped = {k: int(f.attrs.get(f"dropped_{k}", 0)) for k in ("empty", "duplicate")}
             self.split = f["split"][:]
             self.combination = f["combination"][:]
 
