@@ -208,7 +208,8 @@ def cmd_bank(args: argparse.Namespace) -> int:
             bar.close()
 
     result = build_bank(cfg, shards=None if args.shard is None else [args.shard], rebuild=args.rebuild,
-                        executor=args.executor, log=lambda msg: print(msg, flush=True), progress=progress)
+                        executor=args.executor, verify=args.verify, log=lambda msg: print(msg, flush=True),
+                        progress=progress)
     m = result["manifest"]
     state = "complete" if m["complete"] else f"incomplete (missing shards {m['missing'][:8]})"
     print(f"teacher forwards: {result['teacher_forwards']}")
@@ -331,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=("local", "slurm", "debug"),
                    help="submit one submitit array task per missing shard instead of building in-process")
     p.add_argument("--rebuild", action="store_true", help="replace a bank built with another fingerprint")
+    p.add_argument("--verify", action="store_true",
+                   help="hash every shard again, even those verified before (a bad one is set aside and rebuilt)")
     p.add_argument("--quiet", action="store_true", help="progress as plain lines instead of bars")
     p.add_argument("--status", action="store_true",
                    help="print entries, regions covered and bytes per shard kind (planned / written back); builds nothing")

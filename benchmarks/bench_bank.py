@@ -12,6 +12,12 @@ the same rows, in the same order, from one .npy file of the same outputs with np
 Both run warm (after one untimed pass), so this compares the code paths over the page cache.
 Target (issue 4): bank >= 70% of the raw rate. Also reported: reading with x_t regenerated, and the
 shipped teacher's forward time per entry, i.e. what one cache hit saves.
+
+Integrity (bank/integrity.py): a reader verifies every shard before reading it. Timed apart from the
+reads, alternating: the warm check (the stat-keyed cache in .verified.json: one stat() per shard) and
+the cold one (`force`: every shard hashed, what the first open after a change costs). The verified
+read rate of a run that reads these batches is n / (warm check + reads); target >= 0.9x of the
+unverified n / reads.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import numpy as np
 import torch
 
 from aria_hpc.bank import Bank
+from aria_hpc.bank.integrity import verify_shards
 from aria_hpc.bank.context import X0_FILE, SCHEMA_VERSION
 from aria_hpc.bank.plan import Conditioning, plan_bank, shard_plan
 from aria_hpc.bank.writer import shard_name, update_manifest, write_shard
@@ -37,6 +44,7 @@ from timing import median_seconds
 ENTRY_SHAPE = (4, 64, 64)
 BATCH = 256
 TARGET = 0.70
+VERIFIED_TARGET = 0.90
 
 
 def build(bank_dir: Path, entries: int, shards: int, regions: int) -> tuple[Bank, np.ndarray]:
@@ -134,6 +142,20 @@ def main() -> None:
     rows["bank + x_t"] = [timed(lambda r: bank.read(r), batches[: max(1, args.batches // 4)], 1) * 4]
     result = {name: {"seconds": min(s), "entries_per_s": n / min(s), "GB_per_s": gb / min(s)} for name, s in rows.items()}
     ratio = result["bank"]["entries_per_s"] / result["raw"]["entries_per_s"]
+    metas = json.loads((Path(args.dir) / "manifest.json").read_text())["shards"]
+    checks = {"warm": [], "cold": []}
+    for _ in range(max(2, args.repeats)):  # alternating pairs
+        t = time.perf_counter()
+        assert verify_shards(Path(args.dir), metas) == 0
+        checks["warm"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        verify_shards(Path(args.dir), metas, force=True)
+        checks["cold"].append(time.perf_counter() - t)
+    warm, cold = statistics.median(checks["warm"]), statistics.median(checks["cold"])
+    verified_ratio = result["bank"]["seconds"] / (result["bank"]["seconds"] + warm)
+    integrity = {"warm_check_s": warm, "cold_check_s": cold, "hash_GiB_per_s": bank_gib / cold,
+                 "verified_vs_unverified": verified_ratio, "target": VERIFIED_TARGET,
+                 "met": verified_ratio >= VERIFIED_TARGET}
     teacher = teacher_forward_per_entry()
     read_ms_16 = 1e3 / result["bank"]["entries_per_s"]  # per 32 KiB entry: an upper bound for 16x16 entries
 
@@ -144,6 +166,10 @@ def main() -> None:
         print(f"{name:<12} {r['entries_per_s']:>12,.0f} {r['GB_per_s']:>8.2f} "
               f"{r['entries_per_s'] / result['raw']['entries_per_s']:>8.2f}")
     print(f"target: bank >= {TARGET:.0%} of raw: {'met' if ratio >= TARGET else 'NOT met'} ({ratio:.2f})")
+    print(f"integrity: warm check {1e3 * warm:.2f} ms for {len(metas)} shards (stat cache), cold check "
+          f"{cold:.2f}s ({bank_gib / cold:.2f} GiB/s hashed); verified read rate {verified_ratio:.3f}x of unverified "
+          f"over these {args.batches} batches: target >= {VERIFIED_TARGET}x "
+          f"{'met' if verified_ratio >= VERIFIED_TARGET else 'NOT met'}")
     print(f"shipped teacher forward: {teacher['ms_per_entry']:.3f} ms per entry (batch {teacher['batch']}, CPU); "
           f"a bank read: {read_ms_16:.4f} ms per entry -> one hit saves {teacher['ms_per_entry'] / read_ms_16:.0f}x")
 
@@ -151,7 +177,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"entries": entries, "entry_shape": ENTRY_SHAPE, "bank_gib": bank_gib,
                                "batch": BATCH, "batches": args.batches, "results": result, "bank_vs_raw": ratio,
-                               "target": TARGET, "met": ratio >= TARGET, "teacher_forward": teacher,
+                               "target": TARGET, "met": ratio >= TARGET, "integrity": integrity, "teacher_forward": teacher,
                                "machine": platform.processor() or platform.machine(),
                                "threads": torch.get_num_threads()}, indent=2))
     print(f"wrote {out}")

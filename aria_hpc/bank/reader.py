@@ -1,4 +1,4 @@
-"""Reading a bank: fingerprint-checked, region-indexed, lazily opened per process, prefetched.
+"""Reading a bank: fingerprint-checked, digest-verified, region-indexed, lazily opened per process, prefetched.
 
 Entries are drawn the way RC draws them (uniformly over the bank, which follows RC's schedule); an
 optional region sampler (ARIA) re-draws the random-conditioned ones by region: region k ~ q, then an
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from aria_hpc.bank.context import X0_FILE, fingerprint_diff, load_x0, noised_inputs
+from aria_hpc.bank.integrity import verify_shards
 from aria_hpc.bank.ledger import FRESH, ReuseLedger
 from aria_hpc.bank.plan import COLUMNS
 from aria_hpc.bank.writer import MANIFEST
@@ -82,6 +83,7 @@ class Bank:
         # planned shards first, then written-back ones: the planned rows [0, planned_entries) carry
         # RC's schedule (which draws are random-conditioned); written-back rows only join the regions
         metas = sorted(listed.values(), key=lambda s: (s.get("kind", "planned") != "planned", s["name"]))
+        self.verified_now = verify_shards(self.dir, metas)  # before any row is read (cached by stat)
         self.shards = [s["name"] for s in metas]
         self.shard_kinds = [s.get("kind", "planned") for s in metas]
         counts = np.array([s["entries"] for s in metas], dtype=np.int64)

@@ -12,7 +12,6 @@ no reader opens and the next build of that shard deletes.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from aria_hpc.bank.context import BankContext, TeacherRunner, fingerprint_diff, noised_inputs
+from aria_hpc.bank.integrity import ShardFault, hash_shard, remember_written, set_aside, shard_digest, verify_shards
 from aria_hpc.bank.plan import COLUMNS, plan_bank, shard_plan
 from aria_hpc.errors import UserError
 from aria_hpc.fsio import atomic_write_text, fsync_path
@@ -34,19 +34,6 @@ MANIFEST = "manifest.json"
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}.h5"
-
-
-def shard_digest(f: h5py.File) -> str:
-    """sha256 over every dataset of a shard file (columns, outputs, features), in name order."""
-    h = hashlib.sha256()
-
-    def visit(name, obj):
-        if isinstance(obj, h5py.Dataset):
-            h.update(name.encode())
-            for start in range(0, obj.shape[0], 4096):
-                h.update(np.ascontiguousarray(obj[start:start + 4096]).data)
-    f.visititems(visit)
-    return h.hexdigest()
 
 
 def write_shard(path: Path, fingerprint: dict, attrs: dict, cols: dict[str, np.ndarray],
@@ -88,13 +75,17 @@ def write_shard(path: Path, fingerprint: dict, attrs: dict, cols: dict[str, np.n
     fsync_path(tmp)
     os.replace(tmp, path)
     fsync_path(path.parent)
+    remember_written(path, digest)
     return digest
 
 
 def read_shard_meta(path: Path) -> dict:
-    with h5py.File(path, "r", locking=False) as f:
-        return {"name": path.name, "entries": int(f.attrs["entries"]), "digest": str(f.attrs["digest"]),
-                "kind": str(f.attrs["kind"]), "fingerprint": json.loads(f.attrs["fingerprint"])}
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return {"name": path.name, "entries": int(f.attrs["entries"]), "digest": str(f.attrs["digest"]),
+                    "kind": str(f.attrs["kind"]), "fingerprint": json.loads(f.attrs["fingerprint"])}
+    except (OSError, KeyError) as exc:
+        raise ShardFault(path, f"cannot be read as a bank shard ({str(exc).splitlines()[0]})") from None
 
 
 def check_fingerprint(where: str, have: dict, want: dict) -> None:
@@ -199,6 +190,29 @@ def prepare_bank_dir(bank_dir: Path, fingerprint: dict, rebuild: bool) -> None:
             path.unlink(missing_ok=True)
 
 
+def check_shards(bank_dir: Path, *, force: bool = False) -> list[ShardFault]:
+    """Every shard file in bank_dir checked against its own digest and the manifest's (verified ones
+    by the cache unless `force`); each bad one is set aside (`<name>.bad`) and returned, so a planned
+    shard is then missing and rebuilt with the same digest, and a written-back one leaves the manifest."""
+    if not bank_dir.is_dir():
+        return []
+    listed = {}
+    if (bank_dir / MANIFEST).is_file():
+        listed = {m["name"]: m["digest"] for m in json.loads((bank_dir / MANIFEST).read_text()).get("shards", [])}
+    bad = []
+    for path in sorted(bank_dir.glob("shard-*.h5")):
+        try:
+            digest = listed.get(path.name)
+            if digest is None:
+                hash_shard(path)
+            else:
+                verify_shards(bank_dir, [{"name": path.name, "digest": digest}], force=force)
+        except ShardFault as fault:
+            set_aside(path)
+            bad.append(fault)
+    return bad
+
+
 def shard_is_complete(bank_dir: Path, index: int, fingerprint: dict) -> bool:
     path = bank_dir / shard_name(index)
     if not path.is_file():
@@ -264,8 +278,10 @@ def submit_shards(cfg, indices: list[int], executor: str, log: Callable[[str], N
 
 
 def build_bank(cfg, *, shards: list[int] | None = None, rebuild: bool = False, executor: str | None = None,
-               log: Callable[[str], None] = print, progress: Callable[[int, int, int], None] | None = None) -> dict:
-    """Build the missing shards of cfg.bank (all, or the given ones), then update the manifest."""
+               verify: bool = False, log: Callable[[str], None] = print,
+               progress: Callable[[int, int, int], None] | None = None) -> dict:
+    """Set aside every bad shard (check_shards; `verify` hashes even the ones verified before), build
+    the missing shards of cfg.bank (all, or the given ones), then update the manifest."""
     from aria_hpc.bank.context import load_context
 
     bank_dir = Path(cfg.bank.dir or "")
@@ -277,6 +293,8 @@ def build_bank(cfg, *, shards: list[int] | None = None, rebuild: bool = False, e
     bad = [i for i in indices if not 0 <= i < cfg.bank.shards]
     if bad:
         raise UserError(f"--shard {bad[0]}: bank.shards is {cfg.bank.shards}, so a shard index is 0..{cfg.bank.shards - 1}")
+    for bad_shard in check_shards(bank_dir, force=verify):
+        log(f"bank {bank_dir}: {bad_shard.path.name} {bad_shard.why}; set aside as {bad_shard.path.name}.bad")
     todo = [i for i in indices if not shard_is_complete(bank_dir, i, ctx.fingerprint)]
     log(f"bank {bank_dir}: {len(indices) - len(todo)} of {len(indices)} shards complete, building {len(todo)}")
     if executor and todo:

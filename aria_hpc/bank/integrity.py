@@ -1,0 +1,134 @@
+"""Bank integrity: no byte of a corrupted, truncated or missing shard reaches a student.
+
+Every shard stores the sha256 of its datasets (`shard_digest`) in its own attributes, and the
+manifest lists it beside the shard's name. A reader verifies each shard it opens before reading any
+of its rows: the file must exist, open as HDF5, and hash to the digest the manifest lists (which must
+also be the one the shard itself carries). Hashing reads the whole shard, so a verified shard is
+remembered in BANK_DIR/.verified.json by (device, inode, size, mtime): later opens, in any process,
+cost one stat() per shard. The shard writer, which verifies every shard on re-read before renaming it
+into place, records it there too, so a freshly built bank is never hashed again by its readers. A
+rewritten or replaced file has a new inode or mtime and is hashed again.
+
+What each layer catches:
+  - missing file, or one that does not open as HDF5 (truncated, overwritten header): at every open;
+  - any changed byte in a dataset (a bit flip, a partial write, a swapped file with other data): at the
+    first open after the file changed, and at every open while the cache cannot be written (read-only
+    bank). A byte that changes in place without touching size or mtime after verification is caught
+    only by `aria-hpc bank --verify`, which always hashes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+
+from aria_hpc.errors import UserError
+
+VERIFIED = ".verified.json"
+FIX = "run `aria-hpc bank` with the run's config: it sets bad shards aside and rebuilds exactly those"
+
+
+class ShardFault(UserError):
+    """One shard is missing, unreadable or corrupt (the message names it and the fix)."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        self.path, self.why = path, why
+        super().__init__(f"bank shard {path} {why}: {FIX}")
+
+
+def shard_digest(f: h5py.File) -> str:
+    """sha256 over every dataset of a shard file (columns, outputs, features), in name order."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            h.update(name.encode())
+            for start in range(0, obj.shape[0], 4096):
+                h.update(np.ascontiguousarray(obj[start:start + 4096]).data)
+    f.visititems(visit)
+    return h.hexdigest()
+
+
+def hash_shard(path: Path, listed: str | None = None) -> str:
+    """The digest of a shard's data, after checking it against the shard's own and the listed digest;
+    ShardFault when the file is missing, does not open, or hashes to something else."""
+    if not path.is_file():
+        raise ShardFault(path, "is missing")
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            own = str(f.attrs.get("digest", ""))
+            digest = shard_digest(f)
+    except OSError as exc:
+        raise ShardFault(path, f"cannot be read as HDF5 (truncated or overwritten? {str(exc).splitlines()[0]})") from None
+    if listed is not None and own != listed:
+        raise ShardFault(path, f"is not the shard the manifest lists (digest {own[:12]}, manifest {listed[:12]})")
+    if digest != own:
+        raise ShardFault(path, f"is corrupt (its data hash to {digest[:12]}, it was written as {own[:12]})")
+    return digest
+
+
+def _stamp(path: Path, digest: str) -> list:
+    st = path.stat()
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, digest]
+
+
+def _read_cache(bank_dir: Path) -> dict:
+    try:
+        cache = json.loads((bank_dir / VERIFIED).read_text())
+        return cache if isinstance(cache, dict) else {}
+    except (OSError, ValueError):
+        return {}  # absent, unreadable or torn: everything is hashed again
+
+
+def verify_shards(bank_dir: Path, shards: list[dict], *, force: bool = False) -> int:
+    """Check every listed shard ({"name", "digest"}) before its data is used; the number hashed
+    (the rest matched the verified cache). Raises ShardFault on the first bad one."""
+    cache = {} if force else _read_cache(bank_dir)
+    fresh = {}
+    for meta in shards:
+        path = bank_dir / meta["name"]
+        try:
+            cached = cache.get(meta["name"]) == _stamp(path, meta["digest"])
+        except FileNotFoundError:
+            raise ShardFault(path, "is missing") from None
+        if not cached:
+            hash_shard(path, meta["digest"])
+            fresh[meta["name"]] = _stamp(path, meta["digest"])
+    if fresh:
+        remember(bank_dir, fresh)
+    return len(fresh)
+
+
+def remember(bank_dir: Path, stamps: dict[str, list]) -> None:
+    """Record verified shards ({name: stamp}) in the cache, merged with what other processes recorded
+    meanwhile; a bank that cannot be written (read-only) simply keeps being hashed."""
+    from aria_hpc.bank.writer import manifest_lock
+    from aria_hpc.fsio import atomic_write_text
+
+    try:
+        with manifest_lock(bank_dir):
+            merged = {**_read_cache(bank_dir), **stamps}
+            atomic_write_text(bank_dir / VERIFIED, json.dumps(merged, indent=0))
+    except OSError:
+        pass
+
+
+def remember_written(path: Path, digest: str) -> None:
+    """A shard its writer has just verified on re-read and renamed into place: no reader hashes it again
+    (the rename keeps its inode and mtime)."""
+    remember(path.parent, {path.name: _stamp(path, digest)})
+
+
+def set_aside(path: Path) -> Path:
+    """Move a bad shard out of every reader's way (`<name>.bad`, replacing an older one), keeping its
+    bytes for inspection; the manifest no longer lists it once it is updated."""
+    aside = path.with_name(path.name + ".bad")
+    os.replace(path, aside)
+    return aside
