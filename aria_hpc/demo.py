@@ -121,4 +121,4 @@ def run_demo(out: str | Path, *, config: str | Path | None = None, overrides: li
 
     return {"timings": timings, "total_s": total, "report": report["report"], "table": report["table"],
             "members": results, "teacher_forwards": bank["teacher_forwards"], "seeds": list(seeds),
-            "committed": committed_tables(config, ROOT / "configs" / "studies", ROOT)}
+            "committed": committed_tables(config, sorted((ROOT / "configs" / "studies").glob("*.yaml")), ROOT)}

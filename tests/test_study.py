@@ -46,9 +46,9 @@ def test_study_end_to_end_resumable_and_regenerable(tiny_world, tmp_path, aria_c
 
     from aria_hpc.launch.study import committed_tables  # what the demo prints beside its own run
 
-    [(title, rows)] = committed_tables(tmp_path / "diluted.yaml", tmp_path, tmp_path)
+    [(title, rows)] = committed_tables(tmp_path / "diluted.yaml", [study], tmp_path)
     assert "regime diluted: 4 committed members, seeds [0, 1]" in title and rows[2].startswith("| aria | 2 |")
-    assert committed_tables(tmp_path / "study.yaml", tmp_path, tmp_path) == []  # no study runs that file
+    assert committed_tables(tmp_path / "study.yaml", [study], tmp_path) == []  # no study runs that file
 
     again = aria_cli("study", str(study), timeout=600)  # everything committed: nothing runs
     assert again.returncode == 0 and "4 of 4 members committed, 0 to run" in again.stdout, again.stdout[-2000:]

@@ -197,17 +197,17 @@ def regime_table(runs, summary, baseline: str) -> tuple[list[str], dict]:
     return rows, facts
 
 
-def committed_tables(config: str | Path, studies: str | Path, root: str | Path) -> list[tuple[str, list[str]]]:
+def committed_tables(config: str | Path, studies: list[Path], root: str | Path) -> list[tuple[str, list[str]]]:
     """The committed multi-seed table of every study regime that runs `config`: (title, table rows) per
-    study file under `studies` (its docs paths taken relative to `root`, the checkout), from the
-    committed summaries only. What the demo prints beside its own single-seed run."""
+    study file in `studies` (docs paths taken relative to `root`, the checkout), from the committed
+    summaries only. What the demo prints beside its own single-seed run."""
     from aria_hpc.eval.report import load_runs, summarise
 
     config, root, out = Path(config).resolve(), Path(root).resolve(), []
 
     def shown(p: Path) -> Path:
         return p.relative_to(root) if p.is_relative_to(root) else p
-    for path in sorted(Path(studies).resolve().glob("*.yaml")):
+    for path in (Path(p).resolve() for p in studies):
         study = load_study(path)
         docs = study.docs if study.docs.is_absolute() else root / study.docs
         for name, regime in study.regimes.items():
