@@ -83,7 +83,7 @@ class Bank:
         # planned shards first, then written-back ones: the planned rows [0, planned_entries) carry
         # RC's schedule (which draws are random-conditioned); written-back rows only join the regions
         metas = sorted(listed.values(), key=lambda s: (s.get("kind", "planned") != "planned", s["name"]))
-        self.verified_now = verify_shards(self.dir, metas)  # before any row is read (cached by stat)
+        verify_shards(self.dir, metas)  # before any row is read (cached by stat)
         self.shards = [s["name"] for s in metas]
         self.shard_kinds = [s.get("kind", "planned") for s in metas]
         counts = np.array([s["entries"] for s in metas], dtype=np.int64)

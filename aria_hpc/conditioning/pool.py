@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import h5py
 import numpy as np
 
 from aria_hpc.errors import UserError
+from aria_hpc.fsio import atomic_h5
 
 POOL_FILE = "prompts.h5"
 CHUNK = 4096
@@ -99,55 +99,49 @@ def materialise_pool(out_dir: Path, files: list[str], jsonl_field: str, world) -
             raise UserError(f"{path} was built from other prompt sources (pool.files, their contents, or "
                             "the world's splits changed): use another embed.dir, or pass --rebuild")
         return path
-    tmp = out_dir / f".{POOL_FILE}.{os.getpid()}.tmp"
-    try:
-        _write_pool(tmp, files, jsonl_field, world, sources)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a bad line or a kill leaves nothing behind
-        raise
-    os.replace(tmp, path)
+    with atomic_h5(path) as f:  # a bad line or a kill leaves neither a pool nor its temporary file
+        _write_pool(f, files, jsonl_field, world, sources)
     return path
 
 
-def _write_pool(tmp: Path, files: list[str], jsonl_field: str, world, sources: str) -> None:
+def _write_pool(f: h5py.File, files: list[str], jsonl_field: str, world, sources: str) -> None:
     seen: set[bytes] = set()
     dropped = {"empty": 0, "duplicate": 0}
     digest = hashlib.sha256()
     text_type = h5py.string_dtype("utf-8")
-    with h5py.File(tmp, "w") as f:
-        text = f.create_dataset("text", (0,), maxshape=(None,), dtype=text_type, chunks=(CHUNK,))
-        split = f.create_dataset("split", (0,), maxshape=(None,), dtype=np.int8, chunks=(CHUNK,))
-        combo = f.create_dataset("combination", (0,), maxshape=(None,), dtype=np.int32, chunks=(CHUNK,))
-        buffer: list[tuple[str, int, int]] = []
+    text = f.create_dataset("text", (0,), maxshape=(None,), dtype=text_type, chunks=(CHUNK,))
+    split = f.create_dataset("split", (0,), maxshape=(None,), dtype=np.int8, chunks=(CHUNK,))
+    combo = f.create_dataset("combination", (0,), maxshape=(None,), dtype=np.int32, chunks=(CHUNK,))
+    buffer: list[tuple[str, int, int]] = []
 
-        def flush() -> None:
-            n = text.shape[0]
-            for ds in (text, split, combo):
-                ds.resize((n + len(buffer),))
-            text[n:] = [b[0] for b in buffer]
-            split[n:] = [b[1] for b in buffer]
-            combo[n:] = [b[2] for b in buffer]
-            buffer.clear()
+    def flush() -> None:
+        n = text.shape[0]
+        for ds in (text, split, combo):
+            ds.resize((n + len(buffer),))
+        text[n:] = [b[0] for b in buffer]
+        split[n:] = [b[1] for b in buffer]
+        combo[n:] = [b[2] for b in buffer]
+        buffer.clear()
 
-        for prompt, s, c in iter_sources(files, jsonl_field, world, dropped):
-            key = hashlib.blake2b(prompt.encode("utf-8"), digest_size=16).digest()
-            if key in seen:
-                dropped["duplicate"] += 1
-                continue
-            seen.add(key)
-            digest.update(prompt.encode("utf-8") + b"\n")
-            buffer.append((prompt, s, c))
-            if len(buffer) >= CHUNK:
-                flush()
-        if buffer:
+    for prompt, s, c in iter_sources(files, jsonl_field, world, dropped):
+        key = hashlib.blake2b(prompt.encode("utf-8"), digest_size=16).digest()
+        if key in seen:
+            dropped["duplicate"] += 1
+            continue
+        seen.add(key)
+        digest.update(prompt.encode("utf-8") + b"\n")
+        buffer.append((prompt, s, c))
+        if len(buffer) >= CHUNK:
             flush()
-        if text.shape[0] == 0:
-            raise UserError("the prompt pool is empty: pool.files has no non-empty prompt")
-        f.attrs["count"] = text.shape[0]
-        f.attrs["digest"] = digest.hexdigest()
-        f.attrs["sources"] = sources
-        f.attrs["dropped_empty"] = dropped["empty"]  # blank lines / empty JSONL fields
-        f.attrs["dropped_duplicate"] = dropped["duplicate"]  # repeats of an earlier prompt (first one kept)
+    if buffer:
+        flush()
+    if text.shape[0] == 0:
+        raise UserError("the prompt pool is empty: pool.files has no non-empty prompt")
+    f.attrs["count"] = text.shape[0]
+    f.attrs["digest"] = digest.hexdigest()
+    f.attrs["sources"] = sources
+    f.attrs["dropped_empty"] = dropped["empty"]  # blank lines / empty JSONL fields
+    f.attrs["dropped_duplicate"] = dropped["duplicate"]  # repeats of an earlier prompt (first one kept)
 
 
 class PromptPool:
