@@ -35,6 +35,7 @@ def one_clear_line(proc, *needles) -> str:
     assert len(ours) == 1, proc.stderr[-3000:]
     for needle in needles:
         assert needle in ours[0], ours[0]
+    print(ours[0])  # `pytest -s tests/test_faults.py` lists what a user sees for each fault
     return ours[0]
 
 
@@ -450,3 +451,33 @@ def test_unwritable_directories_are_one_line_and_a_read_only_bank_still_serves(c
         assert snapshot(bank_dir) == before
     finally:
         writable(bank_dir, run_dir)
+
+
+# ---- a config file with a mistake, for every command that reads one ---------------------------
+
+CONFIG_FAULTS = {
+    "YAML syntax": ("seed: 0\nbank: {dir: [x\n", ["bad.yaml is not valid YAML: line 3, column 1", "expected ','"]),
+    "unknown key": ("seed: 0\nbnak: {}\n", ["bad.yaml: unknown config key 'bnak'", "did you mean 'bank.dir'"]),
+    "non-finite number": ("train: {lr: .inf}\n", ["bad.yaml: config key 'train.lr' must be a finite number"]),
+}
+
+
+@pytest.mark.parametrize("command", ["embed", "regions", "bank", "train", "eval", "sweep"])
+@pytest.mark.parametrize("fault", list(CONFIG_FAULTS))
+def test_a_config_mistake_is_one_line_naming_file_and_place(fault, command, tmp_path, aria_cli):
+    text, needles = CONFIG_FAULTS[fault]
+    if command == "eval":  # a run directory whose config.yaml was edited by hand
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "config.yaml").write_text(text)
+        needles = [n.replace("bad.yaml", "config.yaml") for n in needles]
+        res = aria_cli("eval", str(tmp_path / "run"))
+    elif command == "sweep":  # the sweep's base config
+        (tmp_path / "bad.yaml").write_text(text)
+        (tmp_path / "sweep.yaml").write_text(f"base: bad.yaml\ndir: {tmp_path / 's'}\ngrid: {{seed: [0, 1]}}\n")
+        res = aria_cli("sweep", str(tmp_path / "sweep.yaml"), "--executor", "local")
+    else:
+        (tmp_path / "bad.yaml").write_text(text)
+        res = aria_cli(command, str(tmp_path / "bad.yaml"), f"run.dir={tmp_path / 'r'}")
+    one_clear_line(res, *needles)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"bad.yaml", "sweep.yaml", "run"} & {
+        p.name for p in tmp_path.iterdir()})  # nothing new was written
