@@ -11,6 +11,7 @@ import os
 
 from aria_hpc.config import Config, dump_yaml, load_config, save_resolved
 from aria_hpc.errors import UserError
+from aria_hpc.fsio import require_writable
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -43,6 +44,7 @@ def _start_run(args: argparse.Namespace) -> tuple[Config, Path] | None:
     if cfg is None:
         return None
     run_dir = Path(cfg.run.dir)
+    require_writable(run_dir, "run.dir")
     save_resolved(cfg, run_dir)
     return cfg, run_dir
 
@@ -91,6 +93,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         return 0
     shards = _parse_shard(args.shard, cfg.embed.shards)
     embed_dir = Path(cfg.embed.dir)
+    require_writable(embed_dir, "embed.dir")
     if args.rebuild and embed_dir.exists():
         shutil.rmtree(embed_dir)
     save_resolved(cfg, embed_dir / "runs" / f"embed-{'all' if args.shard is None else args.shard.replace('/', 'of')}")
@@ -129,6 +132,7 @@ def cmd_regions(args: argparse.Namespace) -> int:
     if cfg is None:
         return 0
     rc = cfg.regions
+    require_writable(Path(rc.path).parent, "the directory of regions.path")
     store = EmbeddingStore(cfg.embed.dir, cfg.embed.shards)
     pooled = store.pooled()
     t0 = time.perf_counter()
@@ -180,7 +184,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_bank(args: argparse.Namespace) -> int:
-    from aria_hpc.bank.writer import build_bank
+    from aria_hpc.bank.writer import build_bank, check_read_only_bank
 
     if args.shards is not None:
         args.overrides = [*args.overrides, f"bank.shards={args.shards}"]
@@ -192,7 +196,11 @@ def cmd_bank(args: argparse.Namespace) -> int:
     if args.status:
         print_bank_status(Path(cfg.bank.dir))
         return 0
-    save_resolved(cfg, Path(cfg.bank.dir) / "runs" / f"bank-{'all' if args.shard is None else args.shard}")
+    bank_dir = Path(cfg.bank.dir)
+    read_only = bank_dir.is_dir() and not os.access(bank_dir, os.W_OK | os.X_OK)
+    if not read_only:
+        require_writable(bank_dir, "bank.dir")
+        save_resolved(cfg, bank_dir / "runs" / f"bank-{'all' if args.shard is None else args.shard}")
     from tqdm import tqdm
 
     bars: dict[int, tqdm] = {}
@@ -207,9 +215,14 @@ def cmd_bank(args: argparse.Namespace) -> int:
         if done == total:
             bar.close()
 
-    result = build_bank(cfg, shards=None if args.shard is None else [args.shard], rebuild=args.rebuild,
-                        executor=args.executor, verify=args.verify, log=lambda msg: print(msg, flush=True),
-                        progress=progress)
+    if read_only:
+        if args.rebuild or args.shard is not None:
+            raise UserError(f"bank {bank_dir} is read-only: --rebuild and --shard need write access to it")
+        result = check_read_only_bank(cfg, verify=args.verify, log=lambda msg: print(msg, flush=True))
+    else:
+        result = build_bank(cfg, shards=None if args.shard is None else [args.shard], rebuild=args.rebuild,
+                            executor=args.executor, verify=args.verify, log=lambda msg: print(msg, flush=True),
+                            progress=progress)
     m = result["manifest"]
     state = "complete" if m["complete"] else f"incomplete (missing shards {m['missing'][:8]})"
     print(f"teacher forwards: {result['teacher_forwards']}")
@@ -387,7 +400,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as exc:
-        print(f"aria-hpc: error: {exc}", file=sys.stderr)
+        from aria_hpc.distributed import world_info
+        from aria_hpc.errors import AgreedError
+
+        if not isinstance(exc, AgreedError) or world_info().rank == 0:
+            print(f"aria-hpc: error: {exc}", file=sys.stderr)
         return 2
 
 

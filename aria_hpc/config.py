@@ -407,7 +407,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Defaults <- YAML file (and the files it is based on) <- dotted overrides, type-checked and validated."""
     cfg = Config()
     if path is not None:
-        _apply_mapping(cfg, read_config_mapping(Path(path)), prefix="")
+        mapping = read_config_mapping(Path(path))
+        try:
+            _apply_mapping(cfg, mapping, prefix="")
+        except ConfigError as exc:  # name the file: the key may be a typo in it
+            raise ConfigError(f"{path}: {exc}") from None
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:

@@ -57,6 +57,17 @@ def all_reduce_max(array: np.ndarray) -> np.ndarray:
     return out
 
 
+def first_problem(problem: str | None) -> str | None:
+    """The lowest rank's problem (None when no rank has one), the same on every rank."""
+    if not is_distributed():
+        return problem
+    import torch.distributed as dist
+
+    problems = [None] * dist.get_world_size()
+    dist.all_gather_object(problems, problem)
+    return next((p for p in problems if p), None)
+
+
 def init(backend: str | None = None) -> WorldInfo:
     """Join the process group described by the environment (no-op for one process)."""
     info = world_info()

@@ -7,3 +7,8 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     pass
+
+
+class AgreedError(UserError):
+    """The same UserError on every rank (they agreed on it through a collective): rank 0 prints it,
+    the others exit 2 quietly, so a user reads one line however many ranks ran."""

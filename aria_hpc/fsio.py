@@ -19,6 +19,22 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def require_writable(path: Path, what: str) -> None:
+    """UserError unless `path` (or, when it does not exist yet, its nearest existing parent) can be
+    written by this process; checked before anything is written, so a refused command leaves no trace."""
+    from aria_hpc.errors import UserError
+
+    path = Path(path).absolute()
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{what} {path} cannot be created: {probe} is a file, not a directory; choose another {what}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path} is not writable by this user ({probe}: permission denied): "
+                        f"fix its permissions or choose another {what}")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write, fsync and rename over `path`: readers see the old file or the new one, never a mix."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -46,6 +62,31 @@ def atomic_h5(path: Path):
         fsync_path(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def read_h5(path: Path, fix: str):
+    """An HDF5 file open for reading. A missing file, or one that does not open or read as HDF5
+    (truncated, overwritten), is a UserError naming it and `fix`, never an h5py traceback."""
+    import h5py
+
+    from aria_hpc.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is missing: {fix}")
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except OSError as exc:
+        raise UserError(f"{path} cannot be read as HDF5 (truncated or overwritten? "
+                        f"{str(exc).splitlines()[0]}): {fix}") from None
+    try:
+        with f:
+            yield f
+    except (OSError, KeyError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise UserError(f"{path} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0]}): {fix}") from None
 
 
 def array_digest(*arrays: np.ndarray) -> str:

@@ -18,7 +18,8 @@ import torch
 from aria_hpc.bank.plan import NULL, Conditioning
 from aria_hpc.config import Config
 from aria_hpc.errors import UserError
-from aria_hpc.fsio import array_digest, atomic_h5
+from aria_hpc.fsio import array_digest, atomic_h5, read_h5
+from aria_hpc.h5doc import describe
 
 SCHEMA_VERSION = 1
 X0_FILE = "x0.h5"
@@ -48,7 +49,7 @@ def paired_images(cfg: Config, pool) -> tuple[np.ndarray, np.ndarray]:
         if not path.is_file():
             raise UserError(f"bank.pairs={path} does not exist: give an HDF5 file with datasets images "
                             "(n,C,H,W) and prompt_ids (n,), or unset it for the shapes world")
-        with h5py.File(path, "r", locking=False) as f:
+        with read_h5(path, "bank.pairs must be an HDF5 file with datasets images (n,C,H,W) and prompt_ids (n,)") as f:
             if "images" not in f or "prompt_ids" not in f:
                 raise UserError(f"bank.pairs={path} needs datasets 'images' and 'prompt_ids'")
             images, ids = f["images"][:].astype(np.float32), f["prompt_ids"][:].astype(np.int64)
@@ -83,24 +84,30 @@ def ensure_x0(bank_dir: Path, cfg: Config, images: np.ndarray, captions: np.ndar
     """x0 of the paired set, read from BANK_DIR/x0.h5 or computed (VAE-encoded in latent mode) and stored."""
     path = bank_dir / X0_FILE
     if path.is_file():
-        with h5py.File(path, "r", locking=False) as f:
-            if f.attrs.get("image_set_digest") == image_set:
-                return f["x0"][:]
+        try:
+            with h5py.File(path, "r", locking=False) as f:
+                if f.attrs.get("image_set_digest") == image_set and array_digest(x0 := f["x0"][:]) == \
+                        f.attrs.get("x0_digest"):
+                    return x0
+        except OSError:
+            pass  # damaged: computed and written again below
+
     x0 = encode_latents(cfg.bank.vae_dir, images, cfg.bank.batch_size) if cfg.bank.vae_dir else images
     with atomic_h5(path) as f:
         f["x0"] = x0
         f["captions"] = captions
         f.attrs["image_set_digest"] = image_set
         f.attrs["x0_digest"] = array_digest(x0)
-        f.attrs["space"] = "latent" if cfg.bank.vae_dir else "pixel"
+        describe(f, "x0", space="latent" if cfg.bank.vae_dir else "pixel")
     return x0
 
 
 def load_x0(bank_dir: Path) -> np.ndarray:
-    with h5py.File(bank_dir / X0_FILE, "r", locking=False) as f:
+    fix = "run `aria-hpc bank CONFIG` (it writes x0.h5 again)"
+    with read_h5(bank_dir / X0_FILE, fix) as f:
         x0 = f["x0"][:]
         if array_digest(x0) != f.attrs["x0_digest"]:
-            raise UserError(f"{bank_dir / X0_FILE} is corrupt (digest mismatch): rebuild with aria-hpc bank --rebuild")
+            raise UserError(f"{bank_dir / X0_FILE} is corrupt (its data do not hash to its x0_digest): {fix}")
     return x0
 
 

@@ -87,22 +87,30 @@ def _read_cache(bank_dir: Path) -> dict:
         return {}  # absent, unreadable or torn: everything is hashed again
 
 
-def verify_shards(bank_dir: Path, shards: list[dict], *, force: bool = False) -> int:
-    """Check every listed shard ({"name", "digest"}) before its data is used; the number hashed
-    (the rest matched the verified cache). Raises ShardFault on the first bad one."""
+def verify_shards(bank_dir: Path, shards: list[dict], *, force: bool = False,
+                  faults: list[ShardFault] | None = None) -> int:
+    """Check every listed shard ({"name", "digest"}; digest None: only against its own) before its
+    data is used; the number hashed (the rest matched the verified cache). Raises ShardFault on the
+    first bad one, or, given a `faults` list, appends every bad one to it and goes on."""
     cache = {} if force else _read_cache(bank_dir)
     fresh = {}
-    for meta in shards:
-        path = bank_dir / meta["name"]
-        try:
-            cached = cache.get(meta["name"]) == _stamp(path, meta["digest"])
-        except FileNotFoundError:
-            raise ShardFault(path, "is missing") from None
-        if not cached:
-            hash_shard(path, meta["digest"])
-            fresh[meta["name"]] = _stamp(path, meta["digest"])
-    if fresh:
-        remember(bank_dir, fresh)
+    try:
+        for meta in shards:
+            path = bank_dir / meta["name"]
+            try:
+                try:
+                    cached = meta["digest"] is not None and cache.get(meta["name"]) == _stamp(path, meta["digest"])
+                except FileNotFoundError:
+                    raise ShardFault(path, "is missing") from None
+                if not cached:
+                    fresh[meta["name"]] = _stamp(path, hash_shard(path, meta["digest"]))
+            except ShardFault as fault:
+                if faults is None:
+                    raise
+                faults.append(fault)
+    finally:  # what was verified before a fault stays verified
+        if fresh:
+            remember(bank_dir, fresh)
     return len(fresh)
 
 

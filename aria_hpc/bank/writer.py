@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from aria_hpc.bank.context import BankContext, TeacherRunner, fingerprint_diff, noised_inputs
-from aria_hpc.bank.integrity import ShardFault, hash_shard, remember_written, set_aside, shard_digest, verify_shards
+from aria_hpc.bank.integrity import ShardFault, remember_written, set_aside, shard_digest, verify_shards
 from aria_hpc.bank.plan import COLUMNS, plan_bank, shard_plan
 from aria_hpc.errors import UserError
 from aria_hpc.fsio import atomic_write_text, fsync_path
+from aria_hpc.h5doc import describe, prediction_type
 
 MANIFEST = "manifest.json"
 
@@ -69,6 +70,8 @@ def write_shard(path: Path, fingerprint: dict, attrs: dict, cols: dict[str, np.n
         f.attrs["digest"] = digest
         for k, v in attrs.items():
             f.attrs[k] = v
+        describe(f, "bank_shard")
+        f["output"].attrs["prediction_type"] = prediction_type(fingerprint)
     with h5py.File(tmp, "r", locking=False) as f:  # verify what reached the file
         if shard_digest(f) != digest:
             raise RuntimeError(f"{tmp}: digest changed on re-read; the file system lost data")
@@ -199,17 +202,11 @@ def check_shards(bank_dir: Path, *, force: bool = False) -> list[ShardFault]:
     listed = {}
     if (bank_dir / MANIFEST).is_file():
         listed = {m["name"]: m["digest"] for m in json.loads((bank_dir / MANIFEST).read_text()).get("shards", [])}
-    bad = []
-    for path in sorted(bank_dir.glob("shard-*.h5")):
-        try:
-            digest = listed.get(path.name)
-            if digest is None:
-                hash_shard(path)
-            else:
-                verify_shards(bank_dir, [{"name": path.name, "digest": digest}], force=force)
-        except ShardFault as fault:
-            set_aside(path)
-            bad.append(fault)
+    bad: list[ShardFault] = []
+    verify_shards(bank_dir, [{"name": p.name, "digest": listed.get(p.name)} for p in sorted(bank_dir.glob("shard-*.h5"))],
+                  force=force, faults=bad)
+    for fault in bad:
+        set_aside(fault.path)
     return bad
 
 
@@ -275,6 +272,30 @@ def submit_shards(cfg, indices: list[int], executor: str, log: Callable[[str], N
             raise UserError(f"bank shard {index} failed in job {job.job_id}: {str(exc).splitlines()[-1]} "
                             f"(log: {job.paths.stderr})") from None
     return forwards
+
+
+def check_read_only_bank(cfg, *, verify: bool = False, log: Callable[[str], None] = print) -> dict:
+    """`aria-hpc bank` on a bank this user cannot write: check it for this config and write nothing
+    (no manifest update, no verified cache, no shard set aside)."""
+    from aria_hpc.bank.context import X0_FILE, load_context
+    from aria_hpc.bank.reader import read_manifest
+
+    bank_dir = Path(cfg.bank.dir)
+    fix = f"make {bank_dir} writable (or copy it elsewhere and point bank.dir there), then run `aria-hpc bank`"
+    manifest = read_manifest(bank_dir)
+    if not (bank_dir / X0_FILE).is_file():
+        raise UserError(f"bank {bank_dir} is read-only and lacks {X0_FILE}: {fix}")
+    ctx = load_context(cfg)
+    check_fingerprint(str(bank_dir / MANIFEST), manifest["fingerprint"], ctx.fingerprint)
+    if not manifest["complete"]:
+        raise UserError(f"bank {bank_dir} is read-only and incomplete (missing shards {manifest['missing'][:8]}): {fix}")
+    try:
+        hashed = verify_shards(bank_dir, manifest["shards"], force=verify)
+    except ShardFault as fault:
+        raise UserError(f"bank shard {fault.path} {fault.why}; the bank is read-only, so nothing was set aside: "
+                        f"{fix} to rebuild that shard") from None
+    log(f"bank {bank_dir}: read-only; {len(manifest['shards'])} shards checked ({hashed} hashed), nothing written")
+    return {"teacher_forwards": 0, "built": [], "manifest": manifest}
 
 
 def build_bank(cfg, *, shards: list[int] | None = None, rebuild: bool = False, executor: str | None = None,

@@ -21,7 +21,10 @@ import numpy as np
 
 from aria_hpc.conditioning.pool import PromptPool, materialise_pool
 from aria_hpc.errors import UserError
-from aria_hpc.fsio import fsync_path
+from aria_hpc.fsio import fsync_path, read_h5
+
+EMBED_FIX = "run `aria-hpc embed CONFIG`: it sets a damaged shard aside and rebuilds it"
+from aria_hpc.h5doc import describe
 
 
 def shard_range(count: int, index: int, shards: int) -> tuple[int, int]:
@@ -55,8 +58,13 @@ def check_complete_shard(embed_dir: Path, expect: dict, index: int, shards: int)
     final = embed_dir / shard_name(index, shards)
     if not final.exists():
         return False
-    with h5py.File(final, "r", locking=False) as f:
-        bad = _matches(f, expect)
+    try:
+        with read_h5(final, EMBED_FIX) as f:
+            bad = _matches(f, expect)
+    except UserError as exc:  # damaged: out of the way (kept for inspection), and built again
+        os.replace(final, final.with_name(final.name + ".bad"))
+        print(f"{exc}; set aside as {final.name}.bad", flush=True)
+        return False
     if bad:
         raise UserError(f"{final} was built for another pool or encoder (differs in {', '.join(bad)}): "
                         "use another embed.dir, or pass --rebuild")
@@ -95,6 +103,7 @@ def build_shard(embed_dir: Path, pool: PromptPool, encoder, index: int, shards: 
             if store_tokens:
                 f.create_dataset("tokens", (n, length, d), dtype=np.float16, chunks=(1, length, d))
                 f.create_dataset("mask", (n, length), dtype=bool, chunks=(chunk_rows, length))
+            describe(f, "embeddings")
         resumed_from = done
         # Batches stay aligned to batch_size from the shard start, so a resumed shard computes
         # exactly the batches an uninterrupted build would.
@@ -150,7 +159,7 @@ class EmbeddingStore:
                             "run `aria-hpc embed CONFIG` to finish them")
         digests = set()
         for p in self.paths:
-            with h5py.File(p, "r", locking=False) as f:
+            with read_h5(p, EMBED_FIX) as f:
                 if f.attrs["pool_digest"] != self.pool.digest:
                     raise UserError(f"{p} was embedded from another prompt pool: rebuild with --rebuild")
                 digests.add(f.attrs["encoder_digest"])
@@ -162,7 +171,7 @@ class EmbeddingStore:
         """(N, D) float32 pooled embeddings in pool order."""
         parts = []
         for p in self.paths:
-            with h5py.File(p, "r", locking=False) as f:
+            with read_h5(p, EMBED_FIX) as f:
                 parts.append(f["pooled"][:].astype(np.float32))
         return np.concatenate(parts)
 
@@ -175,7 +184,7 @@ class EmbeddingStore:
         for s in np.unique(shard_of):
             sel = np.flatnonzero(shard_of == s)
             unique, inverse = np.unique(ids[sel] - starts[s], return_inverse=True)
-            with h5py.File(self.paths[s], "r", locking=False) as f:
+            with read_h5(self.paths[s], EMBED_FIX) as f:
                 if "tokens" not in f:
                     raise UserError(f"{self.paths[s]} has no token states: embed with embed.store_tokens=true")
                 t, m = f["tokens"][unique], f["mask"][unique]

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from aria_hpc.errors import UserError
-from aria_hpc.fsio import atomic_h5
+from aria_hpc.fsio import atomic_h5, read_h5
+from aria_hpc.h5doc import describe
 
 
 @dataclass
@@ -58,8 +58,7 @@ def save_regions(regions: RegionMap, path: Path, extra_attrs: dict) -> Path:
         f["region"] = regions.region
         f["sizes"] = regions.sizes
         f["representatives"] = regions.representatives
-        for key, value in {**regions.attrs, **extra_attrs}.items():
-            f.attrs[key] = value
+        describe(f, "regions", **regions.attrs, **extra_attrs)
     return path
 
 
@@ -67,7 +66,7 @@ def load_regions(path: str | Path) -> RegionMap:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"region map {path} does not exist: run `aria-hpc regions CONFIG` first")
-    with h5py.File(path, "r", locking=False) as f:
+    with read_h5(path, "run `aria-hpc regions CONFIG` (it writes the region map again)") as f:
         return RegionMap(f["centroids"][:], f["region"][:], f["sizes"][:], f["representatives"][:],
                          dict(f.attrs))
 

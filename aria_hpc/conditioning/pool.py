@@ -18,7 +18,10 @@ import h5py
 import numpy as np
 
 from aria_hpc.errors import UserError
-from aria_hpc.fsio import atomic_h5
+from aria_hpc.fsio import atomic_h5, read_h5
+
+POOL_FIX = "run `aria-hpc embed CONFIG --rebuild` (it rebuilds the pool and its embeddings)"
+from aria_hpc.h5doc import describe
 
 POOL_FILE = "prompts.h5"
 CHUNK = 4096
@@ -93,7 +96,7 @@ def materialise_pool(out_dir: Path, files: list[str], jsonl_field: str, world) -
     path = out_dir / POOL_FILE
     sources = describe_sources(files, jsonl_field, world)
     if path.exists():
-        with h5py.File(path, "r", locking=False) as f:
+        with read_h5(path, "run `aria-hpc embed CONFIG --rebuild` (it rebuilds the pool and its embeddings)") as f:
             built_from = f.attrs.get("sources")
         if built_from != sources:
             raise UserError(f"{path} was built from other prompt sources (pool.files, their contents, or "
@@ -142,6 +145,7 @@ def _write_pool(f: h5py.File, files: list[str], jsonl_field: str, world, sources
     f.attrs["sources"] = sources
     f.attrs["dropped_empty"] = dropped["empty"]  # blank lines / empty JSONL fields
     f.attrs["dropped_duplicate"] = dropped["duplicate"]  # repeats of an earlier prompt (first one kept)
+    describe(f, "prompts")
 
 
 class PromptPool:
@@ -151,7 +155,7 @@ class PromptPool:
         if not path.is_file():
             raise UserError(f"prompt pool {path} does not exist: run `aria-hpc embed CONFIG` first")
         self.path = path
-        with h5py.File(path, "r", locking=False) as f:
+        with read_h5(path, POOL_FIX) as f:
             self.count = int(f.attrs["count"])
             self.digest = str(f.attrs["digest"])
             # what building dropped (absent in pools written before these were recorded)
@@ -163,7 +167,7 @@ class PromptPool:
         return self.count
 
     def texts(self, start: int = 0, stop: int | None = None) -> list[str]:
-        with h5py.File(self.path, "r", locking=False) as f:
+        with read_h5(self.path, POOL_FIX) as f:
             return [t.decode("utf-8") for t in f["text"][start:stop]]
 
     def text(self, ids: np.ndarray) -> list[str]:
@@ -171,6 +175,6 @@ class PromptPool:
         if len(ids) == 0:
             return []
         unique, inverse = np.unique(ids, return_inverse=True)  # h5py reads sorted, distinct ids
-        with h5py.File(self.path, "r", locking=False) as f:
+        with read_h5(self.path, POOL_FIX) as f:
             got = f["text"][unique]
         return [got[i].decode("utf-8") for i in inverse]

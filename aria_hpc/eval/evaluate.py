@@ -27,7 +27,7 @@ import torch
 from aria_hpc.config import Config, load_config
 from aria_hpc.errors import UserError
 from aria_hpc.eval.metrics import frechet_with_se, grouped, mean_se, stratified_timesteps
-from aria_hpc.fsio import atomic_write_text
+from aria_hpc.fsio import atomic_write_text, require_writable
 
 SPLIT_GROUPS = ("seen", "under", "unseen", "unlabelled")  # pool split codes 0, 1, 2, -1
 EVAL_STREAM = 0xE7A1
@@ -151,7 +151,13 @@ def load_student(run_dir: Path):
     if not (student_dir / "config.json").is_file():
         raise UserError(f"{run_dir} has no exported student ({student_dir}): let `aria-hpc train` finish "
                         "(train.export=true; running the same train command again resumes it)")
-    return UNet2DConditionModel.from_pretrained(student_dir, low_cpu_mem_usage=False).eval().requires_grad_(False)
+    try:
+        student = UNet2DConditionModel.from_pretrained(student_dir, low_cpu_mem_usage=False)
+    except (OSError, ValueError, RuntimeError) as exc:  # a truncated or missing weights file
+        cause = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"the student in {student_dir} cannot be loaded ({cause}): run the same `aria-hpc train` "
+                        "command again; it resumes from the last checkpoint and exports the student anew") from None
+    return student.eval().requires_grad_(False)
 
 
 def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -178,11 +184,14 @@ def _teacher_samples(cfg: Config, ctx, prompts: np.ndarray, log) -> torch.Tensor
     tokens, mask = ctx.tokens(prompts)
     images = ddim_sample(ctx.teacher.unet, ctx.teacher.scheduler, tokens, mask, steps=cfg.eval.sample_steps,
                          seed=cfg.eval.seed, batch_size=cfg.eval.batch_size)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
+    if cache is not None:  # a cache only: a read-only bank is sampled again next time
         tmp = cache.with_suffix(f".tmp{time.time_ns()}.npy")
-        np.save(tmp, images.numpy())
-        tmp.replace(cache)
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(tmp, images.numpy())
+            tmp.replace(cache)
+        except OSError:
+            tmp.unlink(missing_ok=True)
         log(f"cached teacher samples in {cache}")
     return images
 
@@ -194,6 +203,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir, overrides)
+    require_writable(run_dir, "the run directory")  # eval.json goes there
     student = load_student(run_dir)
     timings = {}
     t0 = time.perf_counter()

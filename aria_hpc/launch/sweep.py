@@ -29,7 +29,7 @@ from pathlib import Path
 
 from aria_hpc.config import load_config, read_yaml
 from aria_hpc.errors import ConfigError
-from aria_hpc.fsio import atomic_write_text
+from aria_hpc.fsio import atomic_write_text, require_writable
 from aria_hpc.launch.members import Member, MemberStatus, run_members
 
 SWEEP_KEYS = ("base", "dir", "overrides", "grid", "zip", "seeds", "evaluate")
@@ -163,6 +163,7 @@ def run_sweep(path: str | Path, executor: str, log=print) -> dict:
     sweep = load_sweep(path)
     todo_all = members(sweep)
     base_cfg = load_config(sweep.base, todo_all[0].overrides)
+    require_writable(sweep.dir, "the sweep's dir")
     sweep.dir.mkdir(parents=True, exist_ok=True)
     jobs = read_jobs(sweep)
     states = {m.name: member_state(sweep, m, jobs) for m in todo_all}

@@ -11,7 +11,8 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     from aria_hpc.cli import parse_args
     from aria_hpc.config import dump_yaml, load_config
-    from aria_hpc.errors import UserError
+    from aria_hpc.distributed import world_info
+    from aria_hpc.errors import AgreedError, UserError
     from aria_hpc.train.loop import PREEMPTED_EXIT, Preempted, train
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,8 +24,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(parser, argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        from aria_hpc.distributed import world_info
-
         if world_info().rank == 0:
             print(dump_yaml(cfg), end="", flush=True)
         if args.dry_run:
@@ -34,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
 
         shutdown()
     except UserError as exc:
-        print(f"aria-hpc: error: {exc}", file=sys.stderr, flush=True)
+        if not isinstance(exc, AgreedError) or world_info().rank == 0:
+            print(f"aria-hpc: error: {exc}", file=sys.stderr, flush=True)
         return 2
     except Preempted as exc:
         print(f"aria-hpc: {exc}", file=sys.stderr, flush=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
 import time
 from dataclasses import asdict
@@ -24,14 +23,14 @@ import torch
 
 from aria_hpc import distributed
 from aria_hpc.config import Config, save_resolved, to_dict
-from aria_hpc.errors import UserError
-from aria_hpc.fsio import atomic_write_text
+from aria_hpc.errors import AgreedError, UserError
+from aria_hpc.fsio import atomic_write_text, require_writable
 from aria_hpc.regions.allocation import group_view, importance_weights, normalise_by_baseline, timestep_bins
 from aria_hpc.regions.rng import derive_key
 from aria_hpc.regions.sampler import REGION_STREAM, update_allocation
 from aria_hpc.regions.sync import sync_and_fold
 from aria_hpc.regions.table import RegionTable
-from aria_hpc.train import losses
+from aria_hpc.train import checkpoint, losses
 from aria_hpc.train.student import Distilled, StudentEMA, export_student
 
 FAULT_STEP = os.environ.get("ARIA_FAULT_SIGKILL_AFTER_STEP")  # fault injection for the resume tests
@@ -79,16 +78,22 @@ def train(cfg: Config, log=print) -> dict:
     rank, world = info.rank, info.world_size
     run_dir = Path(cfg.run.dir)
     ckpt_dir = run_dir / "checkpoints"
-    if cfg.bank.dir:
-        read_manifest(Path(cfg.bank.dir))  # a missing bank is an error, never silently built here
-    ctx = load_context(cfg, need_bank_dir=False)
-    source = open_source(cfg, ctx, rank=rank, world=world, run_dir=run_dir)
-    if cfg.loss.feature_kd > 0:
-        have = source.feature_names
-        missing = [b for b in cfg.loss.feature_blocks if b not in have]
-        if missing:
-            raise UserError(f"loss.feature_kd needs teacher features {missing}: build the bank with "
-                            f"bank.features={cfg.loss.feature_blocks} (or set bank.features for a live teacher)")
+    problem = None
+    try:  # inputs first, on every rank (each verifies the bank shards it opens); agreed before going on
+        require_writable(run_dir, "run.dir")
+        if cfg.bank.dir:
+            read_manifest(Path(cfg.bank.dir))  # a missing bank is an error, never silently built here
+        ctx = load_context(cfg, need_bank_dir=False)
+        source = open_source(cfg, ctx, rank=rank, world=world, run_dir=run_dir)
+        if cfg.loss.feature_kd > 0:
+            have = source.feature_names
+            missing = [b for b in cfg.loss.feature_blocks if b not in have]
+            if missing:
+                raise UserError(f"loss.feature_kd needs teacher features {missing}: build the bank with "
+                                f"bank.features={cfg.loss.feature_blocks} (or set bank.features for a live teacher)")
+    except UserError as exc:
+        problem = str(exc)
+    _raise_on_any_rank(problem)
     policy = cfg.train.policy
     scheduler = ctx.teacher.scheduler
     num_timesteps = scheduler.config.num_train_timesteps
@@ -113,44 +118,45 @@ def train(cfg: Config, log=print) -> dict:
     present = [g for g in range(len(SPLIT_GROUPS)) if group_comp[:, g].sum() > 0]
     curve = HeldoutCurve(cfg, ctx, device) if cfg.train.curve_every else None
 
-    # ---- resume ----------------------------------------------------------------------------
-    start_step = 0
-    if (ckpt_dir / "latest").is_file():
-        tag = (ckpt_dir / "latest").read_text().strip()
-        meta_path = ckpt_dir / tag / "aria_meta.json"
-        if not meta_path.is_file():
-            raise UserError(f"{ckpt_dir / tag} is not a complete aria_hpc checkpoint (no aria_meta.json): remove "
-                            f"{ckpt_dir / 'latest'} to start over, or point run.dir elsewhere")
-        meta = json.loads(meta_path.read_text())
-        if meta["world_size"] != world:
-            raise UserError(f"the checkpoint in {ckpt_dir / tag} was written by {meta['world_size']} ranks, this run "
-                            f"has {world}: resume with {meta['world_size']} ranks (DeepSpeed's universal checkpoint "
-                            "conversion, ds_to_universal.py, is the way to change it)")
-        now = flat_config(cfg)
-        # a key the checkpoint does not know was added to the config since: it had its default then
-        then = {**flat_config(Config()), **meta["config"]}
-        differ = sorted(k for k in set(now) | set(meta["config"])
-                        if now.get(k) != then.get(k) and k not in RESUMABLE_CHANGES
-                        and not k.startswith("eval."))
-        if differ:
-            raise UserError(f"the checkpoint in {ckpt_dir / tag} was written with a different config (differs in "
-                            f"{', '.join(differ[:8])}): restore those values, or use another run.dir")
-        _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_lr_scheduler_states=True)
-        if client is None:
-            raise UserError(f"the checkpoint in {ckpt_dir / tag} could not be loaded: remove {ckpt_dir / 'latest'} "
-                            "to start over, or point run.dir elsewhere")
-        start_step = int(meta["step"])
-        own = torch.load(ckpt_dir / tag / f"aria_rank{rank}.pt", weights_only=False)
+    # ---- resume: every rank checks the checkpoint; rank 0 writes nothing before all have passed ----
+    start_step, tag, own = 0, None, None
+    try:
+        tag = checkpoint.resume_tag(ckpt_dir)
+        if tag is not None:
+            _check_resumable(cfg, ckpt_dir / tag, world)
+    except UserError as exc:
+        problem = str(exc)
+    else:
+        problem = None
+    _raise_on_any_rank(problem)
+    if tag is not None:
+        problem = None
+        try:
+            _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_lr_scheduler_states=True)
+            own = torch.load(ckpt_dir / tag / checkpoint.rank_file(rank), weights_only=False)
+            if client is None:
+                raise RuntimeError("DeepSpeed found no state to load")
+        except Exception as exc:  # noqa: BLE001 - a damaged file fails in torch, pickle or DeepSpeed
+            cause = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            problem = (f"the checkpoint in {ckpt_dir / tag} could not be loaded on rank {rank} ({cause}): "
+                       f"{checkpoint.way_back(ckpt_dir, [t for t in checkpoint.complete_tags(ckpt_dir) if t != tag])}")
+        _raise_on_any_rank(problem)
+        start_step = int(json.loads((ckpt_dir / tag / checkpoint.META).read_text())["step"])
         table.load_state_dict(own["table"])  # this rank's own unsynced sums since the last sync
         baseline.load_state_dict(own["baseline"])
         ema.load_state_dict(own["ema"])
         source.load_state_dict(own["source"])
         torch.set_rng_state(own["torch_rng"])
-        if rank == 0:
-            _truncate_metrics(run_dir / "metrics.jsonl", start_step)
-            log(f"resumed from {ckpt_dir / tag} at step {start_step}")
 
-    if rank == 0:  # only now, after every check passed: a refused run leaves the run dir as it was
+    if rank == 0:  # only now, after every check passed on every rank
+        if tag is not None:
+            checkpoint.truncate_metrics(run_dir / "metrics.jsonl", start_step)
+            log(f"resumed from {ckpt_dir / tag} at step {start_step}")
+        else:
+            aside = checkpoint.set_aside_metrics(run_dir / "metrics.jsonl")
+            if aside:
+                log(f"starting a new run in {run_dir}: the earlier metrics.jsonl (no checkpoint to resume) "
+                    f"is kept as {aside.name}")
         save_resolved(cfg, run_dir)
 
     # ---- preemption: the handler only sets a flag; the loop agrees on it across ranks --------
@@ -168,13 +174,14 @@ def train(cfg: Config, log=print) -> dict:
         engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=meta, save_latest=False)
         torch.save({"ema": ema.state_dict(), "torch_rng": torch.get_rng_state(), "table": table.state_dict(),
                     "baseline": baseline.state_dict(), "source": source.state_dict()},
-                   ckpt_dir / tag / f"aria_rank{rank}.pt")
+                   ckpt_dir / tag / checkpoint.rank_file(rank))
         distributed.barrier()
-        if rank == 0:  # the checkpoint is complete: describe it, then point `latest` at it
-            atomic_write_text(ckpt_dir / tag / "aria_meta.json", json.dumps(meta, default=str))
+        if rank == 0:  # the checkpoint is complete: describe it (every file, its size), then point `latest` at it
+            meta["files"] = checkpoint.tag_files(ckpt_dir / tag)
+            atomic_write_text(ckpt_dir / tag / checkpoint.META, json.dumps(meta, default=str))
             if latest:
-                atomic_write_text(ckpt_dir / "latest", tag)
-                _prune(ckpt_dir, cfg.train.keep_checkpoints)
+                atomic_write_text(ckpt_dir / checkpoint.LATEST, tag)
+                checkpoint.prune(ckpt_dir, cfg.train.keep_checkpoints)
         distributed.barrier()
         return ckpt_dir / tag
 
@@ -355,17 +362,25 @@ def _sigma(scheduler, t, x0):
     return s.view(-1, *([1] * (x0.dim() - 1)))
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records after the resumed step, so the log reads as one uninterrupted run."""
-    if not path.is_file():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    tmp.replace(path)
+def _check_resumable(cfg: Config, tag_dir: Path, world: int) -> None:
+    """The checkpoint was written by as many ranks, with the same config but for RESUMABLE_CHANGES."""
+    meta = json.loads((tag_dir / checkpoint.META).read_text())
+    if meta["world_size"] != world:
+        raise UserError(f"the checkpoint in {tag_dir} was written by {meta['world_size']} ranks, this run "
+                        f"has {world}: resume with {meta['world_size']} ranks (DeepSpeed's universal checkpoint "
+                        "conversion, ds_to_universal.py, is the way to change it)")
+    now = flat_config(cfg)
+    # a key the checkpoint does not know was added to the config since: it had its default then
+    then = {**flat_config(Config()), **meta["config"]}
+    differ = sorted(k for k in set(now) | set(meta["config"])
+                    if now.get(k) != then.get(k) and k not in RESUMABLE_CHANGES and not k.startswith("eval."))
+    if differ:
+        raise UserError(f"the checkpoint in {tag_dir} was written with a different config (differs in "
+                        f"{', '.join(differ[:8])}): restore those values, or use another run.dir")
 
 
-def _prune(ckpt_dir: Path, keep: int) -> None:
-    tags = sorted(p for p in ckpt_dir.glob("step*") if p.is_dir())
-    for old in tags[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+def _raise_on_any_rank(problem: str | None) -> None:
+    """Every rank stops when any rank found a problem; the lowest rank's message, printed once."""
+    problem = distributed.first_problem(problem)
+    if problem:
+        raise AgreedError(problem)
