@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("demo", help="the main job: RC vs ARIA students of the shipped shapes teacher, end to end")
     p.add_argument("--out", default="runs/demo", help="where everything goes (default runs/demo)")
-    p.add_argument("--config", help="base config (default configs/regimes/colour_holdout_diluted.yaml, the "
+    p.add_argument("--config", help="base config (default configs/regimes/shape_holdout_diluted.yaml, the "
                    "regime with RC's largest held-out gap; its settings come from configs/demo.yaml)")
     p.add_argument("--full", action="store_true", help="add the paired policy and run 3 seeds")
     p.add_argument("--executor", choices=("local", "debug"), default="local",
