@@ -59,7 +59,9 @@ def complete_tags(ckpt_dir: Path) -> list[str]:
     return [p.name for p in sorted(ckpt_dir.glob("step*")) if p.is_dir() and incomplete(p) is None]
 
 
-def way_back(ckpt_dir: Path, complete: list[str]) -> str:
+def way_back(ckpt_dir: Path, bad: str | None = None) -> str:
+    """How to go on: resume from the newest complete checkpoint other than `bad`, or start elsewhere."""
+    complete = [t for t in complete_tags(ckpt_dir) if t != bad]
     if complete:
         return (f"resume from the complete checkpoint {complete[-1]} with "
                 f"`echo {complete[-1]} > {ckpt_dir / LATEST}`, or point run.dir elsewhere to start over")
@@ -77,12 +79,11 @@ def resume_tag(ckpt_dir: Path) -> str | None:
         why = incomplete(ckpt_dir / tag)
         if why is None:
             return tag
-        complete = [t for t in complete_tags(ckpt_dir) if t != tag]
-        raise UserError(f"{latest} names {ckpt_dir / tag}, which {why}: {way_back(ckpt_dir, complete)}")
+        raise UserError(f"{latest} names {ckpt_dir / tag}, which {why}: {way_back(ckpt_dir, tag)}")
     complete = complete_tags(ckpt_dir)
     if complete:
         raise UserError(f"{ckpt_dir} holds complete checkpoints (newest {complete[-1]}) but no {LATEST}: "
-                        f"{way_back(ckpt_dir, complete)}")
+                        f"{way_back(ckpt_dir)}")
     return None
 
 

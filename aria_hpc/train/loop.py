@@ -139,7 +139,7 @@ def train(cfg: Config, log=print) -> dict:
         except Exception as exc:  # noqa: BLE001 - a damaged file fails in torch, pickle or DeepSpeed
             cause = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
             problem = (f"the checkpoint in {ckpt_dir / tag} could not be loaded on rank {rank} ({cause}): "
-                       f"{checkpoint.way_back(ckpt_dir, [t for t in checkpoint.complete_tags(ckpt_dir) if t != tag])}")
+                       f"{checkpoint.way_back(ckpt_dir, tag)}")
         _raise_on_any_rank(problem)
         start_step = int(json.loads((ckpt_dir / tag / checkpoint.META).read_text())["step"])
         table.load_state_dict(own["table"])  # this rank's own unsynced sums since the last sync
