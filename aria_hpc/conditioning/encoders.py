@@ -4,6 +4,9 @@ Two outputs per prompt: a pooled embedding (what k-means partitions into regions
 with their mask (what the UNet cross-attends to). MiniLM-style (BERT) encoders pool by masked mean
 and L2 normalisation (sentence-transformers' recipe for all-MiniLM-L6-v2); CLIP text encoders use
 their pooler output (the EOS token), as Stable Diffusion does.
+
+A Stable Diffusion pipeline directory is an encoder too (`PipelineTextEncoder`): its own tokenizer(s)
+and text encoder(s), used exactly as diffusers' pipelines use them to build `prompt_embeds`.
 """
 
 from __future__ import annotations
@@ -70,6 +73,11 @@ class TextEncoder:
         self.model = AutoModel.from_pretrained(self.model_dir, local_files_only=True).to(self.device).eval()
         self.kind = "clip" if "clip" in self.model.config.model_type else "mean"
         self.dim = int(self.model.config.hidden_size)
+        self.pooled_dim = self.dim
+
+    def null(self) -> EncodedText:
+        """The null text (classifier-free guidance, RC's null draws): the empty prompt, encoded."""
+        return self.encode([""])
 
     @property
     def digest(self) -> str:
@@ -101,3 +109,97 @@ class TextEncoder:
             d, l = self.dim, self.max_length
             return EncodedText(np.zeros((0, d), np.float32), np.zeros((0, l, d), np.float32), np.zeros((0, l), bool))
         return EncodedText(np.concatenate(pooled), np.concatenate(tokens), np.concatenate(masks))
+
+
+class PipelineTextEncoder:
+    """A Stable Diffusion pipeline's tokenizer(s) and text encoder(s), as its pipeline uses them.
+
+    SD-1.x / 2.x: the last hidden state of `text_encoder` (CLIP, padded to model_max_length = 77)
+    are the token states, its pooler output (EOS token) the pooled embedding the regions are built
+    from. SDXL: the penultimate hidden states of both encoders, concatenated (768 + 1280 = 2048), and
+    `text_encoder_2`'s projected pooled output, which SDXL's UNet takes as `text_embeds`, as the pooled
+    embedding. Masks are all True: Stable Diffusion's UNet attends to the padding tokens too.
+    """
+
+    def __init__(self, layout, max_length: int | None = None, device: str = "cpu") -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import json
+
+        import torch
+        import transformers
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        self.layout = layout
+        self.model_dir = layout.path
+        self.kind = "sdxl" if layout.xl else "sd"
+        self.max_length = max_length or layout.max_length
+        self.device = torch.device(device)
+        index = json.loads((layout.path / "model_index.json").read_text())
+        self.tokenizers, self.models = [], []
+        for enc_dir, tok_dir in zip(layout.text_encoders, layout.tokenizers):
+            cls = getattr(transformers, index[enc_dir.name][1], None)
+            if cls is None:
+                raise UserError(f"{layout.path}/model_index.json names {enc_dir.name} class "
+                                f"{index[enc_dir.name][1]}, which transformers does not have")
+            self.tokenizers.append(transformers.AutoTokenizer.from_pretrained(tok_dir, local_files_only=True))
+            self.models.append(cls.from_pretrained(enc_dir, local_files_only=True).to(self.device).eval())
+        widths = [int(m.config.hidden_size) for m in self.models]
+        self.dim = sum(widths) if layout.xl else widths[0]
+        last = self.models[-1].config
+        self.pooled_dim = int(getattr(last, "projection_dim", last.hidden_size)) if layout.xl else widths[0]
+
+    @property
+    def digest(self) -> str:
+        if not hasattr(self, "_digest"):
+            self._digest = pipeline_encoder_digest(self.layout)
+        return self._digest
+
+    def null(self) -> EncodedText:
+        if self.layout.force_zeros_for_empty_prompt:  # SDXL's default: zeros, not the encoded ""
+            return EncodedText(np.zeros((1, self.pooled_dim), np.float32),
+                               np.zeros((1, self.max_length, self.dim), np.float32), np.ones((1, self.max_length), bool))
+        return self.encode([""])
+
+    def encode(self, prompts: list[str], batch_size: int = 256) -> EncodedText:
+        import torch
+
+        pooled, tokens = [], []
+        for start in range(0, len(prompts), batch_size):
+            batch = list(prompts[start:start + batch_size])
+            hidden, pool = [], None
+            for tokenizer, model in zip(self.tokenizers, self.models):
+                ids = tokenizer(batch, padding="max_length", truncation=True, max_length=self.max_length,
+                                return_tensors="pt").input_ids.to(self.device)
+                with torch.no_grad():
+                    out = model(ids, output_hidden_states=self.layout.xl)
+                if self.layout.xl:
+                    hidden.append(out.hidden_states[-2].float())
+                    pool = (out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output).float()
+                else:
+                    hidden.append(out.last_hidden_state.float())
+                    pool = out.pooler_output.float()
+            tokens.append(torch.cat(hidden, dim=-1).cpu().numpy())
+            pooled.append(pool.cpu().numpy())
+        if not pooled:
+            return EncodedText(np.zeros((0, self.pooled_dim), np.float32),
+                               np.zeros((0, self.max_length, self.dim), np.float32), np.zeros((0, self.max_length), bool))
+        tokens = np.concatenate(tokens)
+        return EncodedText(np.concatenate(pooled), tokens, np.ones(tokens.shape[:2], bool))
+
+
+def pipeline_encoder_digest(layout) -> str:
+    """sha256 over every text encoder and tokenizer directory of a pipeline (its text-conditioning identity)."""
+    h = hashlib.sha256()
+    for path in (*layout.text_encoders, *layout.tokenizers):
+        h.update(f"{path.name}:{directory_digest(path)}".encode())
+    return h.hexdigest()
+
+
+def open_text_encoder(encoder_dir: str | Path | None, max_length: int | None):
+    """The encoder a config names: a pipeline directory's own, or a plain transformers model directory."""
+    from aria_hpc.models.pipeline import is_pipeline, read_layout
+
+    if is_pipeline(encoder_dir):
+        return PipelineTextEncoder(read_layout(encoder_dir), max_length)
+    return TextEncoder(encoder_dir, max_length or 24)

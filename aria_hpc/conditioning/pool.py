@@ -1,14 +1,19 @@
-"""Prompt pools: stable ids, de-duplication, a content digest, streamed from text or JSONL files.
+"""Prompt pools: stable ids, de-duplication, a content digest, streamed from text, JSONL or Parquet files.
 
 A pool is materialised once into `prompts.h5` (a chunked variable-length UTF-8 dataset): prompts are
 streamed from the sources and written in chunks, and de-duplicated through a set of 16-byte digests,
 so a pool of millions of prompts is never held twice in Python memory. Ids are positions in that
 file (first occurrence wins), stable for the same sources. The embedded shapes world is a source
 too, with per-prompt split and combination labels.
+
+Parquet files (LAION-style metadata, `pool.column` = caption) are streamed in row batches with
+pyarrow, never read whole. A glob in `pool.files` expands in sorted order, and the digest covers the
+expanded list of file names as well as the prompts.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 from collections.abc import Iterator
@@ -54,12 +59,65 @@ def iter_file_prompts(path: Path, jsonl_field: str, dropped: dict[str, int] | No
             yield line
 
 
-def iter_sources(files: list[str], jsonl_field: str, world,
-                 dropped: dict[str, int] | None = None) -> Iterator[tuple[str, int, int]]:
-    """(prompt, split, combination) from the files, or from the shapes world when files is empty."""
+PARQUET_BATCH = 8192
+
+
+def is_parquet(path: Path) -> bool:
+    return path.suffix in (".parquet", ".pq")
+
+
+def iter_parquet_prompts(path: Path, column: str, dropped: dict[str, int] | None = None) -> Iterator[str]:
+    """Non-empty prompts of one Parquet file's `column`, streamed in row batches (nulls and empty
+    strings are counted in dropped["empty"])."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dropped = {} if dropped is None else dropped
+    try:
+        reader = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise UserError(f"{path} is not a readable Parquet file ({str(exc).splitlines()[0][:160]}): "
+                        "write it again, or drop it from pool.files") from None
+    names = reader.schema_arrow.names
+    if column not in names:
+        raise UserError(f"{path} has no column '{column}' (it has {', '.join(names[:8])}"
+                        f"{', ...' if len(names) > 8 else ''}): set pool.column")
+    try:
+        for batch in reader.iter_batches(batch_size=PARQUET_BATCH, columns=[column]):
+            for value in batch.column(0).to_pylist():
+                line = "" if value is None else str(value).strip()
+                if not line:
+                    dropped["empty"] = dropped.get("empty", 0) + 1
+                    continue
+                yield line
+    except (pa.ArrowException, OSError) as exc:
+        raise UserError(f"{path} cannot be read to the end ({str(exc).splitlines()[0][:160]}): write it again") from None
+
+
+def expand_files(files: list[str]) -> list[str]:
+    """pool.files with every glob expanded in sorted order; a glob that matches nothing is an error."""
+    out = []
+    for name in files:
+        if glob.has_magic(name):
+            matches = sorted(glob.glob(name))
+            if not matches:
+                raise UserError(f"pool.files: '{name}' matches no file")
+            out.extend(matches)
+        else:
+            out.append(name)
+    return out
+
+
+def iter_sources(files: list[str], jsonl_field: str, world, dropped: dict[str, int] | None = None,
+                 column: str = "caption") -> Iterator[tuple[str, int, int]]:
+    """(prompt, split, combination) from the files (globs expanded), or from the shapes world when
+    files is empty."""
     if files:
-        for name in files:
-            for prompt in iter_file_prompts(Path(name), jsonl_field, dropped):
+        for name in expand_files(files):
+            path = Path(name)
+            prompts = (iter_parquet_prompts(path, column, dropped) if is_parquet(path)
+                       else iter_file_prompts(path, jsonl_field, dropped))
+            for prompt in prompts:
                 yield prompt, NO_LABEL, NO_LABEL
         return
     splits = world.combination_splits
@@ -67,17 +125,21 @@ def iter_sources(files: list[str], jsonl_field: str, world,
         yield prompt, int(splits[combo]), int(combo)
 
 
-def describe_sources(files: list[str], jsonl_field: str, world) -> str:
+def describe_sources(files: list[str], jsonl_field: str, world, column: str = "caption") -> str:
     """What a pool is built from: file names, sizes and mtimes, or the embedded world's settings."""
     if files:
         stats = []
-        for name in files:
+        expanded = expand_files(files)
+        for name in expanded:
             p = Path(name)
             if not p.is_file():
-                raise UserError(f"prompt file {p} does not exist (pool.files lists text or JSONL files)")
+                raise UserError(f"prompt file {p} does not exist (pool.files lists text, JSONL or Parquet files)")
             st = p.stat()
             stats.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
-        return json.dumps({"files": stats, "jsonl_field": jsonl_field})
+        described = {"files": stats, "jsonl_field": jsonl_field}
+        if any(is_parquet(Path(n)) for n in expanded):  # only then: older text/JSONL pools still match
+            described["column"] = column
+        return json.dumps(described)
     described = {"world": "shapes", "unseen_pairs": list(world.unseen_pairs), "under_pairs": list(world.under_pairs)}
     for name in ("heldout_colours", "heldout_shapes", "heldout_share"):  # only when set: older pools still match
         if getattr(world, name):
@@ -85,7 +147,7 @@ def describe_sources(files: list[str], jsonl_field: str, world) -> str:
     return json.dumps(described)
 
 
-def materialise_pool(out_dir: Path, files: list[str], jsonl_field: str, world) -> Path:
+def materialise_pool(out_dir: Path, files: list[str], jsonl_field: str, world, column: str = "caption") -> Path:
     """Write out_dir/prompts.h5 (unless one from the same sources exists); returns its path.
 
     Written to a temporary name and renamed, so concurrent job-array tasks doing the same work
@@ -94,7 +156,7 @@ def materialise_pool(out_dir: Path, files: list[str], jsonl_field: str, world) -
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / POOL_FILE
-    sources = describe_sources(files, jsonl_field, world)
+    sources = describe_sources(files, jsonl_field, world, column)
     if path.exists():
         with read_h5(path, "run `aria-hpc embed CONFIG --rebuild` (it rebuilds the pool and its embeddings)") as f:
             built_from = f.attrs.get("sources")
@@ -103,14 +165,16 @@ def materialise_pool(out_dir: Path, files: list[str], jsonl_field: str, world) -
                             "the world's splits changed): use another embed.dir, or pass --rebuild")
         return path
     with atomic_h5(path) as f:  # a bad line or a kill leaves neither a pool nor its temporary file
-        _write_pool(f, files, jsonl_field, world, sources)
+        _write_pool(f, files, jsonl_field, world, sources, column)
     return path
 
 
-def _write_pool(f: h5py.File, files: list[str], jsonl_field: str, world, sources: str) -> None:
+def _write_pool(f: h5py.File, files: list[str], jsonl_field: str, world, sources: str, column: str) -> None:
     seen: set[bytes] = set()
     dropped = {"empty": 0, "duplicate": 0}
     digest = hashlib.sha256()
+    if files:  # the expanded file list, in order, then every prompt
+        digest.update(json.dumps(expand_files(files)).encode("utf-8") + b"\n")
     text_type = h5py.string_dtype("utf-8")
     text = f.create_dataset("text", (0,), maxshape=(None,), dtype=text_type, chunks=(CHUNK,))
     split = f.create_dataset("split", (0,), maxshape=(None,), dtype=np.int8, chunks=(CHUNK,))
@@ -126,7 +190,7 @@ def _write_pool(f: h5py.File, files: list[str], jsonl_field: str, world, sources
         combo[n:] = [b[2] for b in buffer]
         buffer.clear()
 
-    for prompt, s, c in iter_sources(files, jsonl_field, world, dropped):
+    for prompt, s, c in iter_sources(files, jsonl_field, world, dropped, column):
         key = hashlib.blake2b(prompt.encode("utf-8"), digest_size=16).digest()
         if key in seen:
             dropped["duplicate"] += 1

@@ -95,12 +95,12 @@ class HeldoutCurve:
         self.batch_size = cfg.eval.batch_size
         self.device = device or torch.device("cpu")
         self.x_t = noised_inputs(scheduler, torch.from_numpy(ctx.x0[tup["image"]]).float(), tup["t"], tup["seed"])
-        self.tokens, self.mask = ctx.tokens(tup["cond"])
-        self.teacher = predictions(ctx.teacher.unet, self.x_t, self.t, self.tokens, self.mask, self.batch_size)
+        self.cond = ctx.cond(tup["cond"])
+        self.teacher = predictions(ctx.teacher.unet, self.x_t, self.t, self.cond, self.batch_size)
 
     @torch.no_grad()
     def __call__(self, student_fn) -> dict[str, float]:
-        """student_fn(x_t, t, tokens, mask) -> predictions; the mean MSE of each group present."""
+        """student_fn(x_t, t, cond) -> predictions; the mean MSE of each group present."""
         mse = self.per_sample(student_fn)
         return {SPLIT_GROUPS[g]: float(mse[self.group == g].mean()) for g in np.unique(self.group)}
 
@@ -111,8 +111,7 @@ class HeldoutCurve:
         for s in range(0, len(self.t), self.batch_size):
             sl = slice(s, s + self.batch_size)
             t = torch.from_numpy(self.t[sl].astype(np.int64)).to(self.device)
-            out.append(student_fn(self.x_t[sl].to(self.device), t, self.tokens[sl].to(self.device),
-                                  self.mask[sl].to(self.device)).float().cpu())
+            out.append(student_fn(self.x_t[sl].to(self.device), t, self.cond[sl].to(self.device)).float().cpu())
         return (torch.cat(out) - self.teacher).pow(2).flatten(1).mean(1).double().numpy()
 
 
@@ -134,13 +133,11 @@ def sample_prompts(cfg: Config, pool) -> dict[str, np.ndarray]:
 
 
 @torch.no_grad()
-def predictions(unet, x_t: torch.Tensor, t: np.ndarray, tokens: torch.Tensor, mask: torch.Tensor,
-                batch_size: int) -> torch.Tensor:
+def predictions(unet, x_t: torch.Tensor, t: np.ndarray, cond, batch_size: int) -> torch.Tensor:
     out = []
     for s in range(0, len(t), batch_size):
         sl = slice(s, s + batch_size)
-        out.append(unet(x_t[sl], torch.from_numpy(t[sl].astype(np.int64)), encoder_hidden_states=tokens[sl],
-                        encoder_attention_mask=mask[sl]).sample.float())
+        out.append(unet(x_t[sl], torch.from_numpy(t[sl].astype(np.int64)), **cond[sl].kwargs()).sample.float())
     return torch.cat(out)
 
 
@@ -172,18 +169,28 @@ def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) 
     return load_config(path, overrides)
 
 
-def _teacher_samples(cfg: Config, ctx, prompts: np.ndarray, log) -> torch.Tensor:
-    """Teacher DDIM samples for the prompts, cached in BANK_DIR/eval_cache (same for every run)."""
+def sample(cfg: Config, ctx, unet, prompts: np.ndarray) -> torch.Tensor:
+    """DDIM samples of a UNet for prompt ids, the same noise for every UNet (eval.seed), with
+    classifier-free guidance at eval.guidance_scale."""
     from aria_hpc.models.sampling import ddim_sample
 
-    key = hashlib.sha256(json.dumps([ctx.fingerprint["teacher_digest"], ctx.fingerprint["prompt_pool_digest"],
-                                     prompts.tolist(), cfg.eval.sample_steps, cfg.eval.seed]).encode()).hexdigest()[:20]
+    e = cfg.eval
+    null = ctx.null_cond() if e.guidance_scale != 1.0 else None
+    return ddim_sample(unet, ctx.teacher.scheduler, ctx.cond(prompts), steps=e.sample_steps, seed=e.seed,
+                       guidance=e.guidance_scale, null=null, batch_size=e.batch_size, pixels=not cfg.bank.vae_dir)
+
+
+def _teacher_samples(cfg: Config, ctx, prompts: np.ndarray, log) -> torch.Tensor:
+    """Teacher DDIM samples for the prompts, cached in BANK_DIR/eval_cache (same for every run)."""
+    key = [ctx.fingerprint["teacher_digest"], ctx.fingerprint["prompt_pool_digest"], prompts.tolist(),
+           cfg.eval.sample_steps, cfg.eval.seed]
+    if cfg.eval.guidance_scale != 1.0:  # (unguided keys are as before guidance existed: old caches still hit)
+        key.append(cfg.eval.guidance_scale)
+    key = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20]
     cache = Path(cfg.bank.dir) / "eval_cache" / f"teacher-{key}.npy" if cfg.bank.dir else None
     if cache is not None and cache.is_file():
         return torch.from_numpy(np.load(cache))
-    tokens, mask = ctx.tokens(prompts)
-    images = ddim_sample(ctx.teacher.unet, ctx.teacher.scheduler, tokens, mask, steps=cfg.eval.sample_steps,
-                         seed=cfg.eval.seed, batch_size=cfg.eval.batch_size)
+    images = sample(cfg, ctx, ctx.teacher.unet, prompts)
     if cache is not None:  # a cache only: a read-only bank is sampled again next time
         tmp = cache.with_suffix(f".tmp{time.time_ns()}.npy")
         try:
@@ -199,8 +206,6 @@ def _teacher_samples(cfg: Config, ctx, prompts: np.ndarray, log) -> torch.Tensor
 def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), log=print) -> dict:
     from aria_hpc.bank.context import load_context, noised_inputs
     from aria_hpc.conditioning.kmeans import composition
-    from aria_hpc.models.sampling import ddim_sample
-
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir, overrides)
     require_writable(run_dir, "the run directory")  # eval.json goes there
@@ -218,9 +223,9 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
     t0 = time.perf_counter()
     tup = heldout_tuples(cfg, index, len(ctx.x0), num_timesteps)
     x_t = noised_inputs(scheduler, torch.from_numpy(ctx.x0[tup["image"]]).float(), tup["t"], tup["seed"])
-    tokens, mask = ctx.tokens(tup["cond"])
-    diff = (predictions(student, x_t, tup["t"], tokens, mask, e.batch_size)
-            - predictions(teacher, x_t, tup["t"], tokens, mask, e.batch_size))
+    cond = ctx.cond(tup["cond"])
+    diff = (predictions(student, x_t, tup["t"], cond, e.batch_size)
+            - predictions(teacher, x_t, tup["t"], cond, e.batch_size))
     mse = diff.pow(2).flatten(1).mean(1).double().numpy()
     bins = np.minimum(tup["t"] * e.timestep_bins // num_timesteps, e.timestep_bins - 1)
     per_region = grouped(mse, tup["region"], index.num_regions)
@@ -235,8 +240,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
     }
     # per split group: its own quota of held-out tuples (eval.per_split_group), the set the curves use
     curve = HeldoutCurve(cfg, ctx)
-    group_mse = curve.per_sample(lambda x, t, tok, m: student(x, t, encoder_hidden_states=tok,
-                                                               encoder_attention_mask=m).sample)
+    group_mse = curve.per_sample(lambda x, t, c: student(x, t, **c.kwargs()).sample)
     gbins = np.minimum(curve.t * e.timestep_bins // num_timesteps, e.timestep_bins - 1)
     for g in np.unique(curve.group):
         sel = curve.group == g
@@ -247,17 +251,21 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
                                "mse_by_timestep": [mean_se(mse[bins == b])["mean"] for b in range(e.timestep_bins)]}
     timings["mse_s"] = time.perf_counter() - t0
 
-    # ---- samples, judge accuracy, Frechet distance --------------------------------------------
+    # ---- samples, judge accuracy, Frechet distance, CLIP score, FID -----------------------------
     t0 = time.perf_counter()
     prompts = sample_prompts(cfg, pool)
     judge = _judge_for(cfg, pool)
-    grids = {}
+    sd = _sd_metrics(cfg)
+    result["eval"]["guidance_scale"] = e.guidance_scale
+    grids, everything = {}, []
     for name, ids in prompts.items():
         teacher_img = _teacher_samples(cfg, ctx, ids, log)
-        tok, msk = ctx.tokens(ids)
-        student_img = ddim_sample(student, scheduler, tok, msk, steps=e.sample_steps, seed=e.seed,
-                                  batch_size=e.batch_size)
+        student_img = sample(cfg, ctx, student, ids)
+        if sd["decode"] is not None:  # latents -> images with the pipeline's VAE
+            teacher_img, student_img = sd["decode"](teacher_img), sd["decode"](student_img)
         entry = result["groups"].setdefault(name, {})
+        entry.update(_sd_scores(sd, student_img, teacher_img, pool.text(ids), e.seed))
+        everything.append((ids, student_img, teacher_img))
         entry["pixel_mse"] = mean_se((student_img - teacher_img).pow(2).flatten(1).mean(1).double().numpy())
         if judge is not None:
             from aria_hpc.worlds.shapes import ALL_COMBINATIONS
@@ -271,12 +279,42 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
                 entry["frechet"] = frechet_with_se(judge.features(student_img).double().numpy(),
                                                    judge.features(teacher_img).double().numpy(), seed=e.seed)
         grids[name] = (ids[:e.grid], teacher_img[:e.grid].numpy(), student_img[:e.grid].numpy())
+    if sd["clip"] is not None or sd["fid"] is not None:  # over every sampled prompt as well
+        ids, student_img, teacher_img = (np.concatenate([x[0] for x in everything]),
+                                         *(torch.cat([x[i] for x in everything]) for i in (1, 2)))
+        result["groups"]["all"].update(_sd_scores(sd, student_img, teacher_img, pool.text(ids), e.seed))
     timings["samples_s"] = time.perf_counter() - t0
     result["timings"] = timings
 
     _save_grids(run_dir / "eval_samples.npz", grids, pool)
     atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=1))
+    if (run_dir / "pipeline" / "model_index.json").is_file():  # the exported pipeline's model card
+        from aria_hpc.models.pipeline import model_card
+
+        atomic_write_text(run_dir / "pipeline" / "README.md", model_card(cfg, result))
     return result
+
+
+def _sd_metrics(cfg: Config) -> dict:
+    """The optional Stable Diffusion metrics' models (and the VAE decoder in latent mode)."""
+    from aria_hpc.eval.sd_metrics import ClipScorer, InceptionFeatures, LatentDecoder
+
+    e = cfg.eval
+    return {"decode": LatentDecoder(cfg.bank.vae_dir) if cfg.bank.vae_dir else None,
+            "clip": ClipScorer(e.clip_dir) if e.clip_dir else None,
+            "fid": InceptionFeatures(e.inception_weights) if e.inception_weights else None}
+
+
+def _sd_scores(sd: dict, student_img: torch.Tensor, teacher_img: torch.Tensor, texts: list[str], seed: int) -> dict:
+    from aria_hpc.eval.sd_metrics import fid
+
+    out = {}
+    if sd["clip"] is not None:
+        out["student_clip_score"] = mean_se(sd["clip"](student_img, texts))
+        out["teacher_clip_score"] = mean_se(sd["clip"](teacher_img, texts))
+    if sd["fid"] is not None and len(texts) >= 2:
+        out["fid_student_vs_teacher"] = fid(sd["fid"], student_img, teacher_img, seed)
+    return out
 
 
 def _judge_for(cfg: Config, pool):

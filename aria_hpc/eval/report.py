@@ -25,6 +25,8 @@ METRICS = {
     "mse": ("output MSE", False),
     "student_accuracy": ("judge accuracy", True),
     "frechet": ("Frechet (judge features)", False),
+    "student_clip_score": ("CLIP score", True),
+    "fid_student_vs_teacher": ("FID vs teacher", False),
 }
 IGNORED_KEYS = ("seed", "run.dir", "train.policy", "launch.", "eval.", "judge.")
 

@@ -37,29 +37,40 @@ def init_from_teacher(student, teacher) -> tuple[int, int]:
     return copied, len(state)
 
 
+def _layers(cfg) -> list[int]:
+    layers = cfg.layers_per_block
+    return [layers] * len(cfg.block_out_channels) if isinstance(layers, int) else list(layers)
+
+
 def block_removed(teacher, *, drop_layers: int, drop_mid: bool):
     """The teacher's architecture with `drop_layers` fewer layers per stage (at least 1 down, and
     up stages keep one more than down, as diffusers builds them) and without the mid-block if asked."""
     cfg = teacher.config
-    layers = cfg.layers_per_block
-    layers = [layers] * len(cfg.block_out_channels) if isinstance(layers, int) else list(layers)
-    student = _unet_from(cfg, layers_per_block=[max(1, count - drop_layers) for count in layers],
+    student = _unet_from(cfg, layers_per_block=[max(1, count - drop_layers) for count in _layers(cfg)],
                          mid_block_type=None if drop_mid else cfg.mid_block_type)
     init_from_teacher(student, teacher)
     return student
 
 
-def stage_removed(teacher):
-    """BK-SDM-Tiny's idea at this UNet's scale: the innermost stage (its down block, the up block
-    that mirrors it) and the mid-block removed, every other stage initialised from the teacher (the
-    up blocks shift down by one index). Starts measurably worse than the teacher, not from scratch."""
+# UNet2DConditionModel config keys that may hold one value per stage (SDXL sets several).
+PER_STAGE_KEYS = ("attention_head_dim", "num_attention_heads", "transformer_layers_per_block", "cross_attention_dim",
+                  "only_cross_attention")
+
+
+def stage_removed(teacher, *, drop_layers: int = 1):
+    """BK-SDM-Tiny (Kim et al. 2023, section 3): BK-SDM-Small (one layer fewer per stage, no
+    mid-block) and also the innermost stage: its down block and the up block that mirrors it. On
+    SD-1.x that stage is the 8x8 `DownBlock2D` / `UpBlock2D` pair without attention, so text still
+    enters every remaining stage. Every kept layer is initialised from the teacher (the up blocks
+    shift down by one index); the kept layers are the first ones of each stage."""
     cfg = teacher.config
     if len(cfg.block_out_channels) < 2:
         raise UserError("student.preset=bk_tiny needs a teacher with at least 2 stages")
-    layers = cfg.layers_per_block
-    student = _unet_from(cfg, block_out_channels=list(cfg.block_out_channels[:-1]),
+    per_stage = {key: list(value[:-1]) for key in PER_STAGE_KEYS
+                 if isinstance(value := cfg.get(key), (list, tuple)) and len(value) == len(cfg.block_out_channels)}
+    student = _unet_from(cfg, **per_stage, block_out_channels=list(cfg.block_out_channels[:-1]),
                          down_block_types=list(cfg.down_block_types[:-1]), up_block_types=list(cfg.up_block_types[1:]),
-                         layers_per_block=layers if isinstance(layers, int) else list(layers[:-1]),
+                         layers_per_block=[max(1, count - drop_layers) for count in _layers(cfg)[:-1]],
                          mid_block_type=None)
     renamed = {}
     for name, value in teacher.state_dict().items():
@@ -75,6 +86,23 @@ def stage_removed(teacher):
             src = renamed.get(name)
             if src is not None and src.shape == value.shape:
                 value.copy_(src)
+    return student
+
+
+def depth_halved(teacher):
+    """The SDXL analogue of BK-SDM-Tiny: BK-SDM-Small's removals (one resnet + attention layer fewer per
+    stage, no mid-block) and every transformer half as deep (SDXL's 1 / 2 / 10 blocks per stage become
+    1 / 1 / 5; the first ones are kept). SDXL's innermost stage holds most of its cross-attention
+    (10 transformer blocks per attention layer, against 2 in the middle stage), so removing it, as
+    bk_tiny does with SD-1.x's attention-free 8x8 stage, would leave a 114M UNet with little text
+    conditioning; thinning the transformers removes the same kind of parameters evenly (the idea of
+    KOALA's SDXL students)."""
+    cfg = teacher.config
+    depth = cfg.get("transformer_layers_per_block", 1)
+    depth = [depth] * len(cfg.block_out_channels) if isinstance(depth, int) else list(depth)
+    student = _unet_from(cfg, layers_per_block=[max(1, count - 1) for count in _layers(cfg)], mid_block_type=None,
+                         transformer_layers_per_block=[max(1, d // 2) for d in depth])
+    init_from_teacher(student, teacher)
     return student
 
 
@@ -104,8 +132,10 @@ PRESETS: dict[str, Callable] = {
     # BK-SDM-Base: one layer fewer per stage; BK-SDM-Small: also no mid-block.
     "bk_base": lambda teacher: block_removed(teacher, drop_layers=1, drop_mid=False),
     "bk_small": lambda teacher: block_removed(teacher, drop_layers=1, drop_mid=True),
-    # BK-SDM-Tiny: also the innermost stage removed (teacher-initialised elsewhere).
+    # BK-SDM-Tiny: BK-SDM-Small without the innermost stage (teacher-initialised elsewhere).
     "bk_tiny": stage_removed,
+    # The SDXL analogue of bk_tiny: bk_small with every transformer half as deep.
+    "sdxl_tiny": depth_halved,
     # Every stage kept; the mid-block and the innermost stage's cross-attention removed.
     "no_inner_attn": lambda teacher: attention_removed(teacher, stages=[len(teacher.config.down_block_types) - 1]),
     # Same layout, half the widths, random init (a student that cannot copy the teacher).

@@ -4,6 +4,10 @@ Layout (what `aria-hpc teacher` writes and every stage loads):
     TEACHER_DIR/unet/         UNet2DConditionModel.save_pretrained (safetensors)
     TEACHER_DIR/scheduler/    DDPMScheduler.save_pretrained
     TEACHER_DIR/aria_teacher.json  text encoder, token length, resolution, recipe
+
+or a Stable Diffusion pipeline directory (models/pipeline.py): its UNet, and the training noise
+schedule and prediction type of its scheduler config (whatever sampler the pipeline ships, PNDM for
+SD-1.5, DDIM for 2.x, Euler for SDXL, shares the DDPM schedule it was trained with).
 """
 
 from __future__ import annotations
@@ -67,6 +71,10 @@ def load_teacher(path: str | Path | None = None) -> Teacher:
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     path = Path(path) if path else shipped_teacher_dir()
+    from aria_hpc.models.pipeline import is_pipeline
+
+    if is_pipeline(path):
+        return load_pipeline_teacher(path)
     missing = [p for p in ("unet/config.json", "scheduler/scheduler_config.json", META_FILE)
                if not (path / p).is_file()]
     if missing:
@@ -75,3 +83,29 @@ def load_teacher(path: str | Path | None = None) -> Teacher:
     unet = UNet2DConditionModel.from_pretrained(path / "unet", low_cpu_mem_usage=False).eval().requires_grad_(False)
     scheduler = DDPMScheduler.from_pretrained(path / "scheduler")
     return Teacher(unet, scheduler, json.loads((path / META_FILE).read_text()), path)
+
+
+def load_pipeline_teacher(path: Path) -> Teacher:
+    """The UNet of a Stable Diffusion pipeline directory, frozen, with a DDPMScheduler of its schedule."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from aria_hpc.conditioning.encoders import pipeline_encoder_digest
+    from aria_hpc.models.pipeline import read_layout
+
+    layout = read_layout(path)
+    config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+    # the training schedule only: sampler-specific keys (PNDM's skip_prk_steps, ...) do not apply
+    keep = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
+            "rescale_betas_zero_snr", "timestep_spacing", "steps_offset", "clip_sample", "clip_sample_range",
+            "thresholding", "sample_max_value")
+    # latents are not confined to [-1, 1]: no x0 clipping unless the pipeline's own config asks for it
+    scheduler = DDPMScheduler.from_config({"clip_sample": False, **{k: v for k, v in config.items() if k in keep}})
+    try:
+        unet = UNet2DConditionModel.from_pretrained(path / "unet", low_cpu_mem_usage=False)
+    except (OSError, ValueError, RuntimeError) as exc:
+        cause = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"the UNet of the pipeline {path} cannot be loaded ({cause}): save the pipeline again") from None
+    meta = {"world": None, "pipeline": layout.class_name, "resolution": unet.config.sample_size,
+            "text_encoder": {"dir": str(path), "digest": pipeline_encoder_digest(layout)},
+            "vae_scale_factor": layout.vae_scale_factor, "xl": layout.xl}
+    return Teacher(unet.eval().requires_grad_(False), scheduler, meta, path)

@@ -31,6 +31,7 @@ from aria_hpc.regions.sampler import REGION_STREAM, update_allocation
 from aria_hpc.regions.sync import sync_and_fold
 from aria_hpc.regions.table import RegionTable
 from aria_hpc.train import checkpoint, losses
+from aria_hpc.models.pipeline import export_pipeline, is_pipeline, model_card
 from aria_hpc.train.student import Distilled, StudentEMA, export_student
 
 FAULT_STEP = os.environ.get("ARIA_FAULT_SIGKILL_AFTER_STEP")  # fault injection for the resume tests
@@ -209,11 +210,11 @@ def train(cfg: Config, log=print) -> dict:
                 # same distribution as uniform over the pool), so ARIA with alpha = 0 is RC draw for draw.
                 sampler = (lambda m, key=key: table.sample(m, key)) if policy != "paired" else None
                 batch = source.draw(cfg.train.micro_batch_per_gpu, rng, sampler, paired_only=policy == "paired")
-                tokens, mask = ctx.tokens(batch.cond)
+                cond = ctx.cond(batch.cond).to(device)
                 t = torch.from_numpy(batch.t.astype(np.int64)).to(device)
 
                 # ---- forward ------------------------------------------------------------------
-                student_out, student_features = engine(batch.x_t.to(device), t, tokens.to(device), mask.to(device))
+                student_out, student_features = engine(batch.x_t.to(device), t, cond)
                 teacher_out = batch.output.to(device).float()
                 per_sample = losses.output_kd(student_out, teacher_out)  # (B,), what the tracker sees
                 feature_term = (losses.feature_kd(student_features, {k: batch.features[k].to(device)
@@ -291,7 +292,7 @@ def train(cfg: Config, log=print) -> dict:
                         record["group_estimate"] = {SPLIT_GROUPS[g]: round(float(tracked[g]), 6) for g in present}
                         record["estimate_mean"] = round(float(table.base @ table.estimate()), 6)
                 if curve is not None and (done % cfg.train.curve_every == 0 or done == cfg.train.steps):
-                    record["curve_mse"] = curve(lambda x, t, tok, m: engine(x, t, tok, m)[0])
+                    record["curve_mse"] = curve(lambda x, t, c: engine(x, t, c)[0])
                 if metrics:
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
@@ -326,6 +327,8 @@ def train(cfg: Config, log=print) -> dict:
     exported = None
     if cfg.train.export:
         exported = export_student(engine, ema, run_dir / "student", rank)
+        if rank == 0 and is_pipeline(cfg.teacher.dir):  # RUN_DIR/pipeline: the teacher's, with this UNet
+            export_pipeline(Path(cfg.teacher.dir), run_dir / "student", run_dir / "pipeline", model_card(cfg))
     distributed.barrier()
     return {"steps": cfg.train.steps, "loss": last_loss, "run_dir": str(run_dir), "student": exported}
 

@@ -1,6 +1,7 @@
 """The trained module (student UNet + feature adapters), its per-rank EMA, and the export.
 
-Shapes: x_t (B, C, H, W); tokens (B, L, D); mask (B, L); block features (B, C_f, H_f, W_f).
+Shapes: x_t (B, C, H, W); cond: UNetCond (tokens (B, L, D), mask (B, L), SDXL's pooled and time
+ids); block features (B, C_f, H_f, W_f).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ class Distilled(nn.Module):
             self._captured[name] = output[0] if isinstance(output, tuple) else output
         return hook
 
-    def forward(self, x_t, t, tokens, mask):
-        out = self.unet(x_t, t, encoder_hidden_states=tokens, encoder_attention_mask=mask).sample
+    def forward(self, x_t, t, cond):
+        """cond: a conditioning.unet_input.UNetCond."""
+        out = self.unet(x_t, t, **cond.kwargs()).sample
         features = {b: self.adapters[_key(b)](self._captured[b]) for b in self.blocks}
         return out, features
 
@@ -58,10 +60,12 @@ def _block_channels(unet, blocks: list[str]) -> dict[str, int]:
                             "mid-block cannot distil mid_block features; pick another block or preset)") from None
         hooks.append(module.register_forward_hook(
             lambda _m, _i, o, b=b: got.__setitem__(b, (o[0] if isinstance(o, tuple) else o).shape[1])))
+    from aria_hpc.conditioning.unet_input import zero_cond
+
     cfg = unet.config
     with torch.no_grad():
         unet(torch.zeros(1, cfg.in_channels, cfg.sample_size, cfg.sample_size), torch.tensor([0]),
-             encoder_hidden_states=torch.zeros(1, 2, cfg.cross_attention_dim))
+             **zero_cond(unet).kwargs())
     for h in hooks:
         h.remove()
     return got

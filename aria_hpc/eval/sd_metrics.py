@@ -1,0 +1,115 @@
+"""The metrics Stable Diffusion users report, from local model files only (never downloaded).
+
+- CLIP score (Hessel et al. 2021, the definition torchmetrics' CLIPScore uses): 100 * max(cos(image
+  embedding, text embedding), 0) with a local transformers CLIPModel and its processor (`eval.clip_dir`),
+  per sample, so it gets a mean and a standard error like every other metric here.
+- FID: torchmetrics' FrechetInceptionDistance over a local TorchScript Inception-v3 (`eval.inception_weights`:
+  the `inception-2015-12-05.pt` of StyleGAN3 / clean-fid / EDM, which takes uint8 NCHW images of any
+  size and returns 2048 pool features with `return_features=True`), student samples against the
+  teacher's for the same prompts and noise (how far distillation moved the distribution).
+- Latent samples are decoded with the pipeline's VAE first (`decode_latents`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from aria_hpc.errors import UserError
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float images (N, C, H, W) -> uint8 RGB (grey is repeated to 3 channels)."""
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x[:, :3]
+
+
+class LatentDecoder:
+    """The pipeline's AutoencoderKL: latents (scaled by its scaling_factor) -> images in [-1, 1]."""
+
+    def __init__(self, vae_dir: str | Path, batch_size: int = 16) -> None:
+        from diffusers import AutoencoderKL
+
+        self.vae = AutoencoderKL.from_pretrained(vae_dir, low_cpu_mem_usage=False).eval()
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        out = []
+        for s in range(0, len(latents), self.batch_size):
+            z = latents[s:s + self.batch_size].float() / self.vae.config.scaling_factor
+            out.append(self.vae.decode(z).sample.clamp(-1, 1))
+        return torch.cat(out)
+
+
+class ClipScorer:
+    def __init__(self, clip_dir: str | Path) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import CLIPModel, CLIPProcessor
+
+        path = Path(clip_dir)
+        if not (path / "config.json").is_file():
+            raise UserError(f"eval.clip_dir={path} has no config.json: give a local transformers CLIPModel "
+                            "directory saved with its processor (save_pretrained)")
+        try:
+            self.model = CLIPModel.from_pretrained(path, local_files_only=True).eval()
+            self.processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"eval.clip_dir={path} cannot be loaded as a CLIPModel with its processor "
+                            f"({str(exc).splitlines()[0][:160]})") from None
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, prompts: list[str], batch_size: int = 64) -> np.ndarray:
+        """(N,) CLIP scores of images in [-1, 1] against their prompts."""
+        out = []
+        for s in range(0, len(prompts), batch_size):
+            pixels = list(to_uint8(images[s:s + batch_size]).permute(0, 2, 3, 1).numpy())
+            batch = self.processor(text=prompts[s:s + batch_size], images=pixels, return_tensors="pt",
+                                   padding=True, truncation=True)
+            img = self.model.get_image_features(pixel_values=batch["pixel_values"])
+            txt = self.model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            img, txt = (getattr(v, "pooler_output", v) for v in (img, txt))  # tensors, or outputs in newer transformers
+            cos = torch.nn.functional.cosine_similarity(img, txt, dim=-1)
+            out.append((100 * cos.clamp(min=0)).double().numpy())
+        return np.concatenate(out)
+
+
+class InceptionFeatures(nn.Module):
+    """A TorchScript Inception-v3 file as torchmetrics' FID feature extractor (uint8 NCHW -> features)."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"eval.inception_weights={path} does not exist: give a local TorchScript Inception "
+                            "file (inception-2015-12-05.pt, as StyleGAN3 / clean-fid / EDM use)")
+        try:
+            self.model = torch.jit.load(str(path), map_location="cpu").eval()
+        except (RuntimeError, ValueError) as exc:
+            raise UserError(f"eval.inception_weights={path} is not a TorchScript file ({str(exc).splitlines()[0][:160]}): "
+                            "give inception-2015-12-05.pt") from None
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images, return_features=True).float()
+
+
+def fid(features: InceptionFeatures, student: torch.Tensor, teacher: torch.Tensor, seed: int = 0) -> dict:
+    """FID of student samples against teacher samples (images in [-1, 1]): torchmetrics'
+    FrechetInceptionDistance for the value, and a bootstrap standard error over prompts from the same
+    Inception features (eval.metrics.frechet_with_se). FID is biased upward at small sample counts,
+    so compare runs at equal eval.per_group only."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from aria_hpc.eval.metrics import frechet_with_se
+
+    metric = FrechetInceptionDistance(feature=features, normalize=False)
+    metric.update(to_uint8(teacher), real=True)
+    metric.update(to_uint8(student), real=False)
+    spread = frechet_with_se(features(to_uint8(student)).double().numpy(), features(to_uint8(teacher)).double().numpy(),
+                             seed=seed)
+    return {"mean": float(metric.compute()), "se": spread["se"], "n": spread["n"]}

@@ -1,0 +1,147 @@
+"""Stable Diffusion pipeline directories (what `DiffusionPipeline.save_pretrained` writes), read and written.
+
+    PIPE/model_index.json   the pipeline class and its components
+    PIPE/unet/ scheduler/ vae/ text_encoder/ tokenizer/ (+ text_encoder_2/ tokenizer_2/ for SDXL)
+
+A teacher may be such a directory (`teacher.dir=PIPE`); then its text encoder(s), VAE, prediction type,
+noise schedule and sample size all come from it (config.resolve_teacher). After training,
+`export_pipeline` writes RUN_DIR/pipeline: the teacher's pipeline with the distilled UNet in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from aria_hpc.errors import UserError
+
+INDEX = "model_index.json"
+XL_CLASSES = ("StableDiffusionXLPipeline",)
+
+
+@dataclass(frozen=True)
+class PipelineLayout:
+    path: Path
+    class_name: str
+    components: tuple[str, ...]  # every component model_index.json names (null entries left out)
+    text_encoders: tuple[Path, ...]  # text_encoder[, text_encoder_2]
+    tokenizers: tuple[Path, ...]
+    vae: Path
+    xl: bool
+    force_zeros_for_empty_prompt: bool  # SDXL: the null text is all zeros (diffusers' default True)
+
+    @property
+    def max_length(self) -> int:
+        """The tokenizer's model_max_length (77 for every Stable Diffusion CLIP tokenizer)."""
+        config = _json(self.tokenizers[0] / "tokenizer_config.json")
+        return int(config.get("model_max_length", 77))
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell: 2 ** (VAE stages - 1), as the diffusers pipelines compute it."""
+        return 2 ** (len(_json(self.vae / "config.json")["block_out_channels"]) - 1)
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: the pipeline directory is incomplete (save it again with "
+                        "`DiffusionPipeline.save_pretrained`)") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} cannot be read as JSON ({exc}): save the pipeline again") from None
+
+
+def is_pipeline(path: str | Path | None) -> bool:
+    return bool(path) and (Path(path) / INDEX).is_file()
+
+
+def read_layout(path: str | Path) -> PipelineLayout:
+    """The layout of a Stable Diffusion pipeline directory, checked for the parts distillation needs."""
+    path = Path(path)
+    index = _json(path / INDEX)
+    components = tuple(k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0])
+    class_name = str(index.get("_class_name", ""))
+    xl = class_name in XL_CLASSES or "text_encoder_2" in components
+    names = ("text_encoder", "text_encoder_2") if xl else ("text_encoder",)
+    needed = ("unet", "scheduler", "vae", *names, *(n.replace("text_encoder", "tokenizer") for n in names))
+    missing = [n for n in needed if n not in components or not (path / n).is_dir()]
+    if missing:
+        raise UserError(f"the pipeline {path} ({class_name or 'no _class_name'}) lacks {', '.join(missing)}: "
+                        "a teacher pipeline needs unet, scheduler, vae, text encoder(s) and tokenizer(s)")
+    return PipelineLayout(
+        path=path, class_name=class_name, components=components,
+        text_encoders=tuple(path / n for n in names),
+        tokenizers=tuple(path / n.replace("text_encoder", "tokenizer") for n in names),
+        vae=path / "vae", xl=xl, force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", xl)))
+
+
+def _link_or_copy(src: Path, dst: Path) -> str:
+    """Hard-link every file of a component (no extra space, and the export survives the teacher
+    directory being moved or deleted); copy where the two are on different file systems."""
+    how = "linked"
+    for file in sorted(p for p in src.rglob("*") if p.is_file()):
+        target = dst / file.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(file, target)
+        except OSError:
+            shutil.copy2(file, target)
+            how = "copied"
+    return how
+
+
+def export_pipeline(teacher_dir: Path, student_dir: Path, out_dir: Path, card: str) -> dict[str, str]:
+    """RUN_DIR/pipeline: the teacher pipeline's components with the student UNet in place of its own.
+    Written under a temporary name and renamed, so a reader never loads a half-written pipeline.
+    Returns how each component got there (linked / copied)."""
+    layout = read_layout(teacher_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    shutil.copy2(layout.path / INDEX, tmp / INDEX)
+    how = {}
+    for name in layout.components:
+        if (layout.path / name).is_dir():
+            how[name] = _link_or_copy(student_dir if name == "unet" else layout.path / name, tmp / name)
+    (tmp / "README.md").write_text(card)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return how
+
+
+def model_card(cfg, result: dict | None = None) -> str:
+    """RUN_DIR/pipeline/README.md: where the UNet came from, and (after `aria-hpc eval`) its eval table."""
+    lines = [
+        "---", "library_name: diffusers", f"base_model: {Path(cfg.teacher.dir).name}",
+        "tags: [stable-diffusion, distillation, aria_hpc]", "---", "",
+        f"# {Path(cfg.teacher.dir).name}, distilled ({cfg.student.preset}, {cfg.train.policy})", "",
+        f"A `{cfg.student.preset}` student UNet distilled from the teacher pipeline `{cfg.teacher.dir}` by "
+        f"aria_hpc with the `{cfg.train.policy}` policy for {cfg.train.steps} steps (seed {cfg.seed}); every other "
+        "component is the teacher's, hard-linked (copied across file systems).", "",
+        "```python", "from diffusers import DiffusionPipeline",
+        'pipe = DiffusionPipeline.from_pretrained("PATH/TO/THIS/DIRECTORY")',
+        f'image = pipe("a photo of a cat", guidance_scale={cfg.eval.guidance_scale}).images[0]', "```", ""]
+    if result is None:
+        lines.append("No evaluation yet: `aria-hpc eval RUN_DIR` writes its table here.")
+        return "\n".join(lines) + "\n"
+
+    def cell(entry: dict | None, key: str, digits: int = 4) -> str:
+        value = (entry or {}).get(key)
+        if value is None:
+            return "-"
+        return f"{value['mean']:.{digits}g} ± {value['se']:.2g}" if isinstance(value, dict) else f"{value:.{digits}g}"
+
+    lines += [f"## Evaluation (`aria-hpc eval`, eval.seed {result['eval']['seed']}, guidance "
+              f"{result['eval'].get('guidance_scale', 1.0)}, {result['eval']['sample_steps']} DDIM steps)", "",
+              "| group | output MSE vs teacher | student CLIP score | teacher CLIP score | FID student vs teacher |",
+              "|---|---|---|---|---|"]
+    for name, entry in result["groups"].items():
+        lines.append(f"| {name} | {cell(entry, 'mse')} | {cell(entry, 'student_clip_score')} | "
+                     f"{cell(entry, 'teacher_clip_score')} | {cell(entry, 'fid_student_vs_teacher')} |")
+    return "\n".join(lines) + "\n"
