@@ -126,7 +126,7 @@ def cmd_regions(args: argparse.Namespace) -> int:
     import time
 
     from aria_hpc.conditioning.embeddings import EmbeddingStore
-    from aria_hpc.conditioning.kmeans import composition, kmeans, purity, save_regions
+    from aria_hpc.conditioning.kmeans import composition, kmeans_rows, purity, save_regions
 
     cfg = _resolve(args)
     if cfg is None:
@@ -134,17 +134,18 @@ def cmd_regions(args: argparse.Namespace) -> int:
     rc = cfg.regions
     require_writable(Path(rc.path).parent, "the directory of regions.path")
     store = EmbeddingStore(cfg.embed.dir, cfg.embed.shards)
-    pooled = store.pooled()
+    pooled = store.pooled_rows()
     t0 = time.perf_counter()
-    regions = kmeans(pooled, rc.k, niter=rc.niter, seed=cfg.seed, spherical=rc.spherical, threads=rc.threads,
-                     representatives=rc.representatives)
+    regions = kmeans_rows(pooled, rc.k, niter=rc.niter, seed=cfg.seed, spherical=rc.spherical, threads=rc.threads,
+                          representatives=rc.representatives, train_points=rc.train_points, chunk_rows=rc.chunk_rows)
     elapsed = time.perf_counter() - t0
     path = save_regions(regions, Path(rc.path), {"pool_digest": store.pool.digest,
                                                  "encoder_digest": store.encoder_digest})
     save_resolved(cfg, Path(rc.path).parent / "runs" / "regions")
     comp = composition(regions.region, store.pool.split, rc.k)
     reps = store.pool.text(regions.representatives[:, 0][regions.representatives[:, 0] >= 0])
-    print(f"k-means: {len(pooled)} x {pooled.shape[1]} into {rc.k} regions in {elapsed:.1f}s "
+    print(f"k-means: {len(pooled)} x {regions.centroids.shape[1]} into {rc.k} regions in {elapsed:.1f}s "
+          f"(trained on {regions.attrs['train_points']}) "
           f"(objective {regions.attrs['objective']:.4g})")
     labelled = comp[:, 3].sum() == 0
     header = f"{'region':>6} {'size':>6} " + (f"{'seen':>6} {'under':>6} {'unseen':>6} " if labelled else "")

@@ -187,6 +187,8 @@ class RegionsConfig:
     spherical: bool = True  # pooled MiniLM/CLIP embeddings are compared by cosine
     threads: int = 1  # faiss threads; results are deterministic for a seed at a fixed count
     representatives: int = 3  # prompts nearest each centroid, saved and printed
+    train_points: int = 1_000_000  # k-means trains on a seeded sample of this many prompts (all, if fewer)
+    chunk_rows: int = 65536  # assignment streams over the embedding shards in chunks of this many rows
 
 
 @dataclass
@@ -315,6 +317,8 @@ class Config:
             (self.regions.k >= 1 and self.regions.niter >= 1, "regions.k and regions.niter must be >= 1"),
             (self.regions.threads >= 1, "regions.threads must be >= 1"),
             (self.regions.representatives >= 1, "regions.representatives must be >= 1"),
+            (self.regions.train_points >= self.regions.k and self.regions.chunk_rows >= 1,
+             "regions.train_points must be >= regions.k and regions.chunk_rows >= 1"),
             (len(self.teacher.block_out_channels) >= 1, "teacher.block_out_channels must not be empty"),
             (all(c % self.teacher.norm_num_groups == 0 for c in self.teacher.block_out_channels),
              "teacher.block_out_channels must all be divisible by teacher.norm_num_groups"),

@@ -177,6 +177,10 @@ class EmbeddingStore:
                 parts.append(f["pooled"][:].astype(np.float32))
         return np.concatenate(parts)
 
+    def pooled_rows(self) -> "PooledRows":
+        """The pooled embeddings as a row source for k-means (sampled rows, chunked passes)."""
+        return PooledRows(self)
+
     def pooled_of(self, ids: np.ndarray) -> np.ndarray:
         """(n, P) float16 pooled embeddings of the given prompt ids (SDXL's text_embeds)."""
         return self._rows(ids, ("pooled",))[0]
@@ -204,3 +208,24 @@ class EmbeddingStore:
             for o, g in zip(out, got):
                 o[sel] = g[inverse]
         return out
+
+
+class PooledRows:
+    """An embeddings store's pooled rows, read by id or in chunks shard by shard, never all at once."""
+
+    def __init__(self, store: EmbeddingStore) -> None:
+        self.store = store
+
+    def __len__(self) -> int:
+        return len(self.store.pool)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        return self.store.pooled_of(ids).astype(np.float32)
+
+    def chunks(self, rows: int):
+        n = len(self.store.pool)
+        for index, path in enumerate(self.store.paths):
+            start, stop = shard_range(n, index, self.store.shards)
+            with read_h5(path, EMBED_FIX) as f:
+                for a in range(0, stop - start, rows):
+                    yield start + a, f["pooled"][a:a + rows].astype(np.float32)
