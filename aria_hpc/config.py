@@ -170,6 +170,9 @@ class PoolConfig:
     files: list[str] = field(default_factory=list)
     jsonl_field: str = "prompt"
     column: str = "caption"  # the Parquet column holding the prompt (LAION metadata: caption)
+    # dedup with an in-memory set (about 100 bytes a prompt) up to this many prompts in the files;
+    # above it, external hashing into partition files on disk (24 bytes a prompt, bounded memory)
+    dedup_memory_max: int = 5_000_000
 
 
 @dataclass
@@ -314,6 +317,7 @@ class Config:
              "text_encoder.max_length must be >= 2"),
             (self.text_encoder.batch_size >= 1, "text_encoder.batch_size must be >= 1"),
             (self.embed.shards >= 1, "embed.shards must be >= 1"),
+            (self.pool.dedup_memory_max >= 0, "pool.dedup_memory_max must be >= 0"),
             (self.regions.k >= 1 and self.regions.niter >= 1, "regions.k and regions.niter must be >= 1"),
             (self.regions.threads >= 1, "regions.threads must be >= 1"),
             (self.regions.representatives >= 1, "regions.representatives must be >= 1"),

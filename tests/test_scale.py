@@ -103,3 +103,27 @@ def test_region_map_is_memory_mapped_and_draws_as_before(tmp_path):
     np.testing.assert_array_equal(mapped.pick(wanted, u), built.pick(wanted, u))
     assert mapped.pick(wanted, u).dtype == np.int64
     np.testing.assert_array_equal(mapped.prompts_in(wanted, 1234), built.prompts_in(wanted, 1234))
+
+
+@pytest.mark.parametrize("threshold", [0, 10**9])
+def test_external_dedup_gives_the_in_memory_pool(tmp_path, threshold):
+    """Above pool.dedup_memory_max the digests go through partition files on disk; the pool is the
+    same either way (first occurrence wins), and no partition file is left behind."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from aria_hpc.conditioning.pool import PromptPool, materialise_pool
+
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(60)]
+    prompts = [" ".join(rng.choice(words, 2)) for _ in range(3000)]  # many repeats
+    pq.write_table(pa.table({"caption": prompts[:2000]}), tmp_path / "a.parquet")
+    (tmp_path / "b.txt").write_text("\n".join(prompts[2000:]) + "\n\n")
+    files = [str(tmp_path / "a.parquet"), str(tmp_path / "b.txt")]
+    pool = PromptPool(materialise_pool(tmp_path / f"emb{threshold}", files, "prompt", None, "caption", threshold))
+    expected = list(dict.fromkeys(prompts))
+    assert pool.texts() == expected
+    assert pool.dropped == {"empty": 1, "duplicate": 3000 - len(expected)}
+    reference = PromptPool(materialise_pool(tmp_path / "ref", files, "prompt", None, "caption", 10**9))
+    assert pool.digest == reference.digest
+    assert [p.name for p in (tmp_path / f"emb{threshold}").iterdir()] == ["prompts.h5"]

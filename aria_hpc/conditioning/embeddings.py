@@ -132,7 +132,7 @@ def open_pool_and_encoder(cfg) -> tuple[PromptPool, object]:
 
     encoder = open_text_encoder(cfg.text_encoder.dir, cfg.text_encoder.max_length)
     pool = PromptPool(materialise_pool(Path(cfg.embed.dir), cfg.pool.files, cfg.pool.jsonl_field,
-                                       cfg.shapes_world(), cfg.pool.column))
+                                       cfg.shapes_world(), cfg.pool.column, cfg.pool.dedup_memory_max))
     return pool, encoder
 
 
