@@ -86,7 +86,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from aria_hpc.conditioning.embeddings import build_shards, open_pool_and_encoder, shard_range
+    from aria_hpc.conditioning.embeddings import build_shards, open_pool_and_encoder, shard_range, stores_tokens
 
     cfg = _resolve(args)
     if cfg is None:
@@ -113,7 +113,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
             print(f"shard {index}: {done}/{stop - start} rows", flush=True)
 
     for result in build_shards(embed_dir, pool, encoder, shards, cfg.embed.shards, batch_size=cfg.text_encoder.batch_size,
-                               store_tokens=cfg.embed.store_tokens, progress=progress):
+                               store_tokens=stores_tokens(cfg, pool), progress=progress):
         if result.index in bars:
             bars.pop(result.index).close()
         state = ("already complete" if result.resumed_from == result.rows else

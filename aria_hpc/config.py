@@ -180,6 +180,9 @@ class EmbedConfig:
     dir: str = "runs/embeddings"  # prompts.h5 + embedding shards
     shards: int = 1  # independent shards (one job-array task each: --shard i/n)
     store_tokens: bool = True  # also keep token states (cross-attention input) per prompt
+    # ... but not for a pool of more prompts than this (24 x 384 fp16 is 18 KB a prompt, SD's 77 x 768
+    # 118 KB): the bank and training then encode each batch's prompts on the fly
+    store_tokens_max: int = 1_000_000
 
 
 @dataclass
@@ -317,7 +320,8 @@ class Config:
              "text_encoder.max_length must be >= 2"),
             (self.text_encoder.batch_size >= 1, "text_encoder.batch_size must be >= 1"),
             (self.embed.shards >= 1, "embed.shards must be >= 1"),
-            (self.pool.dedup_memory_max >= 0, "pool.dedup_memory_max must be >= 0"),
+            (self.pool.dedup_memory_max >= 0 and self.embed.store_tokens_max >= 0,
+             "pool.dedup_memory_max and embed.store_tokens_max must be >= 0"),
             (self.regions.k >= 1 and self.regions.niter >= 1, "regions.k and regions.niter must be >= 1"),
             (self.regions.threads >= 1, "regions.threads must be >= 1"),
             (self.regions.representatives >= 1, "regions.representatives must be >= 1"),

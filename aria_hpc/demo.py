@@ -30,11 +30,11 @@ def demo_overrides(out: Path) -> list[str]:
 
 
 def ensure_embeddings(cfg: Config, log) -> str:
-    from aria_hpc.conditioning.embeddings import build_shards, open_pool_and_encoder
+    from aria_hpc.conditioning.embeddings import build_shards, open_pool_and_encoder, stores_tokens
 
     pool, encoder = open_pool_and_encoder(cfg)
     results = list(build_shards(Path(cfg.embed.dir), pool, encoder, range(cfg.embed.shards), cfg.embed.shards,
-                                batch_size=cfg.text_encoder.batch_size, store_tokens=cfg.embed.store_tokens))
+                                batch_size=cfg.text_encoder.batch_size, store_tokens=stores_tokens(cfg, pool)))
     built = sum(r.resumed_from < r.rows for r in results)
     return f"{len(pool)} prompts, {built} of {cfg.embed.shards} shard(s) built"
 

@@ -127,3 +127,24 @@ def test_external_dedup_gives_the_in_memory_pool(tmp_path, threshold):
     reference = PromptPool(materialise_pool(tmp_path / "ref", files, "prompt", None, "caption", 10**9))
     assert pool.digest == reference.digest
     assert [p.name for p in (tmp_path / f"emb{threshold}").iterdir()] == ["prompts.h5"]
+
+
+def test_a_pool_without_stored_tokens_is_encoded_on_the_fly(tiny_world, tmp_path):
+    """Above embed.store_tokens_max the shards hold no token states; the bank and training get the
+    same conditioning by encoding each batch's prompts (fp16, as stored)."""
+    from aria_hpc.bank.context import load_context
+    from aria_hpc.cli import main
+    from aria_hpc.config import load_config
+
+    path, root = tiny_world
+    bare = [f"embed.dir={tmp_path / 'emb'}", "embed.store_tokens_max=100"]
+    assert main(["embed", str(path), "--quiet", *bare]) == 0
+    with h5py.File(tmp_path / "emb" / "shard-00000-of-00001.h5", "r") as f:
+        assert "tokens" not in f and "pooled" in f
+    stored = load_context(load_config(path), need_bank_dir=False)
+    fresh = load_context(load_config(path, bare), need_bank_dir=False)
+    assert stored.store.has_tokens and not fresh.store.has_tokens
+    ids = np.array([0, 5, -1, 11519, 5, 300])
+    a, b = stored.cond(ids), fresh.cond(ids)
+    np.testing.assert_allclose(b.tokens.numpy(), a.tokens.numpy(), atol=2e-3)
+    np.testing.assert_array_equal(b.mask.numpy(), a.mask.numpy())

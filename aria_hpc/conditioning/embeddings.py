@@ -126,6 +126,11 @@ def build_shard(embed_dir: Path, pool: PromptPool, encoder, index: int, shards: 
     return ShardResult(index, n, resumed_from)
 
 
+def stores_tokens(cfg, pool: PromptPool) -> bool:
+    """Whether `embed` keeps token states: embed.store_tokens, for a pool of at most embed.store_tokens_max."""
+    return cfg.embed.store_tokens and len(pool) <= cfg.embed.store_tokens_max
+
+
 def open_pool_and_encoder(cfg) -> tuple[PromptPool, object]:
     """The configured prompt pool (materialised into embed.dir) and text encoder."""
     from aria_hpc.conditioning.encoders import open_text_encoder
@@ -168,6 +173,8 @@ class EmbeddingStore:
         if len(digests) != 1:
             raise UserError(f"the shards in {self.dir} come from different text encoders: rebuild with --rebuild")
         self.encoder_digest = digests.pop()
+        with read_h5(self.paths[0], EMBED_FIX) as f:
+            self.has_tokens = "tokens" in f  # else the prompts are encoded on the fly (BankContext.cond)
 
     def pooled(self) -> np.ndarray:
         """(N, D) float32 pooled embeddings in pool order."""
