@@ -52,22 +52,27 @@ def train_sample_ids(n: int, train_points: int, seed: int) -> np.ndarray:
 
 
 def kmeans_rows(source, k: int, *, niter: int, seed: int, spherical: bool, threads: int, representatives: int,
-                train_points: int = 1 << 62, chunk_rows: int = 1 << 16) -> RegionMap:
+                train_points: int = 1 << 62, chunk_rows: int = 1 << 16, timings: dict | None = None) -> RegionMap:
     """k-means trained on a seeded sample of at most train_points rows, then every row assigned to
     its nearest centroid in chunks of chunk_rows (memory: the sample, one chunk, and the (N,) int32
     map). Deterministic for a seed at a fixed thread count (faiss reduces in per-thread order); with
-    every row in the sample it is exactly the in-memory k-means."""
+    every row in the sample it is exactly the in-memory k-means. `timings` gets train_s and assign_s."""
+    timings = {} if timings is None else timings
+    import time
+
     import faiss
 
     n = len(source)
     if k > n:
         raise UserError(f"regions.k={k} is larger than the pool ({n} prompts): lower regions.k")
     faiss.omp_set_num_threads(threads)
+    t0 = time.perf_counter()
     sample = np.ascontiguousarray(source.rows(train_sample_ids(n, train_points, seed)), dtype=np.float32)
     km = faiss.Kmeans(sample.shape[1], k, niter=niter, seed=seed, spherical=spherical, verbose=False,
                       max_points_per_centroid=max(256, len(sample) // k + 1))
     km.train(sample)
     del sample
+    t1 = time.perf_counter()
     region = np.empty(n, np.int32)
     best_d = np.full((k, representatives), np.inf, np.float32)  # the prompts nearest each centroid
     best_i = np.full((k, representatives), -1, np.int64)
@@ -80,6 +85,7 @@ def kmeans_rows(source, k: int, *, niter: int, seed: int, spherical: bool, threa
         dist = ((chunk - km.centroids[r]) ** 2).sum(1)
         _keep_nearest(best_d, best_i, r, dist, start + np.arange(len(chunk)))
     sizes = np.bincount(region, minlength=k).astype(np.int64)
+    timings.update(train_s=t1 - t0, assign_s=time.perf_counter() - t1)
     return RegionMap(km.centroids.copy(), region, sizes, best_i,
                      {"k": k, "niter": niter, "seed": seed, "spherical": spherical, "threads": threads,
                       "train_points": int(min(n, train_points)),
