@@ -148,3 +148,38 @@ def test_a_pool_without_stored_tokens_is_encoded_on_the_fly(tiny_world, tmp_path
     a, b = stored.cond(ids), fresh.cond(ids)
     np.testing.assert_allclose(b.tokens.numpy(), a.tokens.numpy(), atol=2e-3)
     np.testing.assert_array_equal(b.mask.numpy(), a.mask.numpy())
+
+
+def test_region_assignment_as_a_job_array_equals_the_single_process_map(tiny_world, tmp_path, aria_cli):
+    """3 embedding shards: through submitit (debug executor) and by hand (--centroids, --shard i,
+    --merge, as slurm/regions_array.sbatch runs it), the map is byte for byte the single-process one."""
+    from aria_hpc.cli import main
+
+    path, _ = tiny_world
+    common = [f"embed.dir={tmp_path / 'emb'}", "embed.shards=3", "embed.store_tokens=false", "regions.k=8",
+              "regions.train_points=4000", "regions.chunk_rows=1000"]
+    assert main(["embed", str(path), "--quiet", *common]) == 0
+    maps = {}
+    for how in ("single", "submitit", "by hand"):
+        out = [*common, f"regions.path={tmp_path / how / 'regions.h5'}"]
+        if how == "single":
+            assert main(["regions", str(path), *out]) == 0
+        elif how == "submitit":
+            assert main(["regions", str(path), "--executor", "debug", *out]) == 0
+        else:
+            assert aria_cli("regions", str(path), "--centroids", *out).returncode == 0
+            for i in range(3):
+                res = aria_cli("regions", str(path), "--shard", str(i), *out)
+                assert res.returncode == 0, res.stderr
+            res = aria_cli("regions", str(path), "--merge", *out)
+            assert res.returncode == 0, res.stderr
+        maps[how] = load_regions(tmp_path / how / "regions.h5")
+    for how in ("submitit", "by hand"):
+        for name in ("region", "order", "centroids", "sizes", "representatives"):
+            np.testing.assert_array_equal(getattr(maps[how], name), getattr(maps["single"], name), err_msg=f"{how} {name}")
+    assert maps["single"].attrs["train_points"] == 4000
+    # a missing part is one line naming the task to run
+    out = [*common, f"regions.path={tmp_path / 'gap' / 'regions.h5'}"]
+    assert aria_cli("regions", str(path), "--centroids", *out).returncode == 0
+    res = aria_cli("regions", str(path), "--merge", *out)
+    assert res.returncode == 2 and "--shard 0" in res.stderr and len(res.stderr.strip().splitlines()) == 1

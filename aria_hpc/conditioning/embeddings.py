@@ -230,9 +230,12 @@ class PooledRows:
         return self.store.pooled_of(ids).astype(np.float32)
 
     def chunks(self, rows: int):
-        n = len(self.store.pool)
-        for index, path in enumerate(self.store.paths):
-            start, stop = shard_range(n, index, self.store.shards)
-            with read_h5(path, EMBED_FIX) as f:
-                for a in range(0, stop - start, rows):
-                    yield start + a, f["pooled"][a:a + rows].astype(np.float32)
+        for index in range(self.store.shards):
+            yield from self.shard_chunks(index, rows)
+
+    def shard_chunks(self, index: int, rows: int):
+        """(first row id, rows) chunks of one shard, chunked from the shard's start."""
+        start, stop = shard_range(len(self.store.pool), index, self.store.shards)
+        with read_h5(self.store.paths[index], EMBED_FIX) as f:
+            for a in range(0, stop - start, rows):
+                yield start + a, f["pooled"][a:a + rows].astype(np.float32)

@@ -51,45 +51,93 @@ def train_sample_ids(n: int, train_points: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, 0x4B4D]).choice(n, train_points, replace=False))
 
 
-def kmeans_rows(source, k: int, *, niter: int, seed: int, spherical: bool, threads: int, representatives: int,
-                train_points: int = 1 << 62, chunk_rows: int = 1 << 16, timings: dict | None = None) -> RegionMap:
-    """k-means trained on a seeded sample of at most train_points rows, then every row assigned to
-    its nearest centroid in chunks of chunk_rows (memory: the sample, one chunk, and the (N,) int32
-    map). Deterministic for a seed at a fixed thread count (faiss reduces in per-thread order); with
-    every row in the sample it is exactly the in-memory k-means. `timings` gets train_s and assign_s."""
-    timings = {} if timings is None else timings
-    import time
-
+def train_centroids(source, k: int, *, niter: int, seed: int, spherical: bool, threads: int,
+                    train_points: int = 1 << 62) -> tuple[np.ndarray, dict]:
+    """k-means centroids (K, D) trained on a seeded sample of at most train_points rows, and their
+    attrs. Deterministic for a seed at a fixed thread count (faiss reduces in per-thread order)."""
     import faiss
 
     n = len(source)
     if k > n:
         raise UserError(f"regions.k={k} is larger than the pool ({n} prompts): lower regions.k")
     faiss.omp_set_num_threads(threads)
-    t0 = time.perf_counter()
     sample = np.ascontiguousarray(source.rows(train_sample_ids(n, train_points, seed)), dtype=np.float32)
     km = faiss.Kmeans(sample.shape[1], k, niter=niter, seed=seed, spherical=spherical, verbose=False,
                       max_points_per_centroid=max(256, len(sample) // k + 1))
     km.train(sample)
-    del sample
-    t1 = time.perf_counter()
-    region = np.empty(n, np.int32)
-    best_d = np.full((k, representatives), np.inf, np.float32)  # the prompts nearest each centroid
-    best_i = np.full((k, representatives), -1, np.int64)
-    for start, chunk in source.chunks(chunk_rows):
+    return km.centroids.copy(), {"k": k, "niter": niter, "seed": seed, "spherical": spherical, "threads": threads,
+                                 "train_points": int(min(n, train_points)),
+                                 "objective": float(km.obj[-1]) if len(km.obj) else float("nan")}
+
+
+@dataclass
+class Assignment:
+    """Rows [start, stop) assigned to regions: their region ids and the R nearest rows seen per region."""
+
+    start: int
+    region: np.ndarray  # (stop - start,) int32
+    best_d: np.ndarray  # (K, R) float32 squared distance to the centroid, inf padded
+    best_i: np.ndarray  # (K, R) int64 row ids, -1 padded
+
+
+def assign_chunks(centroids: np.ndarray, chunks, *, spherical: bool, threads: int, representatives: int,
+                  start: int, stop: int) -> Assignment:
+    """Assign the rows of (start, chunk) pairs covering [start, stop) to their nearest centroid, in
+    chunks (inner product when spherical, as faiss's spherical k-means assigns, else L2)."""
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    index = faiss.IndexFlatIP(centroids.shape[1]) if spherical else faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    k = len(centroids)
+    out = Assignment(start, np.empty(stop - start, np.int32), np.full((k, representatives), np.inf, np.float32),
+                     np.full((k, representatives), -1, np.int64))
+    for first, chunk in chunks:
         chunk = np.ascontiguousarray(chunk, dtype=np.float32)
-        score, assign = km.index.search(chunk, 1)  # inner product when spherical, else L2
-        r = assign[:, 0]
-        region[start:start + len(chunk)] = r
+        r = index.search(chunk, 1)[1][:, 0]
+        out.region[first - start:first - start + len(chunk)] = r
         # distance of each row to its own centroid (smaller is nearer, whatever the index measures)
-        dist = ((chunk - km.centroids[r]) ** 2).sum(1)
-        _keep_nearest(best_d, best_i, r, dist, start + np.arange(len(chunk)))
-    sizes = np.bincount(region, minlength=k).astype(np.int64)
+        dist = ((chunk - centroids[r]) ** 2).sum(1)
+        _keep_nearest(out.best_d, out.best_i, r, dist, first + np.arange(len(chunk)))
+    return out
+
+
+def merge_assignments(centroids: np.ndarray, attrs: dict, parts: list[Assignment], n: int) -> RegionMap:
+    """The region map of every row from assignments covering [0, n) (any order; the result does not
+    depend on how the rows were split, so a job array gives the single-process map)."""
+    k, r = parts[0].best_d.shape
+    region = np.empty(n, np.int32)
+    best_d, best_i = np.full((k, r), np.inf, np.float32), np.full((k, r), -1, np.int64)
+    covered = 0
+    for part in sorted(parts, key=lambda p: p.start):
+        if part.start != covered:
+            raise UserError(f"the region assignment parts leave rows {covered}..{part.start} unassigned: "
+                            "run the missing `aria-hpc regions CONFIG --shard i` tasks")
+        region[part.start:part.start + len(part.region)] = part.region
+        covered = part.start + len(part.region)
+        _keep_nearest(best_d, best_i, np.repeat(np.arange(k), r), part.best_d.ravel(), part.best_i.ravel())
+    if covered != n:
+        raise UserError(f"the region assignment parts cover {covered} of {n} rows: run the missing "
+                        "`aria-hpc regions CONFIG --shard i` tasks")
+    return RegionMap(centroids, region, np.bincount(region, minlength=k).astype(np.int64), best_i, dict(attrs))
+
+
+def kmeans_rows(source, k: int, *, niter: int, seed: int, spherical: bool, threads: int, representatives: int,
+                train_points: int = 1 << 62, chunk_rows: int = 1 << 16, timings: dict | None = None) -> RegionMap:
+    """Train on a seeded sample, then assign every row in chunks of chunk_rows (memory: the sample,
+    one chunk, and the (N,) int32 map); with every row in the sample it is exactly the in-memory
+    k-means. `timings` gets train_s and assign_s."""
+    import time
+
+    timings = {} if timings is None else timings
+    t0 = time.perf_counter()
+    centroids, attrs = train_centroids(source, k, niter=niter, seed=seed, spherical=spherical, threads=threads,
+                                       train_points=train_points)
+    t1 = time.perf_counter()
+    part = assign_chunks(centroids, source.chunks(chunk_rows), spherical=spherical, threads=threads,
+                         representatives=representatives, start=0, stop=len(source))
     timings.update(train_s=t1 - t0, assign_s=time.perf_counter() - t1)
-    return RegionMap(km.centroids.copy(), region, sizes, best_i,
-                     {"k": k, "niter": niter, "seed": seed, "spherical": spherical, "threads": threads,
-                      "train_points": int(min(n, train_points)),
-                      "objective": float(km.obj[-1]) if len(km.obj) else float("nan")})
+    return merge_assignments(centroids, attrs, [part], len(source))
 
 
 def _keep_nearest(best_d: np.ndarray, best_i: np.ndarray, region: np.ndarray, dist: np.ndarray, ids: np.ndarray) -> None:
