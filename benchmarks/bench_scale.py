@@ -133,7 +133,9 @@ def run_stage(stage: str, n: int, work: Path, k: int, niter: int) -> dict:
         t1 = time.perf_counter()
         save_regions(regions, work / "regions.h5", {"pool_digest": store.pool.digest})
         out.update(kmeans_train_s=timings["train_s"], kmeans_assign_s=timings["assign_s"],
-                   index_build_s=time.perf_counter() - t1, nonempty_regions=int((regions.sizes > 0).sum()))
+                   index_build_s=time.perf_counter() - t1, nonempty_regions=int((regions.sizes > 0).sum()),
+                   train_points=int(regions.attrs["train_points"]), dim=int(regions.centroids.shape[1]),
+                   map_bytes_per_prompt=(regions.region.dtype.itemsize + np.dtype(np.int32 if n < 2**31 else np.int64).itemsize))
     elif stage == "draws":
         from aria_hpc.regions.sampler import RegionIndex, draw_conditions
         from aria_hpc.regions.table import RegionTable
@@ -155,7 +157,8 @@ def run_stage(stage: str, n: int, work: Path, k: int, niter: int) -> dict:
         captions = rng.integers(0, len(regions.region), (100_000, 1))
         cond = Conditioning(captions, regions.region, 1000, 5.0, 0.1, regions.order)
         plan = plan_bank(cond, entries=1_000_000, min_per_region=8, seed=0)
-        out.update(entries=int(len(plan["entry"])))
+        out.update(entries=int(len(plan["entry"])),
+                   column_bytes_per_entry=int(sum(v.dtype.itemsize for v in plan.values())))
     out.update(wall_s=time.perf_counter() - t0, peak_rss_gb=peak_rss_gb())
     return out
 
