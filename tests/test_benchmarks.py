@@ -39,3 +39,10 @@ def test_bench_scale_writes_its_table(tmp_path):
         assert len(row["seconds"]) == 2 and all(s > 0 for s in row["seconds"]) and all(g > 0 for g in row["peak_rss_gb"])
     assert data["rows"]["16000"]["materialise"]["duplicates"] == 160  # 1% repeats, deduplicated
     assert data["encoder"]["ours_prompts_per_s_per_core"] > 0 and data["encode_vs_step"]["encode_over_step"] > 0
+    model = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale_model.py"), "--measured", str(out),
+                            "--out", str(tmp_path / "model.md")], capture_output=True, text=True, timeout=120)
+    assert model.returncode == 0, model.stderr[-2000:]
+    text = (tmp_path / "model.md").read_text()
+    for figure in ("region map per node", "all-reduce per sync", "k-means sample", "assignment", "embed, CLIP",
+                   "bank per million entries"):
+        assert f"| {figure}" in text, figure
