@@ -141,7 +141,7 @@ def run_stage(stage: str, n: int, work: Path, k: int, niter: int) -> dict:
         from aria_hpc.regions.table import RegionTable
 
         regions = load_regions(work / "regions.h5")
-        index = RegionIndex(regions.region, k, regions.order)
+        index = RegionIndex(regions.region, k, regions.order, regions.sizes)
         table = RegionTable(k, index.base)
         t0 = time.perf_counter()
         draws, steps = 0, 0
@@ -155,7 +155,7 @@ def run_stage(stage: str, n: int, work: Path, k: int, niter: int) -> dict:
         regions = load_regions(work / "regions.h5")
         rng = np.random.default_rng(0)
         captions = rng.integers(0, len(regions.region), (100_000, 1))
-        cond = Conditioning(captions, regions.region, 1000, 5.0, 0.1, regions.order)
+        cond = Conditioning(captions, regions.region, 1000, 5.0, 0.1, regions.order, regions.sizes)
         plan = plan_bank(cond, entries=1_000_000, min_per_region=8, seed=0)
         out.update(entries=int(len(plan["entry"])),
                    column_bytes_per_entry=int(sum(v.dtype.itemsize for v in plan.values())))

@@ -195,7 +195,8 @@ def load_context(cfg: Config, *, need_bank_dir: bool = True) -> BankContext:
                         f"({unet_cfg.in_channels}, {unet_cfg.sample_size}, {unet_cfg.sample_size}): "
                         "set bank.vae_dir for a latent teacher, or use a pixel teacher of that resolution")
     conditioning = Conditioning(captions, regions.region, teacher.scheduler.config.num_train_timesteps,
-                                cfg.rc.lam, cfg.rc.null_text_prob, regions.order)
+                                cfg.rc.lam, cfg.rc.null_text_prob, regions.order,
+                                regions.sizes if regions.order is not None else None)
     b = cfg.bank
     fingerprint = {
         "schema_version": SCHEMA_VERSION,

@@ -30,11 +30,12 @@ class Conditioning:
     lam: float
     null_text_prob: float
     order: np.ndarray | None = None  # prompts grouped by region, as regions.h5 stores it (else computed)
+    sizes: np.ndarray | None = None  # prompts per region, as regions.h5 stores it (else counted)
 
     def __post_init__(self) -> None:
         if not np.issubdtype(np.asarray(self.region_of_prompt[:0]).dtype, np.integer):
             self.region_of_prompt = np.asarray(self.region_of_prompt, dtype=np.int64)
-        self.index = RegionIndex(self.region_of_prompt, int(self.region_of_prompt.max()) + 1, self.order)
+        self.index = RegionIndex(self.region_of_prompt, int(self.region_of_prompt.max()) + 1, self.order, self.sizes)
 
     @property
     def num_regions(self) -> int:

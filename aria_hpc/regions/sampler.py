@@ -14,7 +14,8 @@ REGION_STREAM, PROMPT_STREAM = 0, 1
 class RegionIndex:
     """The region map r(j) of a prompt pool, arranged for O(1) uniform draws inside a region."""
 
-    def __init__(self, region_of_prompt: np.ndarray, num_regions: int, order: np.ndarray | None = None) -> None:
+    def __init__(self, region_of_prompt: np.ndarray, num_regions: int, order: np.ndarray | None = None,
+                 sizes: np.ndarray | None = None) -> None:
         """region_of_prompt and order may be read-only memory maps (regions.h5's int32 `region` and
         `order`): then the index costs 8 bytes a prompt, shared by the ranks of a node."""
         if not np.issubdtype(np.asarray(region_of_prompt[:0]).dtype, np.integer):
@@ -29,7 +30,9 @@ class RegionIndex:
         self.order = np.argsort(region_of_prompt, kind="stable") if order is None else order
         if len(self.order) != len(region_of_prompt):
             raise ValueError("the region order does not cover the region map")
-        self.sizes = np.bincount(region_of_prompt, minlength=num_regions)
+        # sizes as stored beside the map (no N-long temporary), else counted
+        self.sizes = np.bincount(region_of_prompt, minlength=num_regions) if sizes is None else \
+            np.asarray(sizes[:num_regions], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
         self.base = self.sizes / len(region_of_prompt)  # pi_k: what RC samples implicitly
 
