@@ -96,7 +96,8 @@ def test_region_map_is_memory_mapped_and_draws_as_before(tmp_path):
     loaded = load_regions(path)
     assert isinstance(loaded.region, np.memmap) and isinstance(loaded.order, np.memmap)
     assert loaded.region.dtype == np.int32 and loaded.order.dtype == np.int32  # 8 bytes a prompt
-    mapped = RegionIndex(loaded.region, 8, loaded.order)
+    mapped = RegionIndex(loaded.region, 8, loaded.order, loaded.sizes)
+    np.testing.assert_array_equal(mapped.sizes, np.bincount(regions.region, minlength=8))
     built = RegionIndex(np.asarray(regions.region, dtype=np.int64), 8)  # the in-memory path of before
     u = np.random.default_rng(0).random(5000)
     wanted = np.random.default_rng(1).integers(0, 8, 5000)
