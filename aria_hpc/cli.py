@@ -86,7 +86,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from aria_hpc.conditioning.embeddings import build_shards, open_pool_and_encoder, shard_range
+    from aria_hpc.conditioning.embeddings import build_shards, open_pool_and_encoder, shard_range, stores_tokens
 
     cfg = _resolve(args)
     if cfg is None:
@@ -113,7 +113,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
             print(f"shard {index}: {done}/{stop - start} rows", flush=True)
 
     for result in build_shards(embed_dir, pool, encoder, shards, cfg.embed.shards, batch_size=cfg.text_encoder.batch_size,
-                               store_tokens=cfg.embed.store_tokens, progress=progress):
+                               store_tokens=stores_tokens(cfg, pool), progress=progress):
         if result.index in bars:
             bars.pop(result.index).close()
         state = ("already complete" if result.resumed_from == result.rows else
@@ -125,8 +125,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_regions(args: argparse.Namespace) -> int:
     import time
 
+    from aria_hpc.conditioning import region_build
     from aria_hpc.conditioning.embeddings import EmbeddingStore
-    from aria_hpc.conditioning.kmeans import composition, kmeans, purity, save_regions
+    from aria_hpc.conditioning.kmeans import composition, purity, save_regions
 
     cfg = _resolve(args)
     if cfg is None:
@@ -134,17 +135,27 @@ def cmd_regions(args: argparse.Namespace) -> int:
     rc = cfg.regions
     require_writable(Path(rc.path).parent, "the directory of regions.path")
     store = EmbeddingStore(cfg.embed.dir, cfg.embed.shards)
-    pooled = store.pooled()
     t0 = time.perf_counter()
-    regions = kmeans(pooled, rc.k, niter=rc.niter, seed=cfg.seed, spherical=rc.spherical, threads=rc.threads,
-                     representatives=rc.representatives)
+    if args.centroids:
+        print(f"wrote {region_build.save_centroids(cfg, store)} (now `--shard i` for each of {cfg.embed.shards} "
+              "embedding shards, then `--merge`)")
+        return 0
+    if args.shard is not None:
+        region_build.shard_count_ok(cfg)
+        print(f"wrote {region_build.assign_shard(cfg, args.shard)}")
+        return 0
+    if args.merge:
+        regions = region_build.merge_parts(cfg, store)
+        save_regions(regions, Path(rc.path), {"pool_digest": store.pool.digest, "encoder_digest": store.encoder_digest})
+    else:
+        regions = region_build.build_regions(cfg, args.executor, log=lambda msg: print(msg, flush=True))
     elapsed = time.perf_counter() - t0
-    path = save_regions(regions, Path(rc.path), {"pool_digest": store.pool.digest,
-                                                 "encoder_digest": store.encoder_digest})
+    path = Path(rc.path)
     save_resolved(cfg, Path(rc.path).parent / "runs" / "regions")
     comp = composition(regions.region, store.pool.split, rc.k)
     reps = store.pool.text(regions.representatives[:, 0][regions.representatives[:, 0] >= 0])
-    print(f"k-means: {len(pooled)} x {pooled.shape[1]} into {rc.k} regions in {elapsed:.1f}s "
+    print(f"k-means: {len(store.pool)} x {regions.centroids.shape[1]} into {rc.k} regions in {elapsed:.1f}s "
+          f"(trained on {regions.attrs['train_points']}) "
           f"(objective {regions.attrs['objective']:.4g})")
     labelled = comp[:, 3].sum() == 0
     header = f"{'region':>6} {'size':>6} " + (f"{'seen':>6} {'under':>6} {'unseen':>6} " if labelled else "")
@@ -335,8 +346,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true", help="delete embed.dir and build it again")
     p.add_argument("--quiet", action="store_true", help="progress as plain lines instead of a bar")
     p.set_defaults(func=cmd_embed)
-    p = sub.add_parser("regions", help="k-means regions of the conditioning space from the embeddings")
+    p = sub.add_parser("regions", help="k-means regions of the conditioning space from the embeddings "
+                       "(--executor: assignment as a job array over the embedding shards)")
     _add_config_args(p)
+    p.add_argument("--executor", choices=("local", "slurm", "debug"),
+                   help="train here, assign each embedding shard in a submitit array task, merge here")
+    step = p.add_mutually_exclusive_group()
+    step.add_argument("--centroids", action="store_true", help="only train and save the centroids (a hand-made array)")
+    step.add_argument("--shard", type=int, metavar="i", help="only assign embedding shard i to the saved centroids")
+    step.add_argument("--merge", action="store_true", help="only write regions.h5 from the assigned shards")
     p.set_defaults(func=cmd_regions)
     p = sub.add_parser("bank", help="cache teacher outputs in HDF5 shards (idempotent; --shard i, --executor)")
     _add_config_args(p)

@@ -170,6 +170,9 @@ class PoolConfig:
     files: list[str] = field(default_factory=list)
     jsonl_field: str = "prompt"
     column: str = "caption"  # the Parquet column holding the prompt (LAION metadata: caption)
+    # dedup with an in-memory set (about 100 bytes a prompt) up to this many prompts in the files;
+    # above it, external hashing into partition files on disk (24 bytes a prompt, bounded memory)
+    dedup_memory_max: int = 5_000_000
 
 
 @dataclass
@@ -177,6 +180,9 @@ class EmbedConfig:
     dir: str = "runs/embeddings"  # prompts.h5 + embedding shards
     shards: int = 1  # independent shards (one job-array task each: --shard i/n)
     store_tokens: bool = True  # also keep token states (cross-attention input) per prompt
+    # ... but not for a pool of more prompts than this (24 x 384 fp16 is 18 KB a prompt, SD's 77 x 768
+    # 118 KB): the bank and training then encode each batch's prompts on the fly
+    store_tokens_max: int = 1_000_000
 
 
 @dataclass
@@ -187,6 +193,8 @@ class RegionsConfig:
     spherical: bool = True  # pooled MiniLM/CLIP embeddings are compared by cosine
     threads: int = 1  # faiss threads; results are deterministic for a seed at a fixed count
     representatives: int = 3  # prompts nearest each centroid, saved and printed
+    train_points: int = 1_000_000  # k-means trains on a seeded sample of this many prompts (all, if fewer)
+    chunk_rows: int = 65536  # assignment streams over the embedding shards in chunks of this many rows
 
 
 @dataclass
@@ -312,9 +320,13 @@ class Config:
              "text_encoder.max_length must be >= 2"),
             (self.text_encoder.batch_size >= 1, "text_encoder.batch_size must be >= 1"),
             (self.embed.shards >= 1, "embed.shards must be >= 1"),
+            (self.pool.dedup_memory_max >= 0 and self.embed.store_tokens_max >= 0,
+             "pool.dedup_memory_max and embed.store_tokens_max must be >= 0"),
             (self.regions.k >= 1 and self.regions.niter >= 1, "regions.k and regions.niter must be >= 1"),
             (self.regions.threads >= 1, "regions.threads must be >= 1"),
             (self.regions.representatives >= 1, "regions.representatives must be >= 1"),
+            (self.regions.train_points >= self.regions.k and self.regions.chunk_rows >= 1,
+             "regions.train_points must be >= regions.k and regions.chunk_rows >= 1"),
             (len(self.teacher.block_out_channels) >= 1, "teacher.block_out_channels must not be empty"),
             (all(c % self.teacher.norm_num_groups == 0 for c in self.teacher.block_out_channels),
              "teacher.block_out_channels must all be divisible by teacher.norm_num_groups"),

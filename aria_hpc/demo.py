@@ -30,11 +30,11 @@ def demo_overrides(out: Path) -> list[str]:
 
 
 def ensure_embeddings(cfg: Config, log) -> str:
-    from aria_hpc.conditioning.embeddings import build_shards, open_pool_and_encoder
+    from aria_hpc.conditioning.embeddings import build_shards, open_pool_and_encoder, stores_tokens
 
     pool, encoder = open_pool_and_encoder(cfg)
     results = list(build_shards(Path(cfg.embed.dir), pool, encoder, range(cfg.embed.shards), cfg.embed.shards,
-                                batch_size=cfg.text_encoder.batch_size, store_tokens=cfg.embed.store_tokens))
+                                batch_size=cfg.text_encoder.batch_size, store_tokens=stores_tokens(cfg, pool)))
     built = sum(r.resumed_from < r.rows for r in results)
     return f"{len(pool)} prompts, {built} of {cfg.embed.shards} shard(s) built"
 
@@ -43,19 +43,18 @@ def ensure_regions(cfg: Config, log) -> str:
     import h5py
 
     from aria_hpc.conditioning.embeddings import EmbeddingStore
-    from aria_hpc.conditioning.kmeans import kmeans, save_regions
+    from aria_hpc.conditioning.region_build import build_regions
 
     rc, path = cfg.regions, Path(cfg.regions.path)
     store = EmbeddingStore(cfg.embed.dir, cfg.embed.shards)
     want = {"pool_digest": store.pool.digest, "encoder_digest": store.encoder_digest, "k": rc.k,
-            "niter": rc.niter, "seed": cfg.seed, "spherical": rc.spherical, "threads": rc.threads}
+            "niter": rc.niter, "seed": cfg.seed, "spherical": rc.spherical, "threads": rc.threads,
+            "train_points": min(rc.train_points, len(store.pool))}
     if path.is_file():
         with h5py.File(path, "r", locking=False) as f:
             if all(_same(f.attrs.get(k), v) for k, v in want.items()):
                 return f"{rc.k} regions reused"
-    regions = kmeans(store.pooled(), rc.k, niter=rc.niter, seed=cfg.seed, spherical=rc.spherical,
-                     threads=rc.threads, representatives=rc.representatives)
-    save_regions(regions, path, {"pool_digest": store.pool.digest, "encoder_digest": store.encoder_digest})
+    build_regions(cfg)
     return f"{rc.k} regions computed"
 
 

@@ -22,3 +22,27 @@ def test_bench_region_table_writes_its_table(tmp_path):
         for key in ("record_1t_vs_bincount", "record_2t_vs_1t", "read_2t_vs_1t", "record_1t_fresh_vs_bincount",
                     "sample_vs_choice", "sample_vs_choice_interleaved"):
             assert row[key] > 0, key
+
+
+def test_bench_scale_writes_its_table(tmp_path):
+    """Two tiny sizes: every stage runs in its own process and reports seconds and peak RSS."""
+    out = tmp_path / "scale.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--sizes", "8000", "16000",
+                          "--k", "32", "--niter", "2", "--repeats", "1", "--dir", str(tmp_path / "work"), "--out", str(out)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "exponent b" in res.stdout and "peak RSS at N=16,000" in res.stdout and f"wrote {out}" in res.stdout
+    data = json.loads(out.read_text())
+    assert data["sizes"] == [8000, 16000]
+    for stage in ("materialise", "kmeans_train", "kmeans_assign", "index_build", "draws", "plan"):
+        row = data["table"][stage]
+        assert len(row["seconds"]) == 2 and all(s > 0 for s in row["seconds"]) and all(g > 0 for g in row["peak_rss_gb"])
+    assert data["rows"]["16000"]["materialise"]["duplicates"] == 160  # 1% repeats, deduplicated
+    assert data["encoder"]["ours_prompts_per_s_per_core"] > 0 and data["encode_vs_step"]["encode_over_step"] > 0
+    model = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale_model.py"), "--measured", str(out),
+                            "--out", str(tmp_path / "model.md")], capture_output=True, text=True, timeout=120)
+    assert model.returncode == 0, model.stderr[-2000:]
+    text = (tmp_path / "model.md").read_text()
+    for figure in ("region map per node", "all-reduce per sync", "k-means sample", "assignment", "embed, CLIP",
+                   "bank per million entries"):
+        assert f"| {figure}" in text, figure

@@ -128,6 +128,7 @@ class BankContext:
     fingerprint: dict
     null_pooled: np.ndarray | None = None  # (1, P) float16: SDXL's text_embeds of the null text
     pixels: int = 0  # SDXL: the image side its size conditioning (time_ids) names
+    encoder: object = None  # the text encoder: encodes prompts on the fly when the store holds no tokens
 
     def cond(self, cond: np.ndarray) -> UNetCond:
         """What the UNet is conditioned on for condition ids (NULL = the null text), float32."""
@@ -136,13 +137,17 @@ class BankContext:
         tokens = np.broadcast_to(self.null_tokens, (n, length, dim)).copy()
         mask = np.broadcast_to(self.null_mask, (n, length)).copy()
         real = np.flatnonzero(cond != NULL)
-        if len(real):
+        fresh = None
+        if len(real) and self.store.has_tokens:
             tokens[real], mask[real] = self.store.tokens(cond[real])
+        elif len(real):  # a pool too large to store token states: encode this batch's prompts now
+            fresh = self.encoder.encode(self.store.pool.text(cond[real]))
+            tokens[real], mask[real] = fresh.tokens.astype(np.float16), fresh.mask
         out = UNetCond(torch.from_numpy(tokens).float(), torch.from_numpy(mask))
         if self.null_pooled is not None:
             pooled = np.broadcast_to(self.null_pooled, (n, self.null_pooled.shape[1])).copy()
             if len(real):
-                pooled[real] = self.store.pooled_of(cond[real])
+                pooled[real] = self.store.pooled_of(cond[real]) if fresh is None else fresh.pooled.astype(np.float16)
             out.pooled, out.time_ids = torch.from_numpy(pooled).float(), sdxl_time_ids(n, self.pixels)
         return out
 
@@ -171,7 +176,9 @@ def load_context(cfg: Config, *, need_bank_dir: bool = True) -> BankContext:
     if teacher_encoder != store.encoder_digest:
         raise UserError(f"the teacher in {teacher.path} was trained with another text encoder than the one "
                         f"{cfg.embed.dir} was embedded with: embed with the teacher's encoder (text_encoder.dir)")
-    encoder = open_text_encoder(cfg.text_encoder.dir, cfg.text_encoder.max_length)
+    # without stored token states the encoder runs every batch: on the GPU where there is one
+    device = "cuda" if torch.cuda.is_available() and not store.has_tokens else "cpu"
+    encoder = open_text_encoder(cfg.text_encoder.dir, cfg.text_encoder.max_length, device)
     if encoder.digest != store.encoder_digest:
         raise UserError(f"text_encoder.dir is not the encoder {cfg.embed.dir} was embedded with: set it to that one")
     null = encoder.null()
@@ -188,7 +195,8 @@ def load_context(cfg: Config, *, need_bank_dir: bool = True) -> BankContext:
                         f"({unet_cfg.in_channels}, {unet_cfg.sample_size}, {unet_cfg.sample_size}): "
                         "set bank.vae_dir for a latent teacher, or use a pixel teacher of that resolution")
     conditioning = Conditioning(captions, regions.region, teacher.scheduler.config.num_train_timesteps,
-                                cfg.rc.lam, cfg.rc.null_text_prob)
+                                cfg.rc.lam, cfg.rc.null_text_prob, regions.order,
+                                regions.sizes if regions.order is not None else None)
     b = cfg.bank
     fingerprint = {
         "schema_version": SCHEMA_VERSION,
@@ -206,7 +214,7 @@ def load_context(cfg: Config, *, need_bank_dir: bool = True) -> BankContext:
     xl = teacher.unet.config.get("addition_embed_type") == "text_time"
     return BankContext(cfg, teacher, store, conditioning, x0, null.tokens.astype(np.float16), null.mask,
                        fingerprint, null.pooled.astype(np.float16) if xl else None,
-                       unet_cfg.sample_size * teacher.meta.get("vae_scale_factor", 1))
+                       unet_cfg.sample_size * teacher.meta.get("vae_scale_factor", 1), encoder)
 
 
 class TeacherRunner:

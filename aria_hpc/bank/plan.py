@@ -29,17 +29,20 @@ class Conditioning:
     num_timesteps: int
     lam: float
     null_text_prob: float
+    order: np.ndarray | None = None  # prompts grouped by region, as regions.h5 stores it (else computed)
+    sizes: np.ndarray | None = None  # prompts per region, as regions.h5 stores it (else counted)
 
     def __post_init__(self) -> None:
-        self.region_of_prompt = np.asarray(self.region_of_prompt, dtype=np.int64)
-        self.index = RegionIndex(self.region_of_prompt, int(self.region_of_prompt.max()) + 1)
+        if not np.issubdtype(np.asarray(self.region_of_prompt[:0]).dtype, np.integer):
+            self.region_of_prompt = np.asarray(self.region_of_prompt, dtype=np.int64)
+        self.index = RegionIndex(self.region_of_prompt, int(self.region_of_prompt.max()) + 1, self.order, self.sizes)
 
     @property
     def num_regions(self) -> int:
         return self.index.num_regions
 
     def region_of(self, cond: np.ndarray) -> np.ndarray:
-        return np.where(cond >= 0, self.region_of_prompt[np.maximum(cond, 0)], NULL)
+        return np.where(cond >= 0, self.region_of_prompt[np.maximum(cond, 0)], NULL).astype(np.int64)
 
     def prompts_in(self, regions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One prompt uniformly inside each given region (regions must be non-empty)."""

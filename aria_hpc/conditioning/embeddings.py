@@ -126,13 +126,18 @@ def build_shard(embed_dir: Path, pool: PromptPool, encoder, index: int, shards: 
     return ShardResult(index, n, resumed_from)
 
 
+def stores_tokens(cfg, pool: PromptPool) -> bool:
+    """Whether `embed` keeps token states: embed.store_tokens, for a pool of at most embed.store_tokens_max."""
+    return cfg.embed.store_tokens and len(pool) <= cfg.embed.store_tokens_max
+
+
 def open_pool_and_encoder(cfg) -> tuple[PromptPool, object]:
     """The configured prompt pool (materialised into embed.dir) and text encoder."""
     from aria_hpc.conditioning.encoders import open_text_encoder
 
     encoder = open_text_encoder(cfg.text_encoder.dir, cfg.text_encoder.max_length)
     pool = PromptPool(materialise_pool(Path(cfg.embed.dir), cfg.pool.files, cfg.pool.jsonl_field,
-                                       cfg.shapes_world(), cfg.pool.column))
+                                       cfg.shapes_world(), cfg.pool.column, cfg.pool.dedup_memory_max))
     return pool, encoder
 
 
@@ -168,6 +173,8 @@ class EmbeddingStore:
         if len(digests) != 1:
             raise UserError(f"the shards in {self.dir} come from different text encoders: rebuild with --rebuild")
         self.encoder_digest = digests.pop()
+        with read_h5(self.paths[0], EMBED_FIX) as f:
+            self.has_tokens = "tokens" in f  # else the prompts are encoded on the fly (BankContext.cond)
 
     def pooled(self) -> np.ndarray:
         """(N, D) float32 pooled embeddings in pool order."""
@@ -176,6 +183,10 @@ class EmbeddingStore:
             with read_h5(p, EMBED_FIX) as f:
                 parts.append(f["pooled"][:].astype(np.float32))
         return np.concatenate(parts)
+
+    def pooled_rows(self) -> "PooledRows":
+        """The pooled embeddings as a row source for k-means (sampled rows, chunked passes)."""
+        return PooledRows(self)
 
     def pooled_of(self, ids: np.ndarray) -> np.ndarray:
         """(n, P) float16 pooled embeddings of the given prompt ids (SDXL's text_embeds)."""
@@ -204,3 +215,27 @@ class EmbeddingStore:
             for o, g in zip(out, got):
                 o[sel] = g[inverse]
         return out
+
+
+class PooledRows:
+    """An embeddings store's pooled rows, read by id or in chunks shard by shard, never all at once."""
+
+    def __init__(self, store: EmbeddingStore) -> None:
+        self.store = store
+
+    def __len__(self) -> int:
+        return len(self.store.pool)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        return self.store.pooled_of(ids).astype(np.float32)
+
+    def chunks(self, rows: int):
+        for index in range(self.store.shards):
+            yield from self.shard_chunks(index, rows)
+
+    def shard_chunks(self, index: int, rows: int):
+        """(first row id, rows) chunks of one shard, chunked from the shard's start."""
+        start, stop = shard_range(len(self.store.pool), index, self.store.shards)
+        with read_h5(self.store.paths[index], EMBED_FIX) as f:
+            for a in range(0, stop - start, rows):
+                yield start + a, f["pooled"][a:a + rows].astype(np.float32)

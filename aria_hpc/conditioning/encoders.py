@@ -196,10 +196,10 @@ def pipeline_encoder_digest(layout) -> str:
     return h.hexdigest()
 
 
-def open_text_encoder(encoder_dir: str | Path | None, max_length: int | None):
+def open_text_encoder(encoder_dir: str | Path | None, max_length: int | None, device: str = "cpu"):
     """The encoder a config names: a pipeline directory's own, or a plain transformers model directory."""
     from aria_hpc.models.pipeline import is_pipeline, read_layout
 
     if is_pipeline(encoder_dir):
-        return PipelineTextEncoder(read_layout(encoder_dir), max_length)
-    return TextEncoder(encoder_dir, max_length or 24)
+        return PipelineTextEncoder(read_layout(encoder_dir), max_length, device)
+    return TextEncoder(encoder_dir, max_length or 24, device)

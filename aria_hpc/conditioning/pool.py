@@ -147,7 +147,8 @@ def describe_sources(files: list[str], jsonl_field: str, world, column: str = "c
     return json.dumps(described)
 
 
-def materialise_pool(out_dir: Path, files: list[str], jsonl_field: str, world, column: str = "caption") -> Path:
+def materialise_pool(out_dir: Path, files: list[str], jsonl_field: str, world, column: str = "caption",
+                     dedup_memory_max: int = 5_000_000) -> Path:
     """Write out_dir/prompts.h5 (unless one from the same sources exists); returns its path.
 
     Written to a temporary name and renamed, so concurrent job-array tasks doing the same work
@@ -165,13 +166,95 @@ def materialise_pool(out_dir: Path, files: list[str], jsonl_field: str, world, c
                             "the world's splits changed): use another embed.dir, or pass --rebuild")
         return path
     with atomic_h5(path) as f:  # a bad line or a kill leaves neither a pool nor its temporary file
-        _write_pool(f, files, jsonl_field, world, sources, column)
+        _write_pool(f, files, jsonl_field, world, sources, column, dedup_memory_max, out_dir)
     return path
 
 
-def _write_pool(f: h5py.File, files: list[str], jsonl_field: str, world, sources: str, column: str) -> None:
+def count_upper_bound(files: list[str]) -> int:
+    """At most this many prompts in the files (before dropping blanks and repeats): Parquet row
+    counts from the footers, newlines for text and JSONL (read in blocks, not parsed)."""
+    total = 0
+    for name in expand_files(files):
+        path = Path(name)
+        if is_parquet(path):
+            import pyarrow.parquet as pq
+
+            try:
+                total += pq.ParquetFile(path).metadata.num_rows
+            except Exception:  # unreadable: iter_parquet_prompts says so in one line when it gets there
+                continue
+        else:
+            with open(path, "rb") as fh:
+                total += sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 20), b"")) + 1
+    return total
+
+
+PARTITIONS = 256  # external dedup: digests hashed into this many partition files by their first byte
+RECORD = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("seq", "<u8")])
+
+
+def external_duplicates(prompts: Iterator[str], workdir: Path) -> tuple[np.ndarray, int]:
+    """Which prompts repeat an earlier one, in bounded memory. Pass 1 streams (16-byte digest, position)
+    records into PARTITIONS files by the digest's first byte; pass 2 sorts one partition at a time by
+    (digest, position) and marks every record after the first of its digest. Memory: one partition
+    (24 bytes x N / 256) and a bitmap of N bits, memory-mapped on disk; disk: 24 bytes a prompt.
+    Returns (the bitmap of duplicates as a uint8 memmap, prompts seen)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    handles = [open(workdir / f"part-{i:03d}.bin", "wb") for i in range(PARTITIONS)]
+    buffers: list[list[tuple[int, int, int]]] = [[] for _ in range(PARTITIONS)]
+    count = 0
+
+    def spill(i: int) -> None:
+        np.array(buffers[i], dtype=RECORD).tofile(handles[i])
+        buffers[i].clear()
+
+    try:
+        for count, prompt in enumerate(prompts, 1):
+            key = hashlib.blake2b(prompt.encode("utf-8"), digest_size=16).digest()
+            part = key[0]
+            buffers[part].append((int.from_bytes(key[:8], "little"), int.from_bytes(key[8:], "little"), count - 1))
+            if len(buffers[part]) >= 4096:
+                spill(part)
+        for i in range(PARTITIONS):
+            spill(i)
+    finally:
+        for h in handles:
+            h.close()
+    dup = np.memmap(workdir / "duplicates.bits", dtype=np.uint8, mode="w+", shape=(max(1, (count + 7) // 8),))
+    for i in range(PARTITIONS):
+        records = np.fromfile(workdir / f"part-{i:03d}.bin", dtype=RECORD)
+        (workdir / f"part-{i:03d}.bin").unlink()
+        if len(records) < 2:
+            continue
+        records = records[np.lexsort((records["seq"], records["lo"], records["hi"]))]
+        same = (records["hi"][1:] == records["hi"][:-1]) & (records["lo"][1:] == records["lo"][:-1])
+        seqs = records["seq"][1:][same]
+        np.bitwise_or.at(dup, seqs // 8, (1 << (seqs % 8)).astype(np.uint8))
+    return dup, count
+
+
+def _write_pool(f: h5py.File, files: list[str], jsonl_field: str, world, sources: str, column: str,
+                dedup_memory_max: int, out_dir: Path) -> None:
+    """Stream the sources into f, first occurrences only: with a set of 16-byte digests in memory
+    up to dedup_memory_max prompts (about 100 bytes a prompt), with external_duplicates above it (the
+    sources are then read twice)."""
+    import os
+    import shutil
+
     seen: set[bytes] = set()
     dropped = {"empty": 0, "duplicate": 0}
+    workdir = out_dir / f".dedup-{os.getpid()}"
+    try:
+        duplicates = None
+        if files and count_upper_bound(files) > dedup_memory_max:
+            duplicates, _ = external_duplicates((p for p, _, _ in iter_sources(files, jsonl_field, world, {}, column)),
+                                                workdir)
+        _stream_pool(f, files, jsonl_field, world, sources, column, duplicates, seen, dropped)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _stream_pool(f: h5py.File, files, jsonl_field, world, sources, column, duplicates, seen, dropped) -> None:
     digest = hashlib.sha256()
     if files:  # the expanded file list, in order, then every prompt
         digest.update(json.dumps(expand_files(files)).encode("utf-8") + b"\n")
@@ -190,12 +273,16 @@ def _write_pool(f: h5py.File, files: list[str], jsonl_field: str, world, sources
         combo[n:] = [b[2] for b in buffer]
         buffer.clear()
 
-    for prompt, s, c in iter_sources(files, jsonl_field, world, dropped, column):
-        key = hashlib.blake2b(prompt.encode("utf-8"), digest_size=16).digest()
-        if key in seen:
+    for seq, (prompt, s, c) in enumerate(iter_sources(files, jsonl_field, world, dropped, column)):
+        if duplicates is not None:
+            repeat = bool(duplicates[seq >> 3] >> (seq & 7) & 1)
+        else:
+            key = hashlib.blake2b(prompt.encode("utf-8"), digest_size=16).digest()
+            repeat = key in seen
+            seen.add(key)
+        if repeat:
             dropped["duplicate"] += 1
             continue
-        seen.add(key)
         digest.update(prompt.encode("utf-8") + b"\n")
         buffer.append((prompt, s, c))
         if len(buffer) >= CHUNK:

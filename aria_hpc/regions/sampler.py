@@ -14,16 +14,25 @@ REGION_STREAM, PROMPT_STREAM = 0, 1
 class RegionIndex:
     """The region map r(j) of a prompt pool, arranged for O(1) uniform draws inside a region."""
 
-    def __init__(self, region_of_prompt: np.ndarray, num_regions: int) -> None:
-        region_of_prompt = np.asarray(region_of_prompt, dtype=np.int64)
+    def __init__(self, region_of_prompt: np.ndarray, num_regions: int, order: np.ndarray | None = None,
+                 sizes: np.ndarray | None = None) -> None:
+        """region_of_prompt and order may be read-only memory maps (regions.h5's int32 `region` and
+        `order`): then the index costs 8 bytes a prompt, shared by the ranks of a node."""
+        if not np.issubdtype(np.asarray(region_of_prompt[:0]).dtype, np.integer):
+            region_of_prompt = np.asarray(region_of_prompt, dtype=np.int64)
         if region_of_prompt.ndim != 1 or len(region_of_prompt) == 0:
             raise ValueError("the region map must be a non-empty 1-D array (one region per prompt)")
         if region_of_prompt.min() < 0 or region_of_prompt.max() >= num_regions:
             raise ValueError(f"the region map has ids outside [0, {num_regions})")
         self.num_regions = num_regions
         self.region_of_prompt = region_of_prompt
-        self.order = np.argsort(region_of_prompt, kind="stable")  # prompts grouped by region
-        self.sizes = np.bincount(region_of_prompt, minlength=num_regions)
+        # prompts grouped by region (stable: within a region, in pool order)
+        self.order = np.argsort(region_of_prompt, kind="stable") if order is None else order
+        if len(self.order) != len(region_of_prompt):
+            raise ValueError("the region order does not cover the region map")
+        # sizes as stored beside the map (no N-long temporary), else counted
+        self.sizes = np.bincount(region_of_prompt, minlength=num_regions) if sizes is None else \
+            np.asarray(sizes[:num_regions], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
         self.base = self.sizes / len(region_of_prompt)  # pi_k: what RC samples implicitly
 
@@ -38,7 +47,7 @@ class RegionIndex:
         if (sizes == 0).any():
             raise ValueError("asked for a prompt from an empty region")
         within = np.minimum((u * sizes).astype(np.int64), sizes - 1)
-        return self.order[self.offsets[regions] + within]
+        return self.order[self.offsets[regions] + within].astype(np.int64)
 
 
 def update_allocation(table: RegionTable, *, step: int, policy: str, alpha: float, eps: float,
