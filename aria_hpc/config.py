@@ -469,13 +469,10 @@ def resolve_teacher(cfg: Config) -> None:
     for key, (default, accepted) in own.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        if value is None:
-            setattr(getattr(cfg, section), name, default)
-        elif Path(value).resolve() not in {p.resolve() for p in accepted}:
+        if value is not None and Path(value).resolve() not in {p.resolve() for p in accepted}:
             raise ConfigError(f"{key}={value} contradicts the teacher pipeline's own {default} (teacher.dir="
                               f"{cfg.teacher.dir}): unset {key}, or use a teacher whose pipeline holds {value}")
-        else:
-            setattr(getattr(cfg, section), name, default)
+        setattr(getattr(cfg, section), name, default)
     te.max_length = layout.max_length if te.max_length is None else te.max_length
     e.guidance_scale = 7.5 if e.guidance_scale is None else e.guidance_scale
 

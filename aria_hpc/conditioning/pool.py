@@ -241,20 +241,22 @@ def _write_pool(f: h5py.File, files: list[str], jsonl_field: str, world, sources
     import os
     import shutil
 
-    seen: set[bytes] = set()
-    dropped = {"empty": 0, "duplicate": 0}
     workdir = out_dir / f".dedup-{os.getpid()}"
     try:
         duplicates = None
         if files and count_upper_bound(files) > dedup_memory_max:
             duplicates, _ = external_duplicates((p for p, _, _ in iter_sources(files, jsonl_field, world, {}, column)),
                                                 workdir)
-        _stream_pool(f, files, jsonl_field, world, sources, column, duplicates, seen, dropped)
+        _stream_pool(f, files, jsonl_field, world, sources, column, duplicates)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _stream_pool(f: h5py.File, files, jsonl_field, world, sources, column, duplicates, seen, dropped) -> None:
+def _stream_pool(f: h5py.File, files, jsonl_field, world, sources, column, duplicates) -> None:
+    """Write first occurrences: those `duplicates` (a bitmap by position) does not mark, or, without
+    it, those a set of 16-byte digests has not seen."""
+    seen: set[bytes] = set()
+    dropped = {"empty": 0, "duplicate": 0}
     digest = hashlib.sha256()
     if files:  # the expanded file list, in order, then every prompt
         digest.update(json.dumps(expand_files(files)).encode("utf-8") + b"\n")
