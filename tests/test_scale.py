@@ -106,14 +106,19 @@ def test_region_map_is_memory_mapped_and_draws_as_before(tmp_path):
     np.testing.assert_array_equal(mapped.prompts_in(wanted, 1234), built.prompts_in(wanted, 1234))
 
 
+@pytest.mark.parametrize("batch", [65536, 24])
 @pytest.mark.parametrize("threshold", [0, 10**9])
-def test_external_dedup_gives_the_in_memory_pool(tmp_path, threshold):
+def test_external_dedup_gives_the_in_memory_pool(tmp_path, threshold, batch, monkeypatch):
     """Above pool.dedup_memory_max the digests go through partition files on disk; the pool is the
-    same either way (first occurrence wins), and no partition file is left behind."""
+    same either way (first occurrence wins), also when repeats fall in other hashing batches than
+    their first occurrence (batch 24), and no partition file is left behind."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from aria_hpc.conditioning import pool as pool_module
     from aria_hpc.conditioning.pool import PromptPool, materialise_pool
+
+    monkeypatch.setattr(pool_module, "BATCH", batch)
 
     rng = np.random.default_rng(0)
     words = [f"w{i}" for i in range(60)]

@@ -24,9 +24,9 @@ import numpy as np
 
 from aria_hpc.errors import UserError
 from aria_hpc.fsio import atomic_h5, read_h5
+from aria_hpc.h5doc import describe
 
 POOL_FIX = "run `aria-hpc embed CONFIG --rebuild` (it rebuilds the pool and its embeddings)"
-from aria_hpc.h5doc import describe
 
 POOL_FILE = "prompts.h5"
 CHUNK = 4096
@@ -191,32 +191,46 @@ def count_upper_bound(files: list[str]) -> int:
 
 PARTITIONS = 256  # external dedup: digests hashed into this many partition files by their first byte
 RECORD = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("seq", "<u8")])
+BATCH = 65536  # prompts hashed, partitioned and written per numpy batch (a multiple of 8: whole bitmap bytes)
+
+
+def _batches(items: Iterator) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _digests(prompts: list[str]) -> list[bytes]:
+    return [hashlib.blake2b(p.encode("utf-8"), digest_size=16).digest() for p in prompts]
 
 
 def external_duplicates(prompts: Iterator[str], workdir: Path) -> tuple[np.ndarray, int]:
     """Which prompts repeat an earlier one, in bounded memory. Pass 1 streams (16-byte digest, position)
-    records into PARTITIONS files by the digest's first byte; pass 2 sorts one partition at a time by
-    (digest, position) and marks every record after the first of its digest. Memory: one partition
-    (24 bytes x N / 256) and a bitmap of N bits, memory-mapped on disk; disk: 24 bytes a prompt.
-    Returns (the bitmap of duplicates as a uint8 memmap, prompts seen)."""
+    records into PARTITIONS files by the digest's first byte, a batch of BATCH prompts at a time
+    (partitioned with one stable sort, no per-prompt Python records); pass 2 sorts one partition at a
+    time by (digest, position) and marks every record after the first of its digest. Memory: one batch,
+    one partition (24 bytes x N / 256) and a bitmap of N bits, memory-mapped on disk; disk: 24 bytes a
+    prompt. Returns (the bitmap of duplicates as a uint8 memmap, little bit order; prompts seen)."""
     workdir.mkdir(parents=True, exist_ok=True)
     handles = [open(workdir / f"part-{i:03d}.bin", "wb") for i in range(PARTITIONS)]
-    buffers: list[list[tuple[int, int, int]]] = [[] for _ in range(PARTITIONS)]
     count = 0
-
-    def spill(i: int) -> None:
-        np.array(buffers[i], dtype=RECORD).tofile(handles[i])
-        buffers[i].clear()
-
     try:
-        for count, prompt in enumerate(prompts, 1):
-            key = hashlib.blake2b(prompt.encode("utf-8"), digest_size=16).digest()
-            part = key[0]
-            buffers[part].append((int.from_bytes(key[:8], "little"), int.from_bytes(key[8:], "little"), count - 1))
-            if len(buffers[part]) >= 4096:
-                spill(part)
-        for i in range(PARTITIONS):
-            spill(i)
+        for batch in _batches(prompts):
+            keys = np.frombuffer(b"".join(_digests(batch)), dtype="<u8").reshape(-1, 2)
+            records = np.empty(len(batch), dtype=RECORD)
+            records["hi"], records["lo"] = keys[:, 0], keys[:, 1]
+            records["seq"] = np.arange(count, count + len(batch), dtype=np.uint64)
+            count += len(batch)
+            part = (records["hi"] & 0xFF).astype(np.intp)  # the digest's first byte
+            records = records[np.argsort(part, kind="stable")]
+            bounds = np.searchsorted(np.sort(part), np.arange(PARTITIONS + 1))
+            for i in np.flatnonzero(np.diff(bounds)):
+                records[bounds[i]:bounds[i + 1]].tofile(handles[i])
     finally:
         for h in handles:
             h.close()
@@ -264,33 +278,26 @@ def _stream_pool(f: h5py.File, files, jsonl_field, world, sources, column, dupli
     text = f.create_dataset("text", (0,), maxshape=(None,), dtype=text_type, chunks=(CHUNK,))
     split = f.create_dataset("split", (0,), maxshape=(None,), dtype=np.int8, chunks=(CHUNK,))
     combo = f.create_dataset("combination", (0,), maxshape=(None,), dtype=np.int32, chunks=(CHUNK,))
-    buffer: list[tuple[str, int, int]] = []
-
-    def flush() -> None:
-        n = text.shape[0]
-        for ds in (text, split, combo):
-            ds.resize((n + len(buffer),))
-        text[n:] = [b[0] for b in buffer]
-        split[n:] = [b[1] for b in buffer]
-        combo[n:] = [b[2] for b in buffer]
-        buffer.clear()
-
-    for seq, (prompt, s, c) in enumerate(iter_sources(files, jsonl_field, world, dropped, column)):
-        if duplicates is not None:
-            repeat = bool(duplicates[seq >> 3] >> (seq & 7) & 1)
+    seq = 0
+    for batch in _batches(iter_sources(files, jsonl_field, world, dropped, column)):
+        if duplicates is not None:  # this batch's bits (BATCH is a multiple of 8, so seq is byte-aligned)
+            repeats = np.unpackbits(duplicates[seq >> 3:(seq + len(batch) + 7) >> 3],
+                                    bitorder="little")[:len(batch)].astype(bool).tolist()
         else:
-            key = hashlib.blake2b(prompt.encode("utf-8"), digest_size=16).digest()
-            repeat = key in seen
-            seen.add(key)
-        if repeat:
-            dropped["duplicate"] += 1
+            repeats = []
+            for key in _digests([b[0] for b in batch]):
+                repeats.append(key in seen)
+                seen.add(key)
+        seq += len(batch)
+        kept = [item for item, repeat in zip(batch, repeats) if not repeat]
+        dropped["duplicate"] += len(batch) - len(kept)
+        if not kept:
             continue
-        digest.update(prompt.encode("utf-8") + b"\n")
-        buffer.append((prompt, s, c))
-        if len(buffer) >= CHUNK:
-            flush()
-    if buffer:
-        flush()
+        digest.update("".join(item[0] + "\n" for item in kept).encode("utf-8"))
+        n = text.shape[0]
+        for ds, column_values in zip((text, split, combo), zip(*kept)):
+            ds.resize((n + len(kept),))
+            ds[n:] = list(column_values)
     if text.shape[0] == 0:
         raise UserError("the prompt pool is empty: pool.files has no non-empty prompt")
     f.attrs["count"] = text.shape[0]
