@@ -2,7 +2,8 @@
 
 A pool is materialised once into `prompts.h5` (a chunked variable-length UTF-8 dataset): prompts are
 streamed from the sources and written in chunks, and de-duplicated through a set of 16-byte digests,
-so a pool of millions of prompts is never held twice in Python memory. Ids are positions in that
+so a pool of millions of prompts is never held twice in Python memory; above
+pool.dedup_memory_max the digests go to partition files on disk instead (`external_duplicates`). Ids are positions in that
 file (first occurrence wins), stable for the same sources. The embedded shapes world is a source
 too, with per-prompt split and combination labels.
 
