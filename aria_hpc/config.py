@@ -115,6 +115,7 @@ class LaunchConfig:
 
     folder: str = "runs/submitit"  # submitit logs and pickles
     partition: str | None = None
+    nodes: int = 1  # nodes per job (sweep / study members; --executor slurm only above 1)
     timeout_min: int = 60
     cpus_per_task: int = 2  # per task (rank); also its torch threads
     gpus_per_node: int = 0
@@ -351,6 +352,7 @@ class Config:
             (self.launch.tasks_per_node >= 0 and self.launch.gpus_per_node >= 0 and self.launch.cpus_per_task >= 1,
              "launch.tasks_per_node and launch.gpus_per_node must be >= 0, launch.cpus_per_task >= 1"),
             (self.launch.mem_gb >= 0, "launch.mem_gb must be >= 0"),
+            (self.launch.nodes >= 1, "launch.nodes must be >= 1"),
             (self.launch.timeout_min >= 1 and self.launch.array_parallelism >= 1,
              "launch.timeout_min and launch.array_parallelism must be >= 1"),
             (self.judge.steps >= 1 and self.judge.batch_size >= 1, "judge.steps and judge.batch_size must be >= 1"),

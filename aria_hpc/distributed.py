@@ -57,15 +57,20 @@ def all_reduce_max(array: np.ndarray) -> np.ndarray:
     return out
 
 
-def first_problem(problem: str | None) -> str | None:
-    """The lowest rank's problem (None when no rank has one), the same on every rank."""
+def all_gather_object(obj) -> list:
+    """Every rank's obj, in rank order ([obj] on one process)."""
     if not is_distributed():
-        return problem
+        return [obj]
     import torch.distributed as dist
 
-    problems = [None] * dist.get_world_size()
-    dist.all_gather_object(problems, problem)
-    return next((p for p in problems if p), None)
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def first_problem(problem: str | None) -> str | None:
+    """The lowest rank's problem (None when no rank has one), the same on every rank."""
+    return next((p for p in all_gather_object(problem) if p), None)
 
 
 def init(backend: str | None = None) -> WorldInfo:

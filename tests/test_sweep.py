@@ -60,6 +60,8 @@ def test_sweep_plan_status_and_bad_input(tiny_world, tmp_path, aria_cli):
         "empty axis": ({"grid": {"aria.alpha": []}}, "grid.aria.alpha must be a non-empty list"),
         "zip lengths": ({"zip": {"train.lr": [1, 2], "aria.alpha": [1]}}, "same length"),
         "bad value": ({"grid": {"train.policy": ["best"]}}, "train.policy' must be one of"),
+        "missing bank": ({"overrides": [f"bank.dir={tmp_path / 'nobank'}"]}, "sweep member 000-seed=0: no bank at"),
+        "nodes here": ({"overrides": ["launch.nodes=2"]}, "launch.nodes=2 needs --executor slurm"),
     }
     for case, (fields, message) in cases.items():
         bad = write_sweep(tmp_path / case.replace(" ", "_"), base, **fields)
@@ -104,16 +106,17 @@ def _wait_for(predicate, timeout, what):
 @needs_slurm
 def test_slurm_sweep_two_ranks_and_a_crashing_member(tiny_world, sweep_bank, tmp_path, aria_cli):
     base, _ = tiny_world
-    spec = write_sweep(tmp_path, base, zip={"train.policy": ["rc", "aria", "aria"],
-                                            "bank.dir": [str(sweep_bank), str(sweep_bank), str(tmp_path / "nobank")],
-                                            "launch.tasks_per_node": [1, 2, 1]})
+    # the third member crashes at run time (a missing input would be refused before submitting)
+    spec = write_sweep(tmp_path, base, overrides=[f"bank.dir={sweep_bank}"],
+                       zip={"train.policy": ["rc", "aria", "aria"], "train.lr": [1e-3, 1e-3, 1e30],
+                            "launch.tasks_per_node": [1, 2, 1]})
     proc = aria_cli("sweep", str(spec), "--executor", "slurm", timeout=1200)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # not every member finished
     sweep_dir = tmp_path / "sweep"
     rows = [line for line in (sweep_dir / "results.md").read_text().splitlines() if line.startswith("| 00")]
     assert len(rows) == 3
     assert "| finished |" in rows[0] and "| finished |" in rows[1]
-    assert "| failed |" in rows[2] and ".err" in rows[2] and "no bank at" in rows[2]
+    assert "| failed |" in rows[2] and ".err" in rows[2] and "non-finite loss" in rows[2], rows[2]
     two_rank = next(p for p in (sweep_dir / "members").iterdir() if p.name.startswith("001"))
     metrics = [json.loads(line) for line in (two_rank / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["bank_hits"] == 3 * 8 * 2  # two ranks under srun, each drawing its own batch

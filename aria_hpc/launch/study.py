@@ -121,6 +121,7 @@ def run_study(study: Study, executor: str = "local", only: list[str] | None = No
     from aria_hpc.config import load_config
     from aria_hpc.demo import ensure_embeddings, ensure_regions
     from aria_hpc.launch.members import run_members
+    from aria_hpc.launch.preflight import check_members
 
     names = only or list(study.regimes)
     missing = [n for n in names if n not in study.regimes]
@@ -138,6 +139,7 @@ def run_study(study: Study, executor: str = "local", only: list[str] | None = No
         log(f"[study] {name}: {ensure_embeddings(cfg, log)}; {ensure_regions(cfg, log)}")
         bank = build_bank(cfg, log=lambda _m: None)
         log(f"[study] {name}: bank {bank['manifest']['entries']} entries, teacher forwards {bank['teacher_forwards']}")
+        check_members(pending, executor, label=f"study member {name}/")
         wave = max(1, cfg.launch.array_parallelism) if executor != "slurm" else len(pending)
         for start in range(0, len(pending), wave):
             batch = pending[start:start + wave]

@@ -31,9 +31,11 @@ from aria_hpc.config import load_config, read_yaml
 from aria_hpc.errors import ConfigError
 from aria_hpc.fsio import atomic_write_text, require_writable
 from aria_hpc.launch.members import Member, MemberStatus, run_members
+from aria_hpc.launch.preflight import check_members
 
 SWEEP_KEYS = ("base", "dir", "overrides", "grid", "zip", "seeds", "evaluate")
 GROUPS = ("seen", "under", "unseen")
+QUEUED_OR_DONE = ("finished", "running", "submitted", "pending", "preempted")
 
 
 @dataclass
@@ -116,35 +118,45 @@ def members(sweep: Sweep) -> list[Member]:
     return out
 
 
-def _alive(job: dict, status: dict) -> bool:
-    """Whether a member's job is still queued or running: squeue for SLURM, the process for local jobs."""
+def _queue_state(job: dict, status: dict) -> tuple[bool, str | None]:
+    """(whether a member's job is still queued or running, SLURM's reason while it is pending):
+    squeue for SLURM, the process for local jobs."""
     import os
 
     if job.get("executor") == "slurm" and job.get("job_id"):
         try:
-            out = subprocess.run(["squeue", "-h", "-j", str(job["job_id"]).split("_")[0], "-o", "%T"],
+            out = subprocess.run(["squeue", "-h", "-j", str(job["job_id"]), "-o", "%T|%r"],
                                  capture_output=True, text=True, timeout=30)
         except (OSError, subprocess.TimeoutExpired):
-            return False
-        return out.returncode == 0 and bool(out.stdout.strip())
+            return False, None
+        lines = out.stdout.strip().splitlines() if out.returncode == 0 else []
+        if not lines:
+            return False, None
+        state, _, reason = lines[0].partition("|")
+        return True, (reason or "None") if state == "PENDING" else None
     pid = status.get("pid") or (job.get("job_id") if job.get("executor") == "local" else None)
     try:
         os.kill(int(pid), 0)
     except (TypeError, ValueError, OSError):
-        return False
-    return True
+        return False, None
+    return True, None
 
 
 def member_state(sweep: Sweep, m: Member, jobs: dict) -> dict:
-    """finished | failed | running | submitted | preempted | interrupted | not submitted."""
+    """finished | failed | running | submitted | pending | preempted | interrupted | not submitted.
+    A member whose SLURM job waits in the queue is pending, with SLURM's reason as its error."""
     status = MemberStatus.read(m.run_dir) or {}
     job = jobs.get(m.name, {})
     state = status.get("state") or ("submitted" if job else "not submitted")
     error = status.get("error", "") or job.get("error", "")
     if state == "finished" and sweep.evaluate and not (m.run_dir / "eval.json").is_file():
         state, error = "failed", "finished training but has no eval.json"
-    elif state in ("running", "submitted", "preempted") and not _alive(job, status):
-        state = "failed" if job.get("error") else "interrupted"
+    elif state in ("running", "submitted", "preempted"):
+        alive, reason = _queue_state(job, status)
+        if not alive:
+            state = "failed" if job.get("error") else "interrupted"
+        elif reason is not None:  # queued (also a requeued preempted job): say why it waits
+            state, error = "pending", f"SLURM pending reason: {reason}"
     return {"state": state, "job_id": str(job.get("job_id", "")), "log": job.get("stderr", ""), "error": error}
 
 
@@ -164,11 +176,12 @@ def run_sweep(path: str | Path, executor: str, log=print) -> dict:
     todo_all = members(sweep)
     base_cfg = load_config(sweep.base, todo_all[0].overrides)
     require_writable(sweep.dir, "the sweep's dir")
-    sweep.dir.mkdir(parents=True, exist_ok=True)
     jobs = read_jobs(sweep)
     states = {m.name: member_state(sweep, m, jobs) for m in todo_all}
-    skip = [m for m in todo_all if states[m.name]["state"] in ("finished", "running", "submitted", "preempted")]
+    skip = [m for m in todo_all if states[m.name]["state"] in QUEUED_OR_DONE]
     todo = [m for m in todo_all if m not in skip]
+    check_members(todo, executor)  # inputs and (on SLURM) the partition, before anything is submitted
+    sweep.dir.mkdir(parents=True, exist_ok=True)
     log(f"sweep {sweep.dir}: {len(todo_all)} members, {len(skip)} finished or still queued, submitting {len(todo)}")
 
     def record(submitted: dict) -> None:

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import signal
+import socket
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -149,7 +150,11 @@ def train(cfg: Config, log=print) -> dict:
         source.load_state_dict(own["source"])
         torch.set_rng_state(own["torch_rng"])
 
+    hosts = distributed.all_gather_object(socket.gethostname())
     if rank == 0:  # only now, after every check passed on every rank
+        if world > 1:
+            log(f"{world} ranks on {', '.join(hosts)} (MASTER_ADDR {os.environ.get('MASTER_ADDR')}:"
+                f"{os.environ.get('MASTER_PORT')})")
         if tag is not None:
             checkpoint.truncate_metrics(run_dir / "metrics.jsonl", start_step)
             log(f"resumed from {ckpt_dir / tag} at step {start_step}")
@@ -195,6 +200,7 @@ def train(cfg: Config, log=print) -> dict:
         progress = tqdm(total=cfg.train.steps, initial=start_step, desc=f"train ({policy})", unit="step",
                         disable=None)
     t_last, steps_since = time.perf_counter(), 0
+    table_digests = None  # every rank's region table digest after the last sync (world > 1)
     last_loss = float("nan")
     try:
         for step in range(start_step, cfg.train.steps):
@@ -264,6 +270,12 @@ def train(cfg: Config, log=print) -> dict:
             if (step + 1) % cfg.aria.sync_every == 0:
                 sync_and_fold([table], cfg.aria.beta)
                 sync_and_fold([baseline], cfg.aria.baseline_beta)
+                if world > 1:  # the invariant the sync exists for: one table, the same on every rank
+                    table_digests = distributed.all_gather_object(_table_digest(table, baseline))
+                    if len(set(table_digests)) > 1:
+                        raise AgreedError(f"the region tables differ between ranks after the sync at step "
+                                          f"{step + 1} ({table_digests}): a rank folded other sums; report "
+                                          "this with the run's config")
 
             # ---- log ---------------------------------------------------------------------------
             steps_since += 1
@@ -291,6 +303,8 @@ def train(cfg: Config, log=print) -> dict:
                         record["group_share"] = {SPLIT_GROUPS[g]: round(float(share[g]), 6) for g in present}
                         record["group_estimate"] = {SPLIT_GROUPS[g]: round(float(tracked[g]), 6) for g in present}
                         record["estimate_mean"] = round(float(table.base @ table.estimate()), 6)
+                    if table_digests is not None:  # every rank's table after the last sync (all equal)
+                        record["table_digests"] = table_digests
                 if curve is not None and (done % cfg.train.curve_every == 0 or done == cfg.train.steps):
                     record["curve_mse"] = curve(lambda x, t, c: engine(x, t, c)[0])
                 if metrics:
@@ -380,6 +394,18 @@ def _check_resumable(cfg: Config, tag_dir: Path, world: int) -> None:
     if differ:
         raise UserError(f"the checkpoint in {tag_dir} was written with a different config (differs in "
                         f"{', '.join(differ[:8])}): restore those values, or use another run.dir")
+
+
+def _table_digest(*tables: RegionTable) -> str:
+    """A short hash of what the fold leaves (estimates, variances, weights, allocation, fold count)."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=8)
+    for t in tables:
+        for value in (*t.stats().values(), t.q):
+            h.update(np.ascontiguousarray(value, dtype=np.float64).tobytes())
+        h.update(str(t.folds).encode())
+    return h.hexdigest()
 
 
 def _raise_on_any_rank(problem: str | None) -> None:
