@@ -189,3 +189,26 @@ def test_train_deepspeed_sbatch_builds_a_hostfile_from_the_node_list(tmp_path):
     args = (tmp_path / "args").read_text().split()
     assert args == ["--hostfile", str(tmp_path / "hostfile"), "--master_addr", "node1", "--master_port", "21234",
                     "--module", "aria_hpc.train", "cfg.yaml", "train.lr=1e-4"]
+
+
+def test_preflight_reads_partitions_and_inputs_without_a_cluster(tiny_world, sweep_bank, tmp_path):
+    """The pre-flight's parts on their own: sinfo's per-node lines (default partition, GPUs from GRES,
+    the largest node) and the inputs check, for the shipped teacher (teacher.dir unset) too."""
+    from aria_hpc.config import LaunchConfig
+    from aria_hpc.launch.preflight import input_problem, read_partitions, resource_problem
+
+    parts = read_partitions("gpu|g1|64|512000|gpu:a100:8(S:0-1)\ngpu|g2|32|256000|gpu:4\n"
+                            "cpu*|c1|2|9600|(null)\ncpu*|c2|2|9600|(null)\n")
+    assert parts["gpu"].nodes == 2 and parts["gpu"].cpus == 64 and parts["gpu"].gpus == 8 and not parts["gpu"].default
+    assert parts["cpu"].default and parts["cpu"].gpus == 0 and parts["cpu"].mem_mb == 9600
+    assert resource_problem(LaunchConfig(cpus_per_task=2, mem_gb=8), parts) is None  # the default partition
+    problem = resource_problem(LaunchConfig(cpus_per_task=8), parts)
+    assert "8 CPUs" in problem and "partition cpu has 2 node(s), at most 2 CPUs" in problem
+    assert resource_problem(LaunchConfig(partition="gpu", gpus_per_node=8, cpus_per_task=8, nodes=2), parts) is None
+    assert "lower launch.nodes" in resource_problem(LaunchConfig(partition="gpu", nodes=3), parts)
+    base, _ = tiny_world
+    assert input_problem(load_config(base, [f"bank.dir={sweep_bank}"])) is None
+    assert input_problem(load_config(base, [f"bank.dir={sweep_bank}", "teacher.dir=null"])) is None  # shipped
+    assert "lacks" in input_problem(load_config(base, [f"bank.dir={sweep_bank}", f"teacher.dir={tmp_path}"]))
+    assert "does not exist" in input_problem(load_config(base, [f"bank.dir={sweep_bank}",
+                                                                f"regions.path={tmp_path / 'r.h5'}"]))

@@ -101,13 +101,12 @@ def input_problem(cfg: Config) -> str | None:
     from aria_hpc.bank.reader import read_manifest
     from aria_hpc.conditioning.embeddings import EmbeddingStore
     from aria_hpc.conditioning.kmeans import load_regions
+    from aria_hpc.models.teacher import teacher_dir
 
     try:
         if cfg.bank.dir:
             read_manifest(Path(cfg.bank.dir))
-        if not Path(cfg.teacher.dir).is_dir():
-            raise UserError(f"teacher.dir={cfg.teacher.dir} does not exist: train a teacher or point teacher.dir "
-                            "at one")
+        teacher_dir(cfg.teacher.dir)
         store = EmbeddingStore(cfg.embed.dir, cfg.embed.shards)
         regions = load_regions(cfg.regions.path)
         if regions.attrs.get("pool_digest") != store.pool.digest:

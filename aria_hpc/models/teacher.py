@@ -66,20 +66,31 @@ def save_teacher(path: str | Path, unet, scheduler, meta: dict) -> Path:
     return path
 
 
-def load_teacher(path: str | Path | None = None) -> Teacher:
-    """Load a teacher directory (the shipped shapes teacher when path is None), frozen, eval mode."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-
-    path = Path(path) if path else shipped_teacher_dir()
+def teacher_dir(path: str | Path | None = None) -> Path:
+    """The teacher directory (the shipped shapes teacher when path is None), checked to be one: a
+    diffusers pipeline, or a directory written by `aria-hpc teacher`."""
     from aria_hpc.models.pipeline import is_pipeline
 
+    path = Path(path) if path else shipped_teacher_dir()
     if is_pipeline(path):
-        return load_pipeline_teacher(path)
+        return path
     missing = [p for p in ("unet/config.json", "scheduler/scheduler_config.json", META_FILE)
                if not (path / p).is_file()]
     if missing:
         raise UserError(f"teacher directory {path} lacks {', '.join(missing)}: pass a directory written by "
                         "`aria-hpc teacher` (teacher.dir=...), or leave teacher.dir unset for the shipped one")
+    return path
+
+
+def load_teacher(path: str | Path | None = None) -> Teacher:
+    """Load a teacher directory (the shipped shapes teacher when path is None), frozen, eval mode."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from aria_hpc.models.pipeline import is_pipeline
+
+    path = teacher_dir(path)
+    if is_pipeline(path):
+        return load_pipeline_teacher(path)
     unet = UNet2DConditionModel.from_pretrained(path / "unet", low_cpu_mem_usage=False).eval().requires_grad_(False)
     scheduler = DDPMScheduler.from_pretrained(path / "scheduler")
     return Teacher(unet, scheduler, json.loads((path / META_FILE).read_text()), path)
