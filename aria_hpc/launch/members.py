@@ -42,7 +42,8 @@ class TrainMember(submitit.helpers.Checkpointable):
         import torch
 
         from aria_hpc import distributed
-        from aria_hpc.train.loop import Preempted, train
+        from aria_hpc.entry import train_config
+        from aria_hpc.errors import Preempted
 
         cfg = member.resolve()
         torch.set_num_threads(max(1, cfg.launch.cpus_per_task))  # per rank (local jobs are not pinned)
@@ -51,7 +52,7 @@ class TrainMember(submitit.helpers.Checkpointable):
         status.write("running")
         t0 = time.perf_counter()
         try:
-            result = train(cfg, log=lambda msg: print(msg, flush=True))
+            result = train_config(cfg, log=lambda msg: print(msg, flush=True))
         except Preempted as exc:
             status.write("preempted", error=str(exc))
             if callable(signal.getsignal(signal.SIGUSR2)):  # submitit's handler (absent in-process / debug)
