@@ -50,7 +50,7 @@ def test_train_module_help_is_pinned():
 def test_member_sbatch_script_is_pinned(tmp_path):
     """The sbatch script submitit writes for a 2-node sweep member (paths replaced by placeholders)."""
     from aria_hpc.config import LaunchConfig
-    from aria_hpc.launch.members import make_executor
+    from aria_hpc.launch.executor import make_executor
 
     launch = LaunchConfig(partition="debug", nodes=2, tasks_per_node=1, cpus_per_task=4, mem_gb=8,
                           timeout_min=90, array_parallelism=4)

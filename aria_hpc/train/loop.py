@@ -24,7 +24,7 @@ import torch
 
 from aria_hpc import distributed
 from aria_hpc.config import Config, save_resolved, to_dict
-from aria_hpc.errors import PREEMPTED_EXIT, AgreedError, Preempted, UserError  # noqa: F401 - re-exported
+from aria_hpc.errors import AgreedError, Preempted, UserError
 from aria_hpc.fsio import atomic_write_text, require_writable
 from aria_hpc.regions.allocation import group_view, importance_weights, normalise_by_baseline, timestep_bins
 from aria_hpc.regions.rng import derive_key
