@@ -1,4 +1,5 @@
-"""aria-hpc: one console script, thin subcommands (parse, load config, call one function)."""
+"""aria-hpc: one console script. Each subcommand parses its arguments, loads its config and calls its
+stage; the tables it prints (regions, bank status, eval) are formatted here."""
 
 from __future__ import annotations
 

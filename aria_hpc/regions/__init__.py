@@ -4,14 +4,9 @@ Importing the package imports nothing: `allocation` is pure NumPy; `table` is th
 the C++ core (aria_hpc._C); `sync` and `sampler` bring the table and torch.distributed. The names
 below load their module on first use (PEP 562)."""
 
-from importlib import import_module
+from aria_hpc.lazy import lazy_names
 
 _LAZY = {"RegionIndex": "sampler", "draw_conditions": "sampler", "update_allocation": "sampler",
          "sync_and_fold": "sync", "RegionTable": "table"}
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)
