@@ -1,15 +1,16 @@
-"""aria-hpc: one console script, thin subcommands (parse, load config, call one function)."""
+"""aria-hpc: one console script. Each subcommand parses its arguments, loads its config and calls its
+stage; the tables it prints (regions, bank status, eval) are formatted here."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-import os
-
 from aria_hpc.config import Config, dump_yaml, load_config, save_resolved
+from aria_hpc.entry import exit_code, parse_args
 from aria_hpc.errors import UserError
 from aria_hpc.fsio import require_writable
 
@@ -18,18 +19,6 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config file (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. aria.alpha=0.5")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-
-
-def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """parse_args that also takes key=value overrides after the options
-    (`aria-hpc bank CFG --shard 1 train.lr=1e-4`), appended to args.overrides."""
-    args, extra = parser.parse_known_args(argv)
-    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
-    if stray:
-        parser.error(f"unrecognized arguments: {' '.join(stray)}")
-    if extra:
-        args.overrides = [*args.overrides, *extra]
-    return args
 
 
 def _resolve(args: argparse.Namespace) -> Config | None:
@@ -257,9 +246,9 @@ def print_bank_status(bank_dir: Path) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from aria_hpc.train import main as train_main
+    from aria_hpc.entry import train_command
 
-    return train_main([args.config, *args.overrides, *(["--dry-run"] if args.dry_run else [])])
+    return train_command(args.config, args.overrides, args.dry_run)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -413,17 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models load from local directories only
     args = parse_args(build_parser(), argv)
-    try:
-        return args.func(args)
-    except UserError as exc:
-        from aria_hpc.distributed import world_info
-        from aria_hpc.errors import AgreedError
-
-        if not isinstance(exc, AgreedError) or world_info().rank == 0:
-            print(f"aria-hpc: error: {exc}", file=sys.stderr)
-        return 2
+    return exit_code(lambda: args.func(args))
 
 
 if __name__ == "__main__":

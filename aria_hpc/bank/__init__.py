@@ -1,7 +1,11 @@
-"""The teacher bank: teacher outputs cached in HDF5 shards (DESIGN.md section 6)."""
+"""The teacher bank: teacher outputs cached in HDF5 shards (DESIGN.md section 6).
 
-from aria_hpc.bank.reader import Bank, BankBatch
-from aria_hpc.bank.sources import BankSource, LiveTeacher, TeacherSource
-from aria_hpc.bank.writer import build_bank
+Importing the package imports nothing: `plan` is pure NumPy; `reader`, `writer` and `sources` bring
+h5py and torch. The names below load their module on first use (PEP 562)."""
 
-__all__ = ["Bank", "BankBatch", "BankSource", "LiveTeacher", "TeacherSource", "build_bank"]
+from aria_hpc.lazy import lazy_names
+
+_LAZY = {"Bank": "reader", "BankBatch": "reader", "BankSource": "sources", "LiveTeacher": "sources",
+         "TeacherSource": "sources", "build_bank": "writer"}
+__all__ = sorted(_LAZY)
+__getattr__ = lazy_names(__name__, _LAZY)

@@ -252,15 +252,9 @@ def _build_shard_job(cfg, index: int) -> int:
 
 def submit_shards(cfg, indices: list[int], executor: str, log: Callable[[str], None]) -> int:
     """One submitit array task per shard; waits for them; total teacher forwards."""
-    import submitit
+    from aria_hpc.launch.executor import make_executor
 
-    lc = cfg.launch
-    ex = submitit.AutoExecutor(folder=Path(lc.folder) / "bank", cluster=executor)
-    params = dict(timeout_min=lc.timeout_min, cpus_per_task=lc.cpus_per_task, name="aria-bank")
-    if executor == "slurm":
-        params.update(slurm_array_parallelism=lc.array_parallelism, mem_gb=lc.mem_gb,
-                      gpus_per_node=lc.gpus_per_node, slurm_partition=lc.partition)
-    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    ex = make_executor(cfg.launch, executor, Path(cfg.launch.folder) / "bank", "aria-bank", ranks=False)
     jobs = ex.map_array(_build_shard_job, [cfg] * len(indices), indices)
     log(f"submitted {len(jobs)} {executor} array tasks ({', '.join(j.job_id for j in jobs[:4])}"
         f"{', ...' if len(jobs) > 4 else ''}); logs in {ex.folder}")

@@ -122,15 +122,10 @@ def build_regions(cfg, executor: str | None = None, log: Callable[[str], None] =
                               chunk_rows=rc.chunk_rows)
         save_regions(regions, Path(rc.path), extra)
         return regions
-    import submitit
+    from aria_hpc.launch.executor import make_executor
 
     save_centroids(cfg, store)
-    lc = cfg.launch
-    ex = submitit.AutoExecutor(folder=Path(lc.folder) / "regions", cluster=executor)
-    params = dict(timeout_min=lc.timeout_min, cpus_per_task=lc.cpus_per_task, name="aria-regions")
-    if executor == "slurm":
-        params.update(slurm_array_parallelism=lc.array_parallelism, mem_gb=lc.mem_gb, slurm_partition=lc.partition)
-    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    ex = make_executor(cfg.launch, executor, Path(cfg.launch.folder) / "regions", "aria-regions", ranks=False)
     indices = list(range(cfg.embed.shards))
     jobs = ex.map_array(_assign_job, [cfg] * len(indices), indices)
     log(f"submitted {len(jobs)} {executor} assignment tasks ({', '.join(j.job_id for j in jobs[:4])}"

@@ -18,6 +18,7 @@ from pathlib import Path
 import submitit
 
 from aria_hpc.config import Config, LaunchConfig, load_config
+from aria_hpc.launch.executor import make_executor
 
 
 @dataclass
@@ -42,7 +43,8 @@ class TrainMember(submitit.helpers.Checkpointable):
         import torch
 
         from aria_hpc import distributed
-        from aria_hpc.train.loop import Preempted, train
+        from aria_hpc.entry import train_config
+        from aria_hpc.errors import Preempted
 
         cfg = member.resolve()
         torch.set_num_threads(max(1, cfg.launch.cpus_per_task))  # per rank (local jobs are not pinned)
@@ -51,7 +53,7 @@ class TrainMember(submitit.helpers.Checkpointable):
         status.write("running")
         t0 = time.perf_counter()
         try:
-            result = train(cfg, log=lambda msg: print(msg, flush=True))
+            result = train_config(cfg, log=lambda msg: print(msg, flush=True))
         except Preempted as exc:
             status.write("preempted", error=str(exc))
             if callable(signal.getsignal(signal.SIGUSR2)):  # submitit's handler (absent in-process / debug)
@@ -111,29 +113,6 @@ class MemberStatus:
             return json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-
-
-def tasks_per_node(launch: LaunchConfig) -> int:
-    """Ranks per node: launch.tasks_per_node, or one per GPU, at least one."""
-    return launch.tasks_per_node or max(1, launch.gpus_per_node)
-
-
-def make_executor(launch: LaunchConfig, kind: str, folder: str | Path, name: str) -> submitit.Executor:
-    """An AutoExecutor for kind local | slurm | debug. GPUs per node become tasks per node."""
-    from aria_hpc.errors import ConfigError
-
-    if launch.nodes > 1 and kind != "slurm":
-        raise ConfigError(f"launch.nodes={launch.nodes} needs --executor slurm (the {kind} executor runs "
-                          "on this machine only): use --executor slurm or launch.nodes=1")
-    ex = submitit.AutoExecutor(folder=str(folder), cluster=kind)
-    params = dict(timeout_min=launch.timeout_min, name=name, tasks_per_node=tasks_per_node(launch),
-                  cpus_per_task=launch.cpus_per_task)  # per rank
-    if kind == "slurm":
-        params.update(nodes=launch.nodes, slurm_array_parallelism=launch.array_parallelism, mem_gb=launch.mem_gb,
-                      gpus_per_node=launch.gpus_per_node or None, slurm_partition=launch.partition,
-                      slurm_signal_delay_s=120)
-    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
-    return ex
 
 
 def run_members(members: list[Member], launch: LaunchConfig, kind: str, folder: str | Path,

@@ -69,7 +69,7 @@ def read_partitions(text: str | None = None) -> dict[str, Partition]:
 
 def resource_problem(launch: LaunchConfig, partitions: dict[str, Partition]) -> str | None:
     """What a member asks for that its partition cannot give, or None."""
-    from aria_hpc.launch.members import tasks_per_node
+    from aria_hpc.launch.executor import tasks_per_node
 
     if launch.partition:
         part = partitions.get(launch.partition)

@@ -1,7 +1,12 @@
-"""Region statistics, allocation and sampling for ARIA (DESIGN.md sections 3 and 5)."""
+"""Region statistics, allocation and sampling for ARIA (DESIGN.md sections 3 and 5).
 
-from aria_hpc.regions.sampler import RegionIndex, draw_conditions, update_allocation
-from aria_hpc.regions.sync import sync_and_fold
-from aria_hpc.regions.table import RegionTable
+Importing the package imports nothing: `allocation` is pure NumPy; `table` is the only importer of
+the C++ core (aria_hpc._C); `sync` and `sampler` bring the table and torch.distributed. The names
+below load their module on first use (PEP 562)."""
 
-__all__ = ["RegionIndex", "RegionTable", "draw_conditions", "sync_and_fold", "update_allocation"]
+from aria_hpc.lazy import lazy_names
+
+_LAZY = {"RegionIndex": "sampler", "draw_conditions": "sampler", "update_allocation": "sampler",
+         "sync_and_fold": "sync", "RegionTable": "table"}
+__all__ = sorted(_LAZY)
+__getattr__ = lazy_names(__name__, _LAZY)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from aria_hpc.regions.allocation import allocate, flattened_base
 from aria_hpc.regions.rng import counter_uniform, derive_key
-from aria_hpc.regions.table import RegionTable
+
+if TYPE_CHECKING:  # the table (and the C++ core) only as a type: drawing and planning stay pure NumPy
+    from aria_hpc.regions.table import RegionTable
 
 REGION_STREAM, PROMPT_STREAM = 0, 1
 

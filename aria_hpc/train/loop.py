@@ -24,7 +24,7 @@ import torch
 
 from aria_hpc import distributed
 from aria_hpc.config import Config, save_resolved, to_dict
-from aria_hpc.errors import AgreedError, UserError
+from aria_hpc.errors import AgreedError, Preempted, UserError
 from aria_hpc.fsio import atomic_write_text, require_writable
 from aria_hpc.regions.allocation import group_view, importance_weights, normalise_by_baseline, timestep_bins
 from aria_hpc.regions.rng import derive_key
@@ -36,16 +36,12 @@ from aria_hpc.models.pipeline import export_pipeline, is_pipeline, model_card
 from aria_hpc.train.student import Distilled, StudentEMA, export_student
 
 FAULT_STEP = os.environ.get("ARIA_FAULT_SIGKILL_AFTER_STEP")  # fault injection for the resume tests
-PREEMPTED_EXIT = 75  # EX_TEMPFAIL: checkpoint saved, run the same command again
 # Keys that may change between a checkpoint and its resume (run length and bookkeeping only; eval.*
 # never affects training either).
 RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.region_log_every", "train.checkpoint_every",
                      "train.curve_every", "train.keep_checkpoints", "train.export", "run.dir", "launch.folder",
                      "launch.partition", "launch.timeout_min"}
 
-
-class Preempted(Exception):
-    """Raised after a checkpoint was saved on SIGUSR2/SIGTERM."""
 
 
 def flat_config(cfg: Config) -> dict:

@@ -1,0 +1,38 @@
+"""The one place that turns launch.* into a submitit executor: training members (ranks on nodes,
+checkpointable) and job arrays of single-process tasks (bank shards, region assignment)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import submitit
+
+from aria_hpc.config import LaunchConfig
+
+
+def tasks_per_node(launch: LaunchConfig) -> int:
+    """Ranks per node: launch.tasks_per_node, or one per GPU, at least one."""
+    return launch.tasks_per_node or max(1, launch.gpus_per_node)
+
+
+def make_executor(launch: LaunchConfig, kind: str, folder: str | Path, name: str, *,
+                  ranks: bool = True) -> submitit.Executor:
+    """An AutoExecutor for kind local | slurm | debug. With ranks (a training member): launch.nodes
+    nodes, GPUs per node become tasks per node, and SIGUSR2 120 s before the time limit. Without (an
+    array task): one process."""
+    from aria_hpc.errors import ConfigError
+
+    if ranks and launch.nodes > 1 and kind != "slurm":
+        raise ConfigError(f"launch.nodes={launch.nodes} needs --executor slurm (the {kind} executor runs "
+                          "on this machine only): use --executor slurm or launch.nodes=1")
+    ex = submitit.AutoExecutor(folder=str(folder), cluster=kind)
+    params = dict(timeout_min=launch.timeout_min, name=name, cpus_per_task=launch.cpus_per_task)  # per rank
+    if ranks:
+        params["tasks_per_node"] = tasks_per_node(launch)
+    if kind == "slurm":
+        params.update(slurm_array_parallelism=launch.array_parallelism, mem_gb=launch.mem_gb,
+                      gpus_per_node=launch.gpus_per_node or None, slurm_partition=launch.partition)
+        if ranks:
+            params.update(nodes=launch.nodes, slurm_signal_delay_s=120)
+    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    return ex
