@@ -156,22 +156,29 @@ class BankContext:
         return self.cond(np.array([NULL]))
 
 
+def load_matching_regions(cfg: Config, store):
+    """cfg.regions.path, checked to have been computed from the pool of `store` (cfg.embed.dir)."""
+    from aria_hpc.conditioning.kmeans import load_regions
+
+    regions = load_regions(cfg.regions.path)
+    if regions.attrs.get("pool_digest") != store.pool.digest:
+        raise UserError(f"{cfg.regions.path} was computed from another prompt pool than {cfg.embed.dir}: "
+                        "run `aria-hpc regions CONFIG` again")
+    return regions
+
+
 def load_context(cfg: Config, *, need_bank_dir: bool = True) -> BankContext:
     """Load and cross-check teacher, embeddings, regions and paired set. Without a bank directory
     (a live-teacher run) x0 is computed in memory instead of being stored in BANK_DIR/x0.h5."""
     from aria_hpc.conditioning.embeddings import EmbeddingStore
     from aria_hpc.conditioning.encoders import directory_digest, open_text_encoder
-    from aria_hpc.conditioning.kmeans import load_regions
     from aria_hpc.models.teacher import load_teacher
 
     if need_bank_dir and not cfg.bank.dir:
         raise UserError("bank.dir is not set: give the directory the bank lives in (bank.dir=runs/bank)")
     teacher = load_teacher(cfg.teacher.dir)
     store = EmbeddingStore(cfg.embed.dir, cfg.embed.shards)
-    regions = load_regions(cfg.regions.path)
-    if regions.attrs.get("pool_digest") != store.pool.digest:
-        raise UserError(f"{cfg.regions.path} was computed from another prompt pool than {cfg.embed.dir}: "
-                        "run `aria-hpc regions CONFIG` again")
+    regions = load_matching_regions(cfg, store)
     teacher_encoder = teacher.meta.get("text_encoder", {}).get("digest")
     if teacher_encoder != store.encoder_digest:
         raise UserError(f"the teacher in {teacher.path} was trained with another text encoder than the one "

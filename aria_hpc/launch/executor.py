@@ -15,6 +15,14 @@ def tasks_per_node(launch: LaunchConfig) -> int:
     return launch.tasks_per_node or max(1, launch.gpus_per_node)
 
 
+def nodes_problem(launch: LaunchConfig, kind: str) -> str | None:
+    """Why a member cannot run on launch.nodes nodes with this executor, or None."""
+    if launch.nodes > 1 and kind != "slurm":
+        return (f"launch.nodes={launch.nodes} needs --executor slurm (the {kind} executor runs on this "
+                "machine only): use --executor slurm or launch.nodes=1")
+    return None
+
+
 def make_executor(launch: LaunchConfig, kind: str, folder: str | Path, name: str, *,
                   ranks: bool = True) -> submitit.Executor:
     """An AutoExecutor for kind local | slurm | debug. With ranks (a training member): launch.nodes
@@ -22,9 +30,9 @@ def make_executor(launch: LaunchConfig, kind: str, folder: str | Path, name: str
     array task): one process."""
     from aria_hpc.errors import ConfigError
 
-    if ranks and launch.nodes > 1 and kind != "slurm":
-        raise ConfigError(f"launch.nodes={launch.nodes} needs --executor slurm (the {kind} executor runs "
-                          "on this machine only): use --executor slurm or launch.nodes=1")
+    problem = nodes_problem(launch, kind) if ranks else None
+    if problem:
+        raise ConfigError(problem)
     ex = submitit.AutoExecutor(folder=str(folder), cluster=kind)
     params = dict(timeout_min=launch.timeout_min, name=name, cpus_per_task=launch.cpus_per_task)  # per rank
     if ranks:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from aria_hpc.config import Config, LaunchConfig
 from aria_hpc.errors import ConfigError, UserError
+from aria_hpc.launch.executor import nodes_problem, tasks_per_node
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,6 @@ def read_partitions(text: str | None = None) -> dict[str, Partition]:
 
 def resource_problem(launch: LaunchConfig, partitions: dict[str, Partition]) -> str | None:
     """What a member asks for that its partition cannot give, or None."""
-    from aria_hpc.launch.executor import tasks_per_node
-
     if launch.partition:
         part = partitions.get(launch.partition)
         if part is None:
@@ -98,20 +97,16 @@ def resource_problem(launch: LaunchConfig, partitions: dict[str, Partition]) -> 
 
 def input_problem(cfg: Config) -> str | None:
     """A missing or mismatched input of a training member (what `train` would fail on first)."""
+    from aria_hpc.bank.context import load_matching_regions
     from aria_hpc.bank.reader import read_manifest
     from aria_hpc.conditioning.embeddings import EmbeddingStore
-    from aria_hpc.conditioning.kmeans import load_regions
     from aria_hpc.models.teacher import teacher_dir
 
     try:
         if cfg.bank.dir:
             read_manifest(Path(cfg.bank.dir))
         teacher_dir(cfg.teacher.dir)
-        store = EmbeddingStore(cfg.embed.dir, cfg.embed.shards)
-        regions = load_regions(cfg.regions.path)
-        if regions.attrs.get("pool_digest") != store.pool.digest:
-            raise UserError(f"{cfg.regions.path} was computed from another prompt pool than {cfg.embed.dir}: "
-                            "run `aria-hpc regions CONFIG` again")
+        load_matching_regions(cfg, EmbeddingStore(cfg.embed.dir, cfg.embed.shards))
     except UserError as exc:
         return str(exc)
     return None
@@ -124,9 +119,9 @@ def check_members(members, executor: str, label: str = "sweep member ") -> None:
     for m in members:
         cfg = m.resolve()
         name = f"{label}{m.name}"
-        if cfg.launch.nodes > 1 and executor != "slurm":
-            raise ConfigError(f"{name}: launch.nodes={cfg.launch.nodes} needs --executor slurm "
-                              f"(the {executor} executor runs on this machine only)")
+        problem = nodes_problem(cfg.launch, executor)
+        if problem:
+            raise ConfigError(f"{name}: {problem}")
         problem = resource_problem(cfg.launch, partitions) if partitions is not None else None
         if problem:
             raise ConfigError(f"{name} {problem}" if problem.startswith("asks") else f"{name}: {problem}")
