@@ -18,6 +18,7 @@ from aria_hpc.bank.sources import Writeback
 from aria_hpc.bank.plan import Conditioning, plan_bank, shard_plan
 from aria_hpc.config import load_config
 from aria_hpc.errors import UserError
+from aria_hpc.worlds.shapes import shapes_world
 from conftest import ROOT, cli_env
 
 
@@ -290,7 +291,7 @@ def test_latent_mode_encodes_pairs_once_with_a_vae(tiny_world, tmp_path):
     build_bank(cfg, log=lambda _m: None)
     bank = Bank(cfg.bank.dir)
     assert bank.fingerprint["sampling"]["space"] == "latent" and bank.output_shape == (4, 8, 8)
-    images, _ = cfg.shapes_world().paired_set()
+    images, _ = shapes_world(cfg.world).paired_set()
     with torch.no_grad():
         expect = vae.encode(torch.from_numpy(images[:5])).latent_dist.mean * vae.config.scaling_factor
     assert torch.allclose(torch.from_numpy(bank.x0()[:5]), expect, atol=1e-5)

@@ -21,6 +21,7 @@ from aria_hpc.config import Config
 from aria_hpc.errors import UserError
 from aria_hpc.fsio import array_digest, atomic_h5, read_h5
 from aria_hpc.h5doc import describe
+from aria_hpc.worlds.shapes import shapes_world
 
 SCHEMA_VERSION = 1
 X0_FILE = "x0.h5"
@@ -62,7 +63,7 @@ def paired_images(cfg: Config, pool) -> tuple[np.ndarray, np.ndarray]:
     if cfg.pool.files:
         raise UserError("the shapes world's paired set needs the world's own prompt pool: unset pool.files, "
                         "or give bank.pairs (images + prompt_ids into your pool)")
-    world = cfg.shapes_world()
+    world = shapes_world(cfg.world)
     images, combos = world.paired_set()
     captions = world.caption_ids(combos)
     if not np.array_equal(pool.combination[captions[:, 0]], combos):

@@ -25,6 +25,7 @@ from aria_hpc.fsio import fsync_path, read_h5
 
 EMBED_FIX = "run `aria-hpc embed CONFIG`: it sets a damaged shard aside and rebuilds it"
 from aria_hpc.h5doc import describe
+from aria_hpc.worlds.shapes import shapes_world
 
 
 def shard_range(count: int, index: int, shards: int) -> tuple[int, int]:
@@ -137,7 +138,7 @@ def open_pool_and_encoder(cfg) -> tuple[PromptPool, object]:
 
     encoder = open_text_encoder(cfg.text_encoder.dir, cfg.text_encoder.max_length)
     pool = PromptPool(materialise_pool(Path(cfg.embed.dir), cfg.pool.files, cfg.pool.jsonl_field,
-                                       cfg.shapes_world(), cfg.pool.column, cfg.pool.dedup_memory_max))
+                                       shapes_world(cfg.world), cfg.pool.column, cfg.pool.dedup_memory_max))
     return pool, encoder
 
 

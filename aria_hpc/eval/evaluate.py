@@ -24,14 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aria_hpc.config import Config, load_config
+from aria_hpc.config import EVAL_OVERRIDES, Config, load_config, matches
 from aria_hpc.errors import UserError
 from aria_hpc.eval.metrics import frechet_with_se, grouped, mean_se, stratified_timesteps
 from aria_hpc.fsio import atomic_write_text, require_writable
 
 SPLIT_GROUPS = ("seen", "under", "unseen", "unlabelled")  # pool split codes 0, 1, 2, -1
 EVAL_STREAM = 0xE7A1
-EVAL_KEYS = ("eval.", "judge.")  # what `aria-hpc eval` may override: never what the run trained with
 
 
 def group_of(split: np.ndarray) -> np.ndarray:
@@ -162,7 +161,7 @@ def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) 
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml): pass a run.dir written by "
                         "`aria-hpc train`")
-    bad = [o for o in overrides if not o.startswith(EVAL_KEYS)]
+    bad = [o for o in overrides if not matches(o.partition("=")[0].strip(), EVAL_OVERRIDES)]
     if bad:
         raise UserError(f"eval overrides may only change eval.* and judge.* (got {', '.join(bad)}): the run's "
                         "own settings come from its config.yaml")

@@ -113,6 +113,19 @@ class RegionTable:
         self.accumulators[...] = np.asarray(state["accumulators"], dtype=np.float64)
 
 
+def table_digest(*tables: RegionTable) -> str:
+    """A short hash of what the fold leaves in the tables (estimates, variances, weights, allocation,
+    fold count): equal on every rank after a sync, which the training loop checks."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=8)
+    for t in tables:
+        for value in (*t.stats().values(), t.q):
+            h.update(np.ascontiguousarray(value, dtype=np.float64).tobytes())
+        h.update(str(t.folds).encode())
+    return h.hexdigest()
+
+
 def gather_rows(src: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
     """out[i] = src[rows[i]] for C-contiguous row arrays of one dtype: one memcpy per row, GIL
     released (the bank reader's gather from memory-mapped shards straight into a batch)."""
