@@ -175,7 +175,7 @@ class EmbeddingStore:
             raise UserError(f"the shards in {self.dir} come from different text encoders: rebuild with --rebuild")
         self.encoder_digest = digests.pop()
         with read_h5(self.paths[0], EMBED_FIX) as f:
-            self.has_tokens = "tokens" in f  # else the prompts are encoded on the fly (BankContext.cond)
+            self.has_tokens = "tokens" in f  # else the prompts are encoded on the fly (RunContext.cond)
 
     def pooled(self) -> np.ndarray:
         """(N, D) float32 pooled embeddings in pool order."""

@@ -85,7 +85,7 @@ class HeldoutCurve:
     are computed once; each call runs the student over the set (what train.curve_every logs)."""
 
     def __init__(self, cfg: Config, ctx, device=None) -> None:
-        from aria_hpc.bank.context import noised_inputs
+        from aria_hpc.bank.noise import noised_inputs
 
         scheduler = ctx.teacher.scheduler
         tup = group_tuples(cfg, group_of(ctx.store.pool.split), ctx.conditioning.region_of_prompt, len(ctx.x0),
@@ -203,7 +203,8 @@ def _teacher_samples(cfg: Config, ctx, prompts: np.ndarray, log) -> torch.Tensor
 
 
 def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), log=print) -> dict:
-    from aria_hpc.bank.context import load_context, noised_inputs
+    from aria_hpc.bank.noise import noised_inputs
+    from aria_hpc.context import load_context
     from aria_hpc.conditioning.kmeans import composition
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir, overrides)

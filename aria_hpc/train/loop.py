@@ -41,7 +41,7 @@ FAULT_STEP = os.environ.get("ARIA_FAULT_SIGKILL_AFTER_STEP")  # fault injection 
 
 def train(cfg: Config, log=print) -> dict:
     # ---- setup -----------------------------------------------------------------------------
-    from aria_hpc.bank.context import load_context
+    from aria_hpc.context import load_context
     from aria_hpc.bank.reader import read_manifest
     from aria_hpc.bank.sources import open_source
     from aria_hpc.engine import initialize
