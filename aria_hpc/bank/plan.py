@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aria_hpc.regions.allocation import rc_replace_probability
 from aria_hpc.regions.rng import derive_key, splitmix64
 from aria_hpc.regions.sampler import RegionIndex
 
@@ -63,7 +64,7 @@ def draw_entries(cond: RCSchedule, rng: np.random.Generator, n: int) -> dict[str
     n_images, n_captions = cond.captions.shape
     image = rng.integers(0, n_images, n)
     t = rng.integers(0, cond.num_timesteps, n)
-    replaced = rng.random(n) < np.exp(-cond.lam * (1 - t / cond.num_timesteps))
+    replaced = rng.random(n) < rc_replace_probability(t, cond.num_timesteps, cond.lam)
     prompt = cond.captions[image, rng.integers(0, n_captions, n)].astype(np.int64)
     prompt[replaced] = rng.integers(0, len(cond.region_of_prompt), int(replaced.sum()))
     prompt[rng.random(n) < cond.null_text_prob] = NULL

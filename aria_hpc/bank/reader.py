@@ -28,7 +28,7 @@ from aria_hpc.bank.paired import X0_FILE, load_x0
 from aria_hpc.bank.plan import COLUMNS
 from aria_hpc.bank.writer import MANIFEST
 from aria_hpc.errors import UserError
-from aria_hpc.regions.table import gather_rows
+from aria_hpc.native import gather_rows
 
 
 @dataclass

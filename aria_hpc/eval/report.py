@@ -19,8 +19,9 @@ import numpy as np
 from aria_hpc.config import LABEL_IGNORED, matches
 from aria_hpc.errors import UserError
 from aria_hpc.fsio import atomic_write_text
+from aria_hpc.splits import REPORT_GROUPS
 
-GROUPS = ("seen", "under", "unseen", "unlabelled", "all")
+GROUPS = REPORT_GROUPS
 # metric key in eval.json groups -> (column title, higher is better)
 METRICS = {
     "mse": ("output MSE", False),

@@ -1,4 +1,4 @@
-"""The region statistics table: Python facade over the C++ core (the only importer of _C)."""
+"""The region statistics table: Python facade over the C++ core (aria_hpc/native.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from aria_hpc import _C
+from aria_hpc.native import core as _C, cuda_compiled  # noqa: F401 - cuda_compiled: tests import it here
 
 _STATS = ("ema_mean", "ema_sq", "ema_weight", "age", "observations")
 
@@ -124,17 +124,6 @@ def table_digest(*tables: RegionTable) -> str:
             h.update(np.ascontiguousarray(value, dtype=np.float64).tobytes())
         h.update(str(t.folds).encode())
     return h.hexdigest()
-
-
-def gather_rows(src: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
-    """out[i] = src[rows[i]] for C-contiguous row arrays of one dtype: one memcpy per row, GIL
-    released (the bank reader's gather from memory-mapped shards straight into a batch)."""
-    _C.gather_rows(src, np.ascontiguousarray(rows, dtype=np.int64), out)
-
-
-def cuda_compiled() -> bool:
-    """Whether aria_hpc._C was built with the CUDA accumulation kernel (ARIA_CUDA=AUTO/ON + nvcc)."""
-    return bool(getattr(_C, "cuda_compiled", False))
 
 
 class DeviceRegionStats:

@@ -15,6 +15,8 @@ from functools import cached_property
 
 import numpy as np
 
+from aria_hpc.splits import SPLITS
+
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 COLOURS = ("red", "green", "blue", "yellow", "cyan", "magenta", "orange", "white")
 POSITIONS = ("centre", "top left", "top right", "bottom left", "bottom right")
@@ -141,7 +143,6 @@ def prompts_for(combo: Combination) -> list[str]:
     return out
 
 
-SPLITS = ("seen", "under", "unseen")
 
 
 @dataclass(frozen=True)
