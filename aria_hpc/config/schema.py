@@ -44,22 +44,29 @@ class TrainConfig(Section):
     policy: Policy = "aria"
     """paired: true captions only; rc: uniform pool prompts; aria: adaptive"""
     micro_batch_per_gpu: int = 64
+    """samples per rank per micro-step"""
     grad_accum: int = 1
+    """micro-steps per optimizer step"""
     lr: float = 1e-4
+    """AdamW learning rate (peak, after warm-up)"""
     weight_decay: float = 0.0
+    """AdamW weight decay"""
     warmup_steps: int = 0
     """linear learning-rate warm-up"""
     lr_schedule: LrSchedule = "constant"
     """after warm-up: constant, or cosine decay to zero at train.steps"""
     grad_clip: float = 1.0
+    """gradient-norm clipping (0 = none)"""
     zero_stage: int = 0
     """DeepSpeed ZeRO stage 0-3"""
     ema_decay: float = 0.999
     """student EMA (per rank; its own shard under ZeRO-3)"""
     log_every: int = 10
+    """steps between metrics.jsonl records"""
     region_log_every: int = 50
     """per-region estimate and allocation in metrics.jsonl"""
     checkpoint_every: int = 100
+    """steps between checkpoints (and one at the last step)"""
     keep_checkpoints: int = 2
     """newest checkpoints kept (plus any marked non-finite)"""
     export: bool = True
@@ -93,6 +100,7 @@ class StudentConfig(Section):
     removal, initialised from its weights where shapes match, or a smaller UNet from scratch)."""
 
     preset: str = "bk_small"
+    """a name in aria_hpc.models.students.PRESETS"""
 
 
 @dataclass
@@ -102,6 +110,7 @@ class LossConfig(Section):
     feature_kd: float = 0.0
     """MSE between block outputs (needs the bank built with bank.features)"""
     feature_blocks: list[str] = field(default_factory=lambda: ["mid_block"])
+    """teacher blocks whose outputs the feature term matches"""
     task: float = 0.0
     """the diffusion loss on true pairs (paired samples only)"""
 
@@ -116,6 +125,7 @@ class RCConfig(Section):
     lam: float = 5.0
     """p_rc(t) = exp(-lam (1 - t/T)); 5 in the RC authors' scripts"""
     null_text_prob: float = 0.1
+    """share of conditions replaced by the null text (classifier-free guidance)"""
 
     def validate(self) -> None:
         _first_failed([
@@ -214,16 +224,21 @@ class LaunchConfig(Section):
     folder: str = "runs/submitit"
     """submitit logs and pickles"""
     partition: str | None = None
+    """SLURM partition; None = the cluster's default"""
     nodes: int = 1
     """nodes per job (sweep / study members; --executor slurm only above 1)"""
     timeout_min: int = 60
+    """wall-clock limit per job"""
     cpus_per_task: int = 2
     """per task (rank); also its torch threads"""
     gpus_per_node: int = 0
+    """GPUs requested per node (0 on CPU clusters)"""
     tasks_per_node: int = 0
     """ranks per node; 0 = one per GPU (gpus_per_node), at least 1"""
     mem_gb: int = 8
+    """memory per node (0 = SLURM's default)"""
     array_parallelism: int = 16
+    """job-array tasks running at once"""
 
     def validate(self) -> None:
         _first_failed([
@@ -241,9 +256,11 @@ class SimulateConfig(Section):
     """A synthetic discrepancy landscape for trying allocation knobs without a model."""
 
     num_regions: int = 64
+    """regions of the synthetic landscape"""
     planted_regions: int = 4
     """regions whose true discrepancy is planted_scale times the rest"""
     planted_scale: float = 3.0
+    """how much harder the planted regions are than the rest"""
     noise: float = 0.5
     """std of a sample's normalised discrepancy around its region's truth"""
     drift_per_step: float = 0.0
@@ -267,6 +284,7 @@ class WorldConfig(Section):
     """The embedded shapes world (aria_hpc/worlds/shapes.py). Splits are by colour-shape pair."""
 
     resolution: int = 16
+    """image side in pixels (16 or 32)"""
     seen_images: int = 4
     """paired images per seen combination"""
     under_images: int = 2
@@ -275,14 +293,18 @@ class WorldConfig(Section):
     """images of one combination differ by up to this many pixels of offset"""
     unseen_pairs: list[str] = field(default_factory=lambda: [
         "red triangle", "blue circle", "yellow cross", "cyan square"])
+    """colour-shape pairs with no paired image (the unseen split)"""
     under_pairs: list[str] = field(default_factory=lambda: [
         "green ring", "magenta diamond", "orange square", "white triangle"])
+    """pairs with under_images paired images (the under-represented split)"""
     heldout_colours: list[str] = field(default_factory=list)
     """Whole-concept holdout: every combination with one of these colours / shapes has no paired image
     (it joins the unseen group); heldout_share > 0 dilutes those concepts to at most that share of the
     pool by keeping fewer of their paraphrases (configs/regimes/ has the named presets)."""
     heldout_shapes: list[str] = field(default_factory=list)
+    """every combination with one of these shapes has no paired image"""
     heldout_share: float = 0.0
+    """> 0: the held-out concepts are diluted to at most this share of the pool"""
 
     def validate(self) -> None:
         _first_failed([
@@ -307,6 +329,7 @@ class TextEncoderConfig(Section):
     max_length: int | None = None
     """tokens per prompt; None = the pipeline tokenizer's (77), else 24"""
     batch_size: int = 256
+    """prompts per encoder forward"""
 
     def validate(self) -> None:
         _first_failed([
@@ -321,6 +344,7 @@ class PoolConfig(Section):
     files: list[str] = field(default_factory=list)
     """text (one prompt a line), JSONL or Parquet files; globs expand in sorted order; [] = shapes world"""
     jsonl_field: str = "prompt"
+    """the JSONL field holding the prompt"""
     column: str = "caption"
     """the Parquet column holding the prompt (LAION metadata: caption)"""
     dedup_memory_max: int = 5_000_000
@@ -349,8 +373,11 @@ class EmbedConfig(Section):
 @dataclass
 class RegionsConfig(Section):
     path: str = "runs/embeddings/regions.h5"
+    """regions.h5: every prompt's region, the centroids and the region order"""
     k: int = 64
+    """number of regions (k-means centroids)"""
     niter: int = 25
+    """k-means iterations"""
     spherical: bool = True
     """pooled MiniLM/CLIP embeddings are compared by cosine"""
     threads: int = 1
@@ -383,18 +410,31 @@ class TeacherConfig(Section):
     init_from: str | None = None
     """`aria-hpc teacher` continues from this teacher directory's weights"""
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    """recipe: the UNet's channels per resolution level"""
     layers_per_block: int = 1
+    """recipe: ResNet layers per UNet block"""
     norm_num_groups: int = 8
+    """recipe: GroupNorm groups (divides every channel count)"""
     attention_head_dim: int = 8
+    """recipe: channels per cross-attention head"""
     prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
+    """recipe: what the UNet predicts (diffusers' DDPMScheduler names)"""
     num_train_timesteps: int = 1000
+    """recipe: the noise schedule's length T"""
     beta_schedule: str = "squaredcos_cap_v2"
+    """recipe: the noise schedule (diffusers' DDPMScheduler names)"""
     steps: int = 3000
+    """recipe: optimizer steps"""
     batch_size: int = 64
+    """recipe: samples per step"""
     lr: float = 1e-3
+    """recipe: AdamW peak learning rate (cosine decay after warm-up)"""
     warmup_steps: int = 200
+    """recipe: linear learning-rate warm-up"""
     ema_decay: float = 0.999
+    """recipe: EMA of the weights (the EMA is what ships)"""
     grad_clip: float = 1.0
+    """recipe: gradient-norm clipping"""
     null_text_prob: float = 0.1
     """classifier-free-guidance dropout"""
     sample_steps: int = 25
@@ -402,6 +442,7 @@ class TeacherConfig(Section):
     eval_per_split: int = 80
     """combinations per split in the quality check"""
     log_every: int = 100
+    """recipe: steps between log lines"""
 
     def validate(self) -> None:
         _first_failed([
@@ -428,8 +469,11 @@ class JudgeConfig(Section):
     dir: str | None = None
     """None = the judge shipped inside the package"""
     steps: int = 1500
+    """training steps of the judge"""
     batch_size: int = 128
+    """renders per judge step"""
     lr: float = 2e-3
+    """judge learning rate"""
     noise_max: float = 0.1
     """renders get Gaussian noise with sigma in [0, noise_max]"""
     gain: float = 0.08
@@ -462,6 +506,7 @@ class EvalConfig(Section):
     grid: int = 8
     """samples per group kept for the report's grids"""
     batch_size: int = 256
+    """samples per forward while evaluating"""
     guidance_scale: float | None = None
     """classifier-free guidance; None = 7.5 for a pipeline teacher, else 1.0"""
     clip_dir: str | None = None
@@ -487,6 +532,7 @@ class EvalConfig(Section):
 @dataclass
 class Config:
     seed: int = 0
+    """training seed: student init, batches, region draws; a verdict needs >= 3 of them"""
     run: RunConfig = field(default_factory=RunConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
