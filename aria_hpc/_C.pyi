@@ -1,4 +1,4 @@
-"""Type stub of the C++ core (csrc/bindings.cpp). Only aria_hpc/regions/table.py imports it."""
+"""Type stub of the C++ core (csrc/bindings.cpp). Only aria_hpc/native.py imports it."""
 
 import numpy as np
 import numpy.typing as npt

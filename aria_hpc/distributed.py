@@ -73,6 +73,23 @@ def first_problem(problem: str | None) -> str | None:
     return next((p for p in all_gather_object(problem) if p), None)
 
 
+def agree(problem: str | None) -> None:
+    """Every rank raises AgreedError with the lowest rank's problem when any rank has one (printed
+    once, by rank 0); returns on every rank when none has."""
+    from aria_hpc.errors import AgreedError
+
+    problem = first_problem(problem)
+    if problem:
+        raise AgreedError(problem)
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when the flag is set on any."""
+    count = np.array([1.0 if flag else 0.0])
+    all_reduce_sum_(count)
+    return bool(count[0] > 0)
+
+
 def init(backend: str | None = None) -> WorldInfo:
     """Join the process group described by the environment (no-op for one process)."""
     info = world_info()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,15 +36,26 @@ def require_writable(path: Path, what: str) -> None:
                         f"fix its permissions or choose another {what}")
 
 
+@contextmanager
+def atomic_path(path: Path, suffix: str = ""):
+    """A temporary name beside `path` (ending in `suffix`, for writers that insist on an extension)
+    for the block to write a file to; when the block ends without error the file is fsynced and
+    renamed over `path`, so readers see the old file or the new one, never a mix. On error nothing is
+    left behind."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
+    try:
+        yield tmp
+        fsync_path(tmp)
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write, fsync and rename over `path`: readers see the old file or the new one, never a mix."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_path(path.parent)
+    """Write a text file so that readers see the old file or the new one, never a mix."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 @contextmanager
@@ -53,15 +65,29 @@ def atomic_h5(path: Path):
     import h5py
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             yield f
-        fsync_path(tmp)
-        os.replace(tmp, path)
-        fsync_path(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def replaced_dir(path: Path):
+    """A fresh directory beside `path` for the block to fill; when the block ends without error the
+    old `path` (if any) is removed and the new one renamed into its place, so a reader never loads a
+    half-written directory. On error the partial directory is removed and `path` is left as it was."""
+    import shutil
+
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
 
 
 @contextmanager

@@ -43,7 +43,7 @@ FILES = {
         "One shard of the teacher-output bank: one row per tuple (image, cond, t, seed) and the teacher's "
         "output on it. x_t is not stored: it is regenerated exactly as "
         "x_t = scheduler.add_noise(x0[image], randn(shape of x0, torch generator seeded with `seed`), t) "
-        "(aria_hpc.bank.context.noised_inputs). Attr digest: sha256 over the columns and outputs "
+        "(aria_hpc.bank.noise.noised_inputs). Attr digest: sha256 over the columns and outputs "
         "(aria_hpc.bank.integrity.shard_digest); fingerprint: the teacher, scheduler, encoder, pool and "
         "image set the rows belong to.",
         {"entry": ("global id of the tuple (unique across the bank's shards)", None),

@@ -34,9 +34,10 @@ import numpy as np
 import torch
 
 from aria_hpc.bank import Bank
+from aria_hpc.bank.fingerprint import SCHEMA_VERSION
 from aria_hpc.bank.integrity import verify_shards
-from aria_hpc.bank.context import X0_FILE, SCHEMA_VERSION
-from aria_hpc.bank.plan import Conditioning, plan_bank, shard_plan
+from aria_hpc.bank.paired import X0_FILE
+from aria_hpc.bank.plan import RCSchedule, plan_bank, shard_plan
 from aria_hpc.bank.writer import shard_name, update_manifest, write_shard
 from aria_hpc.fsio import array_digest
 from timing import median_seconds
@@ -56,7 +57,7 @@ def build(bank_dir: Path, entries: int, shards: int, regions: int) -> tuple[Bank
     bank_dir.mkdir(parents=True)
     rng = np.random.default_rng(0)
     n_images, n_prompts = 2048, 200_000
-    cond = Conditioning(rng.integers(0, n_prompts, (n_images, 1)), rng.integers(0, regions, n_prompts), 1000, 5.0, 0.1)
+    cond = RCSchedule(rng.integers(0, n_prompts, (n_images, 1)), rng.integers(0, regions, n_prompts), 1000, 5.0, 0.1)
     plan = plan_bank(cond, entries=entries, min_per_region=16, seed=0)
     x0 = rng.standard_normal((n_images, *ENTRY_SHAPE), dtype=np.float32)
     with h5py.File(bank_dir / X0_FILE, "w") as f:

@@ -150,12 +150,12 @@ def run_stage(stage: str, n: int, work: Path, k: int, niter: int) -> dict:
             draws, steps = draws + 4096, steps + 1
         out.update(draws_per_s=draws / (time.perf_counter() - t0))
     elif stage == "plan":
-        from aria_hpc.bank.plan import Conditioning, plan_bank
+        from aria_hpc.bank.plan import RCSchedule, plan_bank
 
         regions = load_regions(work / "regions.h5")
         rng = np.random.default_rng(0)
         captions = rng.integers(0, len(regions.region), (100_000, 1))
-        cond = Conditioning(captions, regions.region, 1000, 5.0, 0.1, regions.order, regions.sizes)
+        cond = RCSchedule(captions, regions.region, 1000, 5.0, 0.1, regions.order, regions.sizes)
         plan = plan_bank(cond, entries=1_000_000, min_per_region=8, seed=0)
         out.update(entries=int(len(plan["entry"])),
                    column_bytes_per_entry=int(sum(v.dtype.itemsize for v in plan.values())))

@@ -102,7 +102,7 @@ def reuse(run_dir: Path, steps: int) -> dict:
 
 def separate_passes(base: list[str], paths: list[str], repeats: int = 5) -> dict:
     """Median seconds of the teacher forward and of one student training step, on one micro-batch."""
-    from aria_hpc.bank.context import load_context
+    from aria_hpc.context import load_context
     from aria_hpc.models.students import build_student
 
     cfg = load_config(base[0], [*base[1:], *paths])

@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from aria_hpc.bank import Bank, BankSource, LiveTeacher, build_bank
-from aria_hpc.bank.context import load_context
+from aria_hpc.bank.plan import RCSchedule, plan_bank, shard_plan
 from aria_hpc.bank.sources import Writeback
-from aria_hpc.bank.plan import Conditioning, plan_bank, shard_plan
 from aria_hpc.config import load_config
+from aria_hpc.context import load_context
 from aria_hpc.errors import UserError
+from aria_hpc.worlds.shapes import shapes_world
 from conftest import ROOT, cli_env
 
 
@@ -49,7 +50,7 @@ def test_plan_follows_rc_schedule_and_fills_every_region():
     region_of_prompt = rng.integers(0, 20, 5000)
     region_of_prompt[region_of_prompt == 7] = 6  # region 7 empty: nothing can be drawn from it
     captions = rng.integers(0, 5000, (300, 3))
-    cond = Conditioning(captions, region_of_prompt, 1000, 5.0, 0.1)
+    cond = RCSchedule(captions, region_of_prompt, 1000, 5.0, 0.1)
     plan = plan_bank(cond, entries=20000, min_per_region=400, seed=3)
     again = plan_bank(cond, entries=20000, min_per_region=400, seed=3)
     assert all(np.array_equal(plan[k], again[k]) for k in plan)
@@ -70,7 +71,7 @@ def test_plan_follows_rc_schedule_and_fills_every_region():
 
 
 def test_reader_regenerates_the_writers_noised_inputs(tiny_world, tmp_path, monkeypatch):
-    from aria_hpc.bank import context as bank_context
+    from aria_hpc.models import runner as bank_context
 
     seen = {}
     original = bank_context.TeacherRunner.__call__
@@ -290,7 +291,7 @@ def test_latent_mode_encodes_pairs_once_with_a_vae(tiny_world, tmp_path):
     build_bank(cfg, log=lambda _m: None)
     bank = Bank(cfg.bank.dir)
     assert bank.fingerprint["sampling"]["space"] == "latent" and bank.output_shape == (4, 8, 8)
-    images, _ = cfg.shapes_world().paired_set()
+    images, _ = shapes_world(cfg.world).paired_set()
     with torch.no_grad():
         expect = vae.encode(torch.from_numpy(images[:5])).latent_dist.mean * vae.config.scaling_factor
     assert torch.allclose(torch.from_numpy(bank.x0()[:5]), expect, atol=1e-5)

@@ -141,3 +141,23 @@ def test_cli_dry_run_prints_resolved_config_and_writes_nothing(aria_cli, tmp_pat
     assert res.returncode == 0, res.stderr
     assert yaml.safe_load(res.stdout)["aria"]["alpha"] == 0.25
     assert not (tmp_path / "r").exists()
+
+
+def test_every_config_field_has_a_docstring():
+    """The schema documents itself: every leaf field is followed by its docstring (config/schema.py)."""
+    import ast
+    import dataclasses
+
+    from aria_hpc.config import schema
+
+    tree = ast.parse(open(schema.__file__).read())
+    documented = set()
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        for field_node, after in zip(cls.body, cls.body[1:]):
+            if (isinstance(field_node, ast.AnnAssign) and isinstance(after, ast.Expr)
+                    and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+                documented.add(f"{cls.name}.{field_node.target.id}")
+    leaves = [f"{type(section).__name__}.{f.name}" for section in
+              [getattr(Config(), s.name) for s in dataclasses.fields(Config)] if dataclasses.is_dataclass(section)
+              for f in dataclasses.fields(section)] + ["Config.seed"]
+    assert not [k for k in leaves if k not in documented]

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from aria_hpc.bank import Bank, BankSource, LiveTeacher, build_bank
-from aria_hpc.bank.context import load_context
 from aria_hpc.bank.ledger import FRESH, ReuseLedger
 from aria_hpc.bank.sources import Writeback
 from aria_hpc.bank.writer import bank_status
 from aria_hpc.config import load_config
+from aria_hpc.context import load_context
 
 # A small bank with mostly random-conditioned entries (rc.lam = 1: ~63% replaced), so that a few
 # training steps run regions out of unused entries.

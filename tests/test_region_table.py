@@ -209,7 +209,7 @@ def test_eight_threads_record_one_table(k, request):
 
 
 def test_gather_rows_copies_rows_and_rejects_bad_input():
-    from aria_hpc.regions.table import gather_rows
+    from aria_hpc.native import gather_rows
 
     src = np.arange(5 * 2 * 3, dtype=np.float16).reshape(5, 2, 3)
     out = np.empty((4, 2, 3), np.float16)

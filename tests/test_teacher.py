@@ -13,7 +13,7 @@ from aria_hpc.conditioning.unet_input import UNetCond
 from aria_hpc.models.sampling import ddim_sample
 from aria_hpc.models.teacher import load_teacher, shipped_teacher_dir
 from aria_hpc.worlds.judge import load_judge
-from aria_hpc.worlds.shapes import ALL_COMBINATIONS, ShapesWorld
+from aria_hpc.worlds.shapes import ALL_COMBINATIONS, ShapesWorld, shapes_world
 
 
 def test_shipped_teacher_and_judge_load_and_run():
@@ -90,7 +90,7 @@ def test_shipped_teacher_meets_the_quality_bar_when_measured_again():
     recipe = load_config(assets / "recipe.yaml")
     shipped = json.loads((assets / "teacher_eval.json").read_text())
     teacher, judge = load_teacher(), load_judge()
-    world = recipe.shapes_world()
+    world = shapes_world(recipe.world)
     encoder = TextEncoder(recipe.text_encoder.dir, recipe.text_encoder.max_length)
     enc = encoder.encode(world.prompts, recipe.text_encoder.batch_size)
     report = evaluate_teacher(teacher.unet, teacher.scheduler, judge, world, torch.from_numpy(enc.tokens).half(),

@@ -7,7 +7,7 @@ from aria_hpc.config import load_config
 from aria_hpc.errors import ConfigError
 from conftest import ROOT
 from aria_hpc.worlds.shapes import (ALL_COMBINATIONS, ATTRIBUTES, SPLITS, TEMPLATES, ShapesWorld, prompts_for,
-                                    render)
+                                    render, shapes_world)
 
 
 def test_world_size_meets_the_spec():
@@ -78,7 +78,7 @@ REGIMES = sorted((ROOT / "configs" / "regimes").glob("*.yaml"))
 @pytest.mark.parametrize("path", REGIMES, ids=lambda p: p.stem)
 def test_regimes_resolve_and_keep_every_heldout_combination_image_free(path):
     cfg = load_config(path)
-    world = cfg.shapes_world()
+    world = shapes_world(cfg.world)
     _, combos = world.paired_set()
     with_images = set(combos.tolist())
     unseen = {i for i, s in enumerate(world.combination_splits) if SPLITS[s] == "unseen"}

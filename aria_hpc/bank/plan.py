@@ -1,6 +1,6 @@
 """Which (image, condition, timestep, noise) tuples a bank holds: pure NumPy, deterministic for a seed.
 
-Every entry follows Random Conditioning's schedule: a paired image, a timestep t ~ U[0, T), and with
+Every entry follows Random RCSchedule's schedule: a paired image, a timestep t ~ U[0, T), and with
 probability ``p_rc(t) = exp(-lam (1 - t/T))`` its caption replaced by a prompt drawn uniformly from
 the pool; then null-text dropout. A top-up then gives every non-empty region at least
 ``min_per_region`` random-conditioned entries (timesteps drawn from RC's p(t | replaced)), so ARIA
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aria_hpc.regions.allocation import rc_replace_probability
 from aria_hpc.regions.rng import derive_key, splitmix64
 from aria_hpc.regions.sampler import RegionIndex
 
@@ -21,8 +22,9 @@ COLUMNS = ("entry", "image", "cond", "region", "t", "seed", "paired")
 
 
 @dataclass
-class Conditioning:
-    """What entries are drawn from: the paired set's captions and the pool's region map."""
+class RCSchedule:
+    """Random RCSchedule's schedule over one paired set and pool: what entries are drawn from (the
+    paired set's captions, the pool's region map) and how (p_rc(t), null-text dropout)."""
 
     captions: np.ndarray  # (n_images, c) prompt ids of each paired image's captions
     region_of_prompt: np.ndarray  # (N,) region of every pool prompt
@@ -57,19 +59,19 @@ class Conditioning:
         return np.clip((s * T).astype(np.int64), 0, T - 1)
 
 
-def draw_entries(cond: Conditioning, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+def draw_entries(cond: RCSchedule, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     """n tuples following RC's schedule (no entry ids or seeds yet)."""
     n_images, n_captions = cond.captions.shape
     image = rng.integers(0, n_images, n)
     t = rng.integers(0, cond.num_timesteps, n)
-    replaced = rng.random(n) < np.exp(-cond.lam * (1 - t / cond.num_timesteps))
+    replaced = rng.random(n) < rc_replace_probability(t, cond.num_timesteps, cond.lam)
     prompt = cond.captions[image, rng.integers(0, n_captions, n)].astype(np.int64)
     prompt[replaced] = rng.integers(0, len(cond.region_of_prompt), int(replaced.sum()))
     prompt[rng.random(n) < cond.null_text_prob] = NULL
     return {"image": image, "cond": prompt, "t": t, "paired": ~replaced}
 
 
-def top_up(cond: Conditioning, rng: np.random.Generator, cols: dict[str, np.ndarray],
+def top_up(cond: RCSchedule, rng: np.random.Generator, cols: dict[str, np.ndarray],
            min_per_region: int) -> dict[str, np.ndarray]:
     """Entries that bring every non-empty region to min_per_region random-conditioned entries."""
     random = ~cols["paired"] & (cols["cond"] >= 0)
@@ -88,14 +90,14 @@ def entry_seeds(seed: int, entry: np.ndarray) -> np.ndarray:
         return (splitmix64(key + entry.astype(np.uint64)) >> np.uint64(1)).astype(np.int64)
 
 
-def finish(cond: Conditioning, cols: dict[str, np.ndarray], entry: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+def finish(cond: RCSchedule, cols: dict[str, np.ndarray], entry: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     """Typed columns with entry ids, regions and noise seeds."""
     return {"entry": entry.astype(np.int64), "image": cols["image"].astype(np.int32),
             "cond": cols["cond"].astype(np.int32), "region": cond.region_of(cols["cond"]).astype(np.int32),
             "t": cols["t"].astype(np.int32), "seed": entry_seeds(seed, entry), "paired": cols["paired"].astype(bool)}
 
 
-def plan_bank(cond: Conditioning, *, entries: int, min_per_region: int, seed: int) -> dict[str, np.ndarray]:
+def plan_bank(cond: RCSchedule, *, entries: int, min_per_region: int, seed: int) -> dict[str, np.ndarray]:
     """Every entry of a bank, in entry-id order (the top-up shuffled in so shards stay balanced)."""
     rng = np.random.default_rng([seed, 0xBA4C])
     cols = draw_entries(cond, rng, entries)

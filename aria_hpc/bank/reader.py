@@ -20,13 +20,15 @@ import h5py
 import numpy as np
 import torch
 
-from aria_hpc.bank.context import X0_FILE, fingerprint_diff, load_x0, noised_inputs
+from aria_hpc.bank.fingerprint import fingerprint_diff
 from aria_hpc.bank.integrity import verify_shards
 from aria_hpc.bank.ledger import FRESH, ReuseLedger
+from aria_hpc.bank.noise import noised_inputs
+from aria_hpc.bank.paired import X0_FILE, load_x0
 from aria_hpc.bank.plan import COLUMNS
 from aria_hpc.bank.writer import MANIFEST
 from aria_hpc.errors import UserError
-from aria_hpc.regions.table import gather_rows
+from aria_hpc.native import gather_rows
 
 
 @dataclass

@@ -20,11 +20,13 @@ import h5py
 import numpy as np
 import torch
 
-from aria_hpc.bank.context import BankContext, TeacherRunner, noised_inputs
 from aria_hpc.bank.ledger import FRESH
+from aria_hpc.bank.noise import noised_inputs
 from aria_hpc.bank.plan import COLUMNS, NULL, draw_entries, finish, region_order
 from aria_hpc.bank.reader import Bank, BankBatch
 from aria_hpc.bank.writer import claim_writer, update_manifest, write_shard
+from aria_hpc.context import RunContext
+from aria_hpc.models.runner import TeacherRunner
 
 RegionSampler = Callable[[int], np.ndarray]
 LIVE_ENTRY_BASE = 1 << 48  # fresh entry ids: base + (stream << 32) + counter; planned ids are below
@@ -208,7 +210,7 @@ class LiveTeacher:
     hybrid mode (`fresh`). Noise seeds derive from (seed, stream, counter), so a run's fresh tuples are
     a pure function of its config and resume; `writeback` (optional) appends them to the bank."""
 
-    def __init__(self, ctx: BankContext, *, stream: int = 0, writeback: Writeback | None = None,
+    def __init__(self, ctx: RunContext, *, stream: int = 0, writeback: Writeback | None = None,
                  features: list[str] | None = None) -> None:
         self.ctx = ctx
         self.runner = TeacherRunner(ctx, ctx.cfg.bank.features if features is None else features)
@@ -296,7 +298,7 @@ class LiveTeacher:
         pass
 
 
-def open_source(cfg, ctx: BankContext, *, rank: int = 0, world: int = 1, run_dir: Path | None = None):
+def open_source(cfg, ctx: RunContext, *, rank: int = 0, world: int = 1, run_dir: Path | None = None):
     """The teacher source of a training run (bank.mode): cached, hybrid or live; with no bank.dir,
     the live teacher without write-back."""
     from aria_hpc.bank.reader import LAYOUT_FIELDS

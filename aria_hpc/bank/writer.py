@@ -18,17 +18,23 @@ import shutil
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 import torch
 
-from aria_hpc.bank.context import BankContext, TeacherRunner, fingerprint_diff, noised_inputs
+from aria_hpc.bank.fingerprint import fingerprint_diff
 from aria_hpc.bank.integrity import ShardFault, remember_written, set_aside, shard_digest, verify_shards
+from aria_hpc.bank.noise import noised_inputs
 from aria_hpc.bank.plan import COLUMNS, plan_bank, shard_plan
 from aria_hpc.errors import UserError
 from aria_hpc.fsio import atomic_write_text, fsync_path
 from aria_hpc.h5doc import describe, prediction_type
+from aria_hpc.models.runner import TeacherRunner
+
+if TYPE_CHECKING:
+    from aria_hpc.context import RunContext
 
 MANIFEST = "manifest.json"
 
@@ -218,7 +224,7 @@ def shard_is_complete(bank_dir: Path, index: int, fingerprint: dict) -> bool:
     return True
 
 
-def build_shard(ctx: BankContext, index: int, progress: Callable[[int, int, int], None] | None = None) -> int:
+def build_shard(ctx: RunContext, index: int, progress: Callable[[int, int, int], None] | None = None) -> int:
     """Compute and write planned shard `index`; the number of teacher forwards (entries) it took."""
     b = ctx.cfg.bank
     bank_dir = Path(b.dir)
@@ -245,7 +251,7 @@ def build_shard(ctx: BankContext, index: int, progress: Callable[[int, int, int]
 
 def _build_shard_job(cfg, index: int) -> int:
     """One job-array task (submitit pickles this): load the context, build one shard."""
-    from aria_hpc.bank.context import load_context
+    from aria_hpc.context import load_context
 
     return build_shard(load_context(cfg), index)
 
@@ -271,7 +277,8 @@ def submit_shards(cfg, indices: list[int], executor: str, log: Callable[[str], N
 def check_read_only_bank(cfg, *, verify: bool = False, log: Callable[[str], None] = print) -> dict:
     """`aria-hpc bank` on a bank this user cannot write: check it for this config and write nothing
     (no manifest update, no verified cache, no shard set aside)."""
-    from aria_hpc.bank.context import X0_FILE, load_context
+    from aria_hpc.bank.paired import X0_FILE
+    from aria_hpc.context import load_context
     from aria_hpc.bank.reader import read_manifest
 
     bank_dir = Path(cfg.bank.dir)
@@ -297,7 +304,7 @@ def build_bank(cfg, *, shards: list[int] | None = None, rebuild: bool = False, e
                progress: Callable[[int, int, int], None] | None = None) -> dict:
     """Set aside every bad shard (check_shards; `verify` hashes even the ones verified before), build
     the missing shards of cfg.bank (all, or the given ones), then update the manifest."""
-    from aria_hpc.bank.context import load_context
+    from aria_hpc.context import load_context
 
     bank_dir = Path(cfg.bank.dir or "")
     if rebuild and cfg.bank.dir and bank_dir.is_dir() and shards is None:

@@ -25,6 +25,7 @@ from aria_hpc.fsio import fsync_path, read_h5
 
 EMBED_FIX = "run `aria-hpc embed CONFIG`: it sets a damaged shard aside and rebuilds it"
 from aria_hpc.h5doc import describe
+from aria_hpc.worlds.shapes import shapes_world
 
 
 def shard_range(count: int, index: int, shards: int) -> tuple[int, int]:
@@ -137,7 +138,7 @@ def open_pool_and_encoder(cfg) -> tuple[PromptPool, object]:
 
     encoder = open_text_encoder(cfg.text_encoder.dir, cfg.text_encoder.max_length)
     pool = PromptPool(materialise_pool(Path(cfg.embed.dir), cfg.pool.files, cfg.pool.jsonl_field,
-                                       cfg.shapes_world(), cfg.pool.column, cfg.pool.dedup_memory_max))
+                                       shapes_world(cfg.world), cfg.pool.column, cfg.pool.dedup_memory_max))
     return pool, encoder
 
 
@@ -174,7 +175,7 @@ class EmbeddingStore:
             raise UserError(f"the shards in {self.dir} come from different text encoders: rebuild with --rebuild")
         self.encoder_digest = digests.pop()
         with read_h5(self.paths[0], EMBED_FIX) as f:
-            self.has_tokens = "tokens" in f  # else the prompts are encoded on the fly (BankContext.cond)
+            self.has_tokens = "tokens" in f  # else the prompts are encoded on the fly (RunContext.cond)
 
     def pooled(self) -> np.ndarray:
         """(N, D) float32 pooled embeddings in pool order."""

@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aria_hpc.config import Config, load_config
+from aria_hpc.config import EVAL_OVERRIDES, Config, load_config, matches
 from aria_hpc.errors import UserError
 from aria_hpc.eval.metrics import frechet_with_se, grouped, mean_se, stratified_timesteps
-from aria_hpc.fsio import atomic_write_text, require_writable
+from aria_hpc.fsio import atomic_path, atomic_write_text, require_writable
+from aria_hpc.regions.allocation import timestep_bins
+from aria_hpc.splits import SPLIT_GROUPS
 
-SPLIT_GROUPS = ("seen", "under", "unseen", "unlabelled")  # pool split codes 0, 1, 2, -1
 EVAL_STREAM = 0xE7A1
-EVAL_KEYS = ("eval.", "judge.")  # what `aria-hpc eval` may override: never what the run trained with
 
 
 def group_of(split: np.ndarray) -> np.ndarray:
@@ -86,7 +86,7 @@ class HeldoutCurve:
     are computed once; each call runs the student over the set (what train.curve_every logs)."""
 
     def __init__(self, cfg: Config, ctx, device=None) -> None:
-        from aria_hpc.bank.context import noised_inputs
+        from aria_hpc.bank.noise import noised_inputs
 
         scheduler = ctx.teacher.scheduler
         tup = group_tuples(cfg, group_of(ctx.store.pool.split), ctx.conditioning.region_of_prompt, len(ctx.x0),
@@ -162,7 +162,7 @@ def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) 
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml): pass a run.dir written by "
                         "`aria-hpc train`")
-    bad = [o for o in overrides if not o.startswith(EVAL_KEYS)]
+    bad = [o for o in overrides if not matches(o.partition("=")[0].strip(), EVAL_OVERRIDES)]
     if bad:
         raise UserError(f"eval overrides may only change eval.* and judge.* (got {', '.join(bad)}): the run's "
                         "own settings come from its config.yaml")
@@ -192,19 +192,19 @@ def _teacher_samples(cfg: Config, ctx, prompts: np.ndarray, log) -> torch.Tensor
         return torch.from_numpy(np.load(cache))
     images = sample(cfg, ctx, ctx.teacher.unet, prompts)
     if cache is not None:  # a cache only: a read-only bank is sampled again next time
-        tmp = cache.with_suffix(f".tmp{time.time_ns()}.npy")
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            np.save(tmp, images.numpy())
-            tmp.replace(cache)
+            with atomic_path(cache, ".npy") as tmp:
+                np.save(tmp, images.numpy())
         except OSError:
-            tmp.unlink(missing_ok=True)
+            pass
         log(f"cached teacher samples in {cache}")
     return images
 
 
 def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), log=print) -> dict:
-    from aria_hpc.bank.context import load_context, noised_inputs
+    from aria_hpc.bank.noise import noised_inputs
+    from aria_hpc.context import load_context
     from aria_hpc.conditioning.kmeans import composition
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir, overrides)
@@ -227,7 +227,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
     diff = (predictions(student, x_t, tup["t"], cond, e.batch_size)
             - predictions(teacher, x_t, tup["t"], cond, e.batch_size))
     mse = diff.pow(2).flatten(1).mean(1).double().numpy()
-    bins = np.minimum(tup["t"] * e.timestep_bins // num_timesteps, e.timestep_bins - 1)
+    bins = timestep_bins(tup["t"], num_timesteps, e.timestep_bins)
     per_region = grouped(mse, tup["region"], index.num_regions)
     result = {
         "run_dir": str(run_dir), "policy": cfg.train.policy, "seed": cfg.seed, "steps": cfg.train.steps,
@@ -241,7 +241,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
     # per split group: its own quota of held-out tuples (eval.per_split_group), the set the curves use
     curve = HeldoutCurve(cfg, ctx)
     group_mse = curve.per_sample(lambda x, t, c: student(x, t, **c.kwargs()).sample)
-    gbins = np.minimum(curve.t * e.timestep_bins // num_timesteps, e.timestep_bins - 1)
+    gbins = timestep_bins(curve.t, num_timesteps, e.timestep_bins)
     for g in np.unique(curve.group):
         sel = curve.group == g
         result["groups"][SPLIT_GROUPS[g]] = {
@@ -333,6 +333,5 @@ def _save_grids(path: Path, grids: dict, pool) -> None:
         arrays[f"{name}/teacher"] = teacher_img.astype(np.float16)
         arrays[f"{name}/student"] = student_img.astype(np.float16)
         arrays[f"{name}/prompts"] = np.array(pool.text(ids), dtype=object).astype(str)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_path(path, ".npz") as tmp:
+        np.savez(tmp, **arrays)

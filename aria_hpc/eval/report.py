@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from aria_hpc.config import LABEL_IGNORED, matches
 from aria_hpc.errors import UserError
 from aria_hpc.fsio import atomic_write_text
+from aria_hpc.splits import REPORT_GROUPS
 
-GROUPS = ("seen", "under", "unseen", "unlabelled", "all")
+GROUPS = REPORT_GROUPS
 # metric key in eval.json groups -> (column title, higher is better)
 METRICS = {
     "mse": ("output MSE", False),
@@ -28,7 +30,6 @@ METRICS = {
     "student_clip_score": ("CLIP score", True),
     "fid_student_vs_teacher": ("FID vs teacher", False),
 }
-IGNORED_KEYS = ("seed", "run.dir", "train.policy", "launch.", "eval.", "judge.")
 
 
 @dataclass
@@ -52,15 +53,14 @@ class Summary:
 def load_runs(run_dirs: list[str | Path]) -> list[Run]:
     import yaml
 
-    from aria_hpc.train.loop import flat_config
-    from aria_hpc.config import load_config
+    from aria_hpc.config import flatten, load_config
 
     runs = []
     for d in map(Path, run_dirs):
         if not (d / "eval.json").is_file():
             raise UserError(f"{d} has no eval.json: run `aria-hpc eval {d}` first")
         cfg = load_config(d / "config.yaml") if (d / "config.yaml").is_file() else None
-        config = flat_config(cfg) if cfg else yaml.safe_load("{}")
+        config = flatten(cfg) if cfg else yaml.safe_load("{}")
         metrics = []
         if (d / "metrics.jsonl").is_file():
             metrics = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -76,7 +76,7 @@ def load_runs(run_dirs: list[str | Path]) -> list[Run]:
 
 def _label(runs: list[Run]) -> None:
     keys = sorted({k for r in runs for k in r.config})
-    differ = [k for k in keys if not k.startswith(IGNORED_KEYS)
+    differ = [k for k in keys if not matches(k, LABEL_IGNORED)
               and len({json.dumps(r.config.get(k), default=str) for r in runs}) > 1]
     for r in runs:
         extra = ",".join(f"{k.split('.')[-1]}={r.config.get(k)}" for k in differ)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from aria_hpc.config import read_yaml
 from aria_hpc.errors import ConfigError, UserError
-from aria_hpc.fsio import atomic_write_text
+from aria_hpc.fsio import atomic_write_text, replaced_dir
 
 STUDY_KEYS = {"dir", "docs", "regimes", "policies", "seeds", "overrides", "variants", "baseline", "question"}
 SUMMARY_FILES = ("eval.json", "config.yaml", "metrics.jsonl", "eval_samples.npz")
@@ -101,18 +101,15 @@ def summary_dir(study: Study, regime: str, member: str) -> Path:
 def commit_summary(study: Study, regime: str, member, result: dict) -> Path:
     """Copy a finished member's summary under docs (written aside, then renamed into place)."""
     dest = summary_dir(study, regime, member.name)
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in SUMMARY_FILES:
-        src = Path(member.run_dir) / name
-        if src.is_file():
-            shutil.copy2(src, tmp / name)
-    arm = member.name.rsplit("-s", 1)[0]  # the report labels a summary by its arm (policy or variant)
-    (tmp / "summary.json").write_text(json.dumps({"arm": arm, "seed": member.seed,
-                                                  **{k: result.get(k) for k in ("train_s", "eval_s")}}))
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with replaced_dir(dest) as tmp:
+        for name in SUMMARY_FILES:
+            src = Path(member.run_dir) / name
+            if src.is_file():
+                shutil.copy2(src, tmp / name)
+        arm = member.name.rsplit("-s", 1)[0]  # the report labels a summary by its arm (policy or variant)
+        (tmp / "summary.json").write_text(json.dumps({"arm": arm, "seed": member.seed,
+                                                      **{k: result.get(k) for k in ("train_s", "eval_s")}}))
     return dest
 
 

@@ -32,9 +32,10 @@ from aria_hpc.errors import ConfigError
 from aria_hpc.fsio import atomic_write_text, require_writable
 from aria_hpc.launch.members import Member, MemberStatus, run_members
 from aria_hpc.launch.preflight import check_members
+from aria_hpc.splits import SPLITS
 
 SWEEP_KEYS = ("base", "dir", "overrides", "grid", "zip", "seeds", "evaluate")
-GROUPS = ("seen", "under", "unseen")
+GROUPS = SPLITS
 QUEUED_OR_DONE = ("finished", "running", "submitted", "pending", "preempted")
 
 

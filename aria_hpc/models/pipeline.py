@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aria_hpc.errors import UserError
+from aria_hpc.fsio import replaced_dir
 
 INDEX = "model_index.json"
 XL_CLASSES = ("StableDiffusionXLPipeline",)
@@ -99,19 +100,13 @@ def export_pipeline(teacher_dir: Path, student_dir: Path, out_dir: Path, card: s
     Written under a temporary name and renamed, so a reader never loads a half-written pipeline.
     Returns how each component got there (linked / copied)."""
     layout = read_layout(teacher_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    shutil.copy2(layout.path / INDEX, tmp / INDEX)
     how = {}
-    for name in layout.components:
-        if (layout.path / name).is_dir():
-            how[name] = _link_or_copy(student_dir if name == "unet" else layout.path / name, tmp / name)
-    (tmp / "README.md").write_text(card)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    with replaced_dir(out_dir) as tmp:
+        shutil.copy2(layout.path / INDEX, tmp / INDEX)
+        for name in layout.components:
+            if (layout.path / name).is_dir():
+                how[name] = _link_or_copy(student_dir if name == "unet" else layout.path / name, tmp / name)
+        (tmp / "README.md").write_text(card)
     return how
 
 

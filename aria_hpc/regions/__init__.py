@@ -1,8 +1,8 @@
 """Region statistics, allocation and sampling for ARIA (DESIGN.md sections 3 and 5).
 
-Importing the package imports nothing: `allocation` is pure NumPy; `table` is the only importer of
-the C++ core (aria_hpc._C); `sync` and `sampler` bring the table and torch.distributed. The names
-below load their module on first use (PEP 562)."""
+Importing the package imports nothing: `allocation` is pure NumPy; `table` wraps the C++ core's
+region table (through aria_hpc/native.py, the one importer of aria_hpc._C); `sync` and `sampler`
+bring the table and torch.distributed. The names below load their module on first use (PEP 562)."""
 
 from aria_hpc.lazy import lazy_names
 

@@ -159,6 +159,15 @@ def importance_weights(regions: np.ndarray, base: np.ndarray, q: np.ndarray) -> 
     return w / w.mean()
 
 
+def sample_weights(regions: np.ndarray, random: np.ndarray, base: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Per sample of a batch: pi_k / q_k, self-normalised over the random-conditioned samples (mask
+    `random`), and 1 for the rest (paired and null-text samples)."""
+    w = np.ones(len(regions))
+    if random.any():
+        w[random] = importance_weights(regions[random], base, q)
+    return w
+
+
 def rc_replace_probability(t: np.ndarray, num_train_timesteps: int, lam: float) -> np.ndarray:
     """RC's schedule p_rc(t) = exp(-lambda (1 - t / T)) of replacing a caption by a pool prompt."""
     return np.exp(-lam * (1.0 - np.asarray(t, dtype=np.float64) / num_train_timesteps))

@@ -1,4 +1,4 @@
-"""The region statistics table: Python facade over the C++ core (the only importer of _C)."""
+"""The region statistics table: Python facade over the C++ core (aria_hpc/native.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from aria_hpc import _C
+from aria_hpc.native import core as _C, cuda_compiled  # noqa: F401 - cuda_compiled: tests import it here
 
 _STATS = ("ema_mean", "ema_sq", "ema_weight", "age", "observations")
 
@@ -113,15 +113,17 @@ class RegionTable:
         self.accumulators[...] = np.asarray(state["accumulators"], dtype=np.float64)
 
 
-def gather_rows(src: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
-    """out[i] = src[rows[i]] for C-contiguous row arrays of one dtype: one memcpy per row, GIL
-    released (the bank reader's gather from memory-mapped shards straight into a batch)."""
-    _C.gather_rows(src, np.ascontiguousarray(rows, dtype=np.int64), out)
+def table_digest(*tables: RegionTable) -> str:
+    """A short hash of what the fold leaves in the tables (estimates, variances, weights, allocation,
+    fold count): equal on every rank after a sync, which the training loop checks."""
+    import hashlib
 
-
-def cuda_compiled() -> bool:
-    """Whether aria_hpc._C was built with the CUDA accumulation kernel (ARIA_CUDA=AUTO/ON + nvcc)."""
-    return bool(getattr(_C, "cuda_compiled", False))
+    h = hashlib.blake2b(digest_size=8)
+    for t in tables:
+        for value in (*t.stats().values(), t.q):
+            h.update(np.ascontiguousarray(value, dtype=np.float64).tobytes())
+        h.update(str(t.folds).encode())
+    return h.hexdigest()
 
 
 class DeviceRegionStats:

@@ -1,4 +1,4 @@
-"""What a checkpoint is, whether it is complete, and what resuming from RUN_DIR may do.
+"""Checkpoints: what one is, saving it, whether it is complete, and resuming from it.
 
 A checkpoint is RUN_DIR/checkpoints/<tag>/: DeepSpeed's files, one `aria_rank<r>.pt` per rank (the
 region table's unsynced sums, the EMA, the RNG, the source cursor) and `aria_meta.json`, which rank 0
@@ -6,14 +6,29 @@ writes last, after every rank has saved, listing every file of the tag with its 
 the tag to resume from. A tag whose meta is missing, or whose listed files are missing or of another
 size, is incomplete: the resume check names what is missing and the newest complete checkpoint beside
 it, and never falls back to starting over by itself.
+
+``TrainState`` is what a rank keeps beside DeepSpeed's files; ``save`` writes a tag, ``resume`` checks
+and loads the newest one on every rank (the same outcome everywhere, or one agreed error).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import torch
+
+from aria_hpc import distributed
 from aria_hpc.errors import UserError
+from aria_hpc.fsio import atomic_write_text
+
+if TYPE_CHECKING:
+    from aria_hpc.bank.sources import TeacherSource
+    from aria_hpc.config import Config
+    from aria_hpc.regions.table import RegionTable
+    from aria_hpc.train.student import StudentEMA
 
 META = "aria_meta.json"
 LATEST = "latest"
@@ -21,6 +36,95 @@ LATEST = "latest"
 
 def rank_file(rank: int) -> str:
     return f"aria_rank{rank}.pt"
+
+
+@dataclass
+class TrainState:
+    """What one rank saves beside DeepSpeed's files (its ``aria_rank<r>.pt``): the region table and
+    the timestep baseline (their EMA state is the same on every rank, their sums since the last sync
+    are this rank's own), the student EMA (per rank; its own shard under ZeRO-3), the torch RNG and
+    the source's cursor."""
+
+    table: RegionTable
+    baseline: RegionTable
+    ema: StudentEMA
+    source: TeacherSource
+
+    def state_dict(self) -> dict:
+        return {"ema": self.ema.state_dict(), "torch_rng": torch.get_rng_state(), "table": self.table.state_dict(),
+                "baseline": self.baseline.state_dict(), "source": self.source.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.table.load_state_dict(state["table"])
+        self.baseline.load_state_dict(state["baseline"])
+        self.ema.load_state_dict(state["ema"])
+        self.source.load_state_dict(state["source"])
+        torch.set_rng_state(state["torch_rng"])
+
+
+def save(ckpt_dir: Path, engine, state: TrainState, step: int, tag: str, *, config: dict, rank: int, world: int,
+         keep: int, latest: bool = True) -> Path:
+    """Every rank writes its part of CKPT_DIR/tag; rank 0 then lists the files in the meta and, for a
+    regular checkpoint (latest=True), points `latest` at it and prunes to the newest `keep`."""
+    meta = {"step": step, "tag": tag, "world_size": world, "config": config}
+    state.source.flush()  # fresh entries reach the bank before the state that counts them is saved
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=meta, save_latest=False)
+    torch.save(state.state_dict(), ckpt_dir / tag / rank_file(rank))
+    distributed.barrier()
+    if rank == 0:  # the checkpoint is complete: describe it (every file, its size), then point `latest` at it
+        meta["files"] = tag_files(ckpt_dir / tag)
+        atomic_write_text(ckpt_dir / tag / META, json.dumps(meta, default=str))
+        if latest:
+            atomic_write_text(ckpt_dir / LATEST, tag)
+            prune(ckpt_dir, keep)
+    distributed.barrier()
+    return ckpt_dir / tag
+
+
+def resume(ckpt_dir: Path, engine, state: TrainState, cfg: Config, *, rank: int, world: int) -> tuple[int, str | None]:
+    """(step, tag) of the checkpoint this run continues from, loaded into engine and state, or (0,
+    None) for a new run. Every rank checks and loads; a problem on any rank stops all of them with one
+    agreed error, before anything is written."""
+    tag, problem = None, None
+    try:
+        tag = resume_tag(ckpt_dir)
+        if tag is not None:
+            check_resumable(cfg, ckpt_dir / tag, world)
+    except UserError as exc:
+        problem = str(exc)
+    distributed.agree(problem)
+    if tag is None:
+        return 0, None
+    problem = None
+    try:
+        _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_lr_scheduler_states=True)
+        own = torch.load(ckpt_dir / tag / rank_file(rank), weights_only=False)
+        if client is None:
+            raise RuntimeError("DeepSpeed found no state to load")
+    except Exception as exc:  # noqa: BLE001 - a damaged file fails in torch, pickle or DeepSpeed
+        cause = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        problem = (f"the checkpoint in {ckpt_dir / tag} could not be loaded on rank {rank} ({cause}): "
+                   f"{way_back(ckpt_dir, tag)}")
+    distributed.agree(problem)
+    step = int(json.loads((ckpt_dir / tag / META).read_text())["step"])
+    state.load_state_dict(own)
+    return step, tag
+
+
+def check_resumable(cfg: Config, tag_dir: Path, world: int) -> None:
+    """The checkpoint was written by as many ranks, with the same config but for the keys a resume
+    may change (config.RESUMABLE_CHANGES)."""
+    from aria_hpc.config import changed_keys, flatten, RESUMABLE_CHANGES
+
+    meta = json.loads((tag_dir / META).read_text())
+    if meta["world_size"] != world:
+        raise UserError(f"the checkpoint in {tag_dir} was written by {meta['world_size']} ranks, this run "
+                        f"has {world}: resume with {meta['world_size']} ranks (DeepSpeed's universal checkpoint "
+                        "conversion, ds_to_universal.py, is the way to change it)")
+    differ = changed_keys(flatten(cfg), meta["config"], may_differ=RESUMABLE_CHANGES)
+    if differ:
+        raise UserError(f"the checkpoint in {tag_dir} was written with a different config (differs in "
+                        f"{', '.join(differ[:8])}): restore those values, or use another run.dir")
 
 
 def tag_files(tag_dir: Path) -> dict[str, int]:
@@ -89,8 +193,6 @@ def resume_tag(ckpt_dir: Path) -> str | None:
 
 def truncate_metrics(path: Path, step: int) -> None:
     """Resuming: drop records after the resumed step, so the log reads as one uninterrupted run."""
-    from aria_hpc.fsio import atomic_write_text
-
     if not path.is_file():
         return
     keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]

@@ -10,6 +10,7 @@ uninterrupted run step for step.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -23,50 +24,24 @@ import numpy as np
 import torch
 
 from aria_hpc import distributed
-from aria_hpc.config import Config, save_resolved, to_dict
+from aria_hpc.config import Config, flatten, save_resolved
 from aria_hpc.errors import AgreedError, Preempted, UserError
-from aria_hpc.fsio import atomic_write_text, require_writable
-from aria_hpc.regions.allocation import group_view, importance_weights, normalise_by_baseline, timestep_bins
+from aria_hpc.fsio import require_writable
+from aria_hpc.regions.allocation import group_view, normalise_by_baseline, sample_weights, timestep_bins
 from aria_hpc.regions.rng import derive_key
 from aria_hpc.regions.sampler import REGION_STREAM, update_allocation
 from aria_hpc.regions.sync import sync_and_fold
-from aria_hpc.regions.table import RegionTable
+from aria_hpc.regions.table import RegionTable, table_digest
 from aria_hpc.train import checkpoint, losses
 from aria_hpc.models.pipeline import export_pipeline, is_pipeline, model_card
 from aria_hpc.train.student import Distilled, StudentEMA, export_student
 
 FAULT_STEP = os.environ.get("ARIA_FAULT_SIGKILL_AFTER_STEP")  # fault injection for the resume tests
-# Keys that may change between a checkpoint and its resume (run length and bookkeeping only; eval.*
-# never affects training either).
-RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.region_log_every", "train.checkpoint_every",
-                     "train.curve_every", "train.keep_checkpoints", "train.export", "run.dir", "launch.folder",
-                     "launch.partition", "launch.timeout_min"}
-
-
-
-def flat_config(cfg: Config) -> dict:
-    out = {}
-
-    def walk(d, prefix):
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            else:
-                out[f"{prefix}{k}"] = v
-    walk(to_dict(cfg), "")
-    return out
-
-
-def _any_rank(flag: bool) -> bool:
-    """True on every rank when the flag is set on any."""
-    count = np.array([1.0 if flag else 0.0])
-    distributed.all_reduce_sum_(count)
-    return bool(count[0] > 0)
 
 
 def train(cfg: Config, log=print) -> dict:
     # ---- setup -----------------------------------------------------------------------------
-    from aria_hpc.bank.context import load_context
+    from aria_hpc.context import load_context
     from aria_hpc.bank.reader import read_manifest
     from aria_hpc.bank.sources import open_source
     from aria_hpc.engine import initialize
@@ -91,7 +66,7 @@ def train(cfg: Config, log=print) -> dict:
                                 f"bank.features={cfg.loss.feature_blocks} (or set bank.features for a live teacher)")
     except UserError as exc:
         problem = str(exc)
-    _raise_on_any_rank(problem)
+    distributed.agree(problem)
     policy = cfg.train.policy
     scheduler = ctx.teacher.scheduler
     num_timesteps = scheduler.config.num_train_timesteps
@@ -117,34 +92,8 @@ def train(cfg: Config, log=print) -> dict:
     curve = HeldoutCurve(cfg, ctx, device) if cfg.train.curve_every else None
 
     # ---- resume: every rank checks the checkpoint; rank 0 writes nothing before all have passed ----
-    start_step, tag, own = 0, None, None
-    try:
-        tag = checkpoint.resume_tag(ckpt_dir)
-        if tag is not None:
-            _check_resumable(cfg, ckpt_dir / tag, world)
-    except UserError as exc:
-        problem = str(exc)
-    else:
-        problem = None
-    _raise_on_any_rank(problem)
-    if tag is not None:
-        problem = None
-        try:
-            _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_lr_scheduler_states=True)
-            own = torch.load(ckpt_dir / tag / checkpoint.rank_file(rank), weights_only=False)
-            if client is None:
-                raise RuntimeError("DeepSpeed found no state to load")
-        except Exception as exc:  # noqa: BLE001 - a damaged file fails in torch, pickle or DeepSpeed
-            cause = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-            problem = (f"the checkpoint in {ckpt_dir / tag} could not be loaded on rank {rank} ({cause}): "
-                       f"{checkpoint.way_back(ckpt_dir, tag)}")
-        _raise_on_any_rank(problem)
-        start_step = int(json.loads((ckpt_dir / tag / checkpoint.META).read_text())["step"])
-        table.load_state_dict(own["table"])  # this rank's own unsynced sums since the last sync
-        baseline.load_state_dict(own["baseline"])
-        ema.load_state_dict(own["ema"])
-        source.load_state_dict(own["source"])
-        torch.set_rng_state(own["torch_rng"])
+    state = checkpoint.TrainState(table, baseline, ema, source)
+    start_step, tag = checkpoint.resume(ckpt_dir, engine, state, cfg, rank=rank, world=world)
 
     hosts = distributed.all_gather_object(socket.gethostname())
     if rank == 0:  # only now, after every check passed on every rank
@@ -168,25 +117,8 @@ def train(cfg: Config, log=print) -> dict:
         stop["signal"] = signum
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGUSR2, signal.SIGTERM)}
 
-    def save(step: int, tag: str, latest: bool = True) -> Path:
-        # The region table's EMA state is the same on every rank; its accumulators (sums since the
-        # last sync) are each rank's own, so every rank keeps its table in its own file.
-        meta = {"step": step, "tag": tag, "world_size": world, "config": flat_config(cfg)}
-        source.flush()  # fresh entries reach the bank before the state that counts them is saved
-        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=meta, save_latest=False)
-        torch.save({"ema": ema.state_dict(), "torch_rng": torch.get_rng_state(), "table": table.state_dict(),
-                    "baseline": baseline.state_dict(), "source": source.state_dict()},
-                   ckpt_dir / tag / checkpoint.rank_file(rank))
-        distributed.barrier()
-        if rank == 0:  # the checkpoint is complete: describe it (every file, its size), then point `latest` at it
-            meta["files"] = checkpoint.tag_files(ckpt_dir / tag)
-            atomic_write_text(ckpt_dir / tag / checkpoint.META, json.dumps(meta, default=str))
-            if latest:
-                atomic_write_text(ckpt_dir / checkpoint.LATEST, tag)
-                checkpoint.prune(ckpt_dir, cfg.train.keep_checkpoints)
-        distributed.barrier()
-        return ckpt_dir / tag
-
+    save = functools.partial(checkpoint.save, ckpt_dir, engine, state, config=flatten(cfg), rank=rank, world=world,
+                             keep=cfg.train.keep_checkpoints)
     metrics = open(run_dir / "metrics.jsonl", "a") if rank == 0 else None
     board = _tensorboard(run_dir) if rank == 0 else None
     progress = None
@@ -224,22 +156,17 @@ def train(cfg: Config, log=print) -> dict:
                 task_term = None
                 if cfg.loss.task > 0:
                     x0 = torch.from_numpy(ctx.x0[batch.image]).to(device)
-                    noise = (batch.x_t.to(device) - _alpha(scheduler, t, x0) * x0) / _sigma(scheduler, t, x0)
-                    target = (scheduler.get_velocity(x0, noise, t) if scheduler.config.prediction_type
-                              == "v_prediction" else noise)
+                    target = losses.task_target(scheduler, batch.x_t.to(device), x0, t)
                     task_term = losses.task_loss(student_out, target, torch.from_numpy(batch.paired).to(device))
-                sample_weights = None
+                importance = None
                 if policy == "aria" and cfg.aria.importance and step >= cfg.aria.warmup_steps:
-                    w = np.ones(len(batch.t))
-                    rand = ~batch.paired & (batch.cond >= 0)
-                    if rand.any():
-                        w[rand] = importance_weights(batch.region[rand], table.base, q)
-                    sample_weights = torch.from_numpy(w).to(device).float()
-                loss = losses.combine(per_sample, weights, feature_term, task_term, sample_weights)
+                    w = sample_weights(batch.region, ~batch.paired & (batch.cond >= 0), table.base, q)
+                    importance = torch.from_numpy(w).to(device).float()
+                loss = losses.combine(per_sample, weights, feature_term, task_term, importance)
                 loss_value = loss.item()  # the one host sync of the step
 
                 # non-finite loss: keep the last good state, marked, and stop
-                if _any_rank(not math.isfinite(loss_value)):
+                if distributed.any_rank(not math.isfinite(loss_value)):
                     path = save(step, f"nonfinite-step{step:08d}", latest=False)
                     raise UserError(f"non-finite loss at step {step} (rank {rank} value {loss_value}): the state "
                                     f"before this step is saved in {path}; lower train.lr or check the bank/teacher "
@@ -267,7 +194,7 @@ def train(cfg: Config, log=print) -> dict:
                 sync_and_fold([table], cfg.aria.beta)
                 sync_and_fold([baseline], cfg.aria.baseline_beta)
                 if world > 1:  # the invariant the sync exists for: one table, the same on every rank
-                    table_digests = distributed.all_gather_object(_table_digest(table, baseline))
+                    table_digests = distributed.all_gather_object(table_digest(table, baseline))
                     if len(set(table_digests)) > 1:
                         raise AgreedError(f"the region tables differ between ranks after the sync at step "
                                           f"{step + 1} ({table_digests}): a rank folded other sums; report "
@@ -317,7 +244,7 @@ def train(cfg: Config, log=print) -> dict:
                 os.kill(os.getpid(), signal.SIGKILL)
 
             # ---- checkpoint (and preemption) ---------------------------------------------------
-            preempt = _any_rank(stop["signal"] is not None)
+            preempt = distributed.any_rank(stop["signal"] is not None)
             if checkpoint_due or preempt:
                 path = save(done, f"step{done:08d}")
             if preempt and done < cfg.train.steps:
@@ -363,49 +290,3 @@ def _tensorboard(run_dir: Path):
     except ImportError:
         return None
     return SummaryWriter(str(run_dir / "tensorboard"))
-
-
-def _alpha(scheduler, t, x0):
-    a = scheduler.alphas_cumprod.to(x0.device)[t].float().sqrt()
-    return a.view(-1, *([1] * (x0.dim() - 1)))
-
-
-def _sigma(scheduler, t, x0):
-    s = (1 - scheduler.alphas_cumprod.to(x0.device)[t].float()).sqrt()
-    return s.view(-1, *([1] * (x0.dim() - 1)))
-
-
-def _check_resumable(cfg: Config, tag_dir: Path, world: int) -> None:
-    """The checkpoint was written by as many ranks, with the same config but for RESUMABLE_CHANGES."""
-    meta = json.loads((tag_dir / checkpoint.META).read_text())
-    if meta["world_size"] != world:
-        raise UserError(f"the checkpoint in {tag_dir} was written by {meta['world_size']} ranks, this run "
-                        f"has {world}: resume with {meta['world_size']} ranks (DeepSpeed's universal checkpoint "
-                        "conversion, ds_to_universal.py, is the way to change it)")
-    now = flat_config(cfg)
-    # a key the checkpoint does not know was added to the config since: it had its default then
-    then = {**flat_config(Config()), **meta["config"]}
-    differ = sorted(k for k in set(now) | set(meta["config"])
-                    if now.get(k) != then.get(k) and k not in RESUMABLE_CHANGES and not k.startswith("eval."))
-    if differ:
-        raise UserError(f"the checkpoint in {tag_dir} was written with a different config (differs in "
-                        f"{', '.join(differ[:8])}): restore those values, or use another run.dir")
-
-
-def _table_digest(*tables: RegionTable) -> str:
-    """A short hash of what the fold leaves (estimates, variances, weights, allocation, fold count)."""
-    import hashlib
-
-    h = hashlib.blake2b(digest_size=8)
-    for t in tables:
-        for value in (*t.stats().values(), t.q):
-            h.update(np.ascontiguousarray(value, dtype=np.float64).tobytes())
-        h.update(str(t.folds).encode())
-    return h.hexdigest()
-
-
-def _raise_on_any_rank(problem: str | None) -> None:
-    """Every rank stops when any rank found a problem; the lowest rank's message, printed once."""
-    problem = distributed.first_problem(problem)
-    if problem:
-        raise AgreedError(problem)

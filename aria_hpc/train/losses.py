@@ -29,6 +29,15 @@ def task_loss(student_out: torch.Tensor, target: torch.Tensor, paired: torch.Ten
     return per_sample_mse(student_out, target) * paired.float()
 
 
+def task_target(scheduler, x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The true denoising target of x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise under a diffusers
+    scheduler: the noise (epsilon prediction) or the velocity (v-prediction)."""
+    abar = scheduler.alphas_cumprod.to(x0.device)[t].float()
+    shape = (-1, *([1] * (x0.dim() - 1)))
+    noise = (x_t - abar.sqrt().view(shape) * x0) / (1 - abar).sqrt().view(shape)
+    return scheduler.get_velocity(x0, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
+
+
 def combine(output_kd_loss: torch.Tensor, weights: dict[str, float], feature_kd_loss: torch.Tensor | None = None,
             task: torch.Tensor | None = None, sample_weights: torch.Tensor | None = None) -> torch.Tensor:
     """The batch objective: weighted per-sample terms, times optional importance weights, averaged."""

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from aria_hpc.fsio import replaced_dir
+
 
 class Distilled(nn.Module):
     """Student UNet plus 1x1 adapters mapping its block outputs to the teacher's channels (feature KD)."""
@@ -126,10 +128,5 @@ def _save_unet(unet, out_dir: Path) -> None:
 
     copy = UNet2DConditionModel.from_config(unet.config)
     copy.load_state_dict({k: v.detach().float().cpu() for k, v in unet.state_dict().items()})
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    copy.save_pretrained(tmp, safe_serialization=True)
-    if out_dir.exists():
-        import shutil
-
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    with replaced_dir(out_dir) as tmp:
+        copy.save_pretrained(tmp, safe_serialization=True)

@@ -15,6 +15,8 @@ from functools import cached_property
 
 import numpy as np
 
+from aria_hpc.splits import SPLITS
+
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 COLOURS = ("red", "green", "blue", "yellow", "cyan", "magenta", "orange", "white")
 POSITIONS = ("centre", "top left", "top right", "bottom left", "bottom right")
@@ -141,7 +143,6 @@ def prompts_for(combo: Combination) -> list[str]:
     return out
 
 
-SPLITS = ("seen", "under", "unseen")
 
 
 @dataclass(frozen=True)
@@ -270,3 +271,12 @@ class ShapesWorld:
 
     def render_id(self, combo_id: int, image_index: int = 0) -> np.ndarray:
         return render(ALL_COMBINATIONS[combo_id], self.resolution, image_offset(image_index, self.jitter_px))
+
+
+def shapes_world(w) -> ShapesWorld:
+    """The world a config's `world` section (config.WorldConfig) describes; ValueError naming the
+    field when its names do not make one."""
+    return ShapesWorld(resolution=w.resolution, seen_images=w.seen_images, under_images=w.under_images,
+                       jitter_px=w.jitter_px, unseen_pairs=tuple(w.unseen_pairs), under_pairs=tuple(w.under_pairs),
+                       heldout_colours=tuple(w.heldout_colours), heldout_shapes=tuple(w.heldout_shapes),
+                       heldout_share=w.heldout_share)

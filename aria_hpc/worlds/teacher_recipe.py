@@ -24,7 +24,7 @@ from aria_hpc.models.sampling import ddim_sample
 from aria_hpc.errors import UserError
 from aria_hpc.models.teacher import build_scheduler, build_unet, load_teacher, save_teacher
 from aria_hpc.worlds.judge import attribute_accuracy, load_judge, save_judge, train_judge
-from aria_hpc.worlds.shapes import ALL_COMBINATIONS, SPLITS, TEMPLATES, ShapesWorld, render
+from aria_hpc.worlds.shapes import ALL_COMBINATIONS, SPLITS, TEMPLATES, ShapesWorld, render, shapes_world
 
 
 def encoder_meta(cfg: Config, encoder: TextEncoder) -> dict:
@@ -63,7 +63,7 @@ def train_teacher(cfg: Config, out_dir: Path, log=print) -> dict:
     tc = cfg.teacher
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng([cfg.seed, 0x7EAC])
-    world = cfg.shapes_world()
+    world = shapes_world(cfg.world)
     timings = {}
 
     t0 = time.perf_counter()
