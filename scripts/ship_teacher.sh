@@ -15,8 +15,9 @@ mkdir -p "$DEST"
 cp -r "$RUN/teacher" "$RUN/judge" "$DEST/"
 cp "$RUN/config.yaml" "$DEST/recipe.yaml"
 cp "$RUN/teacher_eval.json" "$DEST/teacher_eval.json"
-# A continued recipe (teacher.init_from) ships the resolved config of the run it continued, too.
-INIT=$(awk '/^teacher:/ {t=1} t && /^  init_from:/ {print $2; exit}' "$RUN/config.yaml")
+# A continued recipe (teacher_recipe.init_from; teacher.init_from in runs written before that section
+# existed) ships the resolved config of the run it continued, too.
+INIT=$(awk '/^teacher(_recipe)?:/ {t=1; next} /^[^ ]/ {t=0} t && /^  init_from:/ {print $2; exit}' "$RUN/config.yaml")
 if [ -n "$INIT" ] && [ "$INIT" != "null" ]; then
   cp "$(dirname "$INIT")/config.yaml" "$DEST/recipe_stage1.yaml"
 fi

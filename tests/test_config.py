@@ -5,7 +5,7 @@
 import pytest
 import yaml
 
-from aria_hpc.config import Config, all_keys, dump_yaml, load_config, save_resolved
+from aria_hpc.config import MOVED, Config, all_keys, changed_keys, dump_yaml, flatten, load_config, save_resolved
 from aria_hpc.errors import ConfigError
 from conftest import ROOT
 
@@ -121,6 +121,38 @@ def test_resolved_config_round_trips(tmp_path):
     assert load_config(path) == cfg
     assert yaml.safe_load(dump_yaml(cfg))["aria"]["alpha"] == 0.5
     assert "aria.sync_every" in all_keys() and "bank.dir" in all_keys()
+
+
+def test_moved_keys_still_load_and_say_where_they_went(tmp_path, capfd):
+    """teacher.<recipe field> became teacher_recipe.<field>: a file, a `base:` chain, an override and a
+    checkpoint's flat config that spell the old key all read it under the new one. A user's file gets
+    one note line; a run's own config.yaml (stored) none; the new spelling wins where both are given."""
+    assert MOVED["teacher.steps"] == "teacher_recipe.steps" and "teacher.dir" not in MOVED
+    old = tmp_path / "old.yaml"
+    old.write_text("teacher:\n  dir: null\n  steps: 7\n  lr: 0.002\n")
+    cfg = load_config(old)
+    note = capfd.readouterr().err.strip().splitlines()
+    assert len(note) == 1 and "teacher.steps, teacher.lr moved to teacher_recipe.steps, teacher_recipe.lr" in note[0]
+    assert cfg.teacher_recipe.steps == 7 and cfg.teacher_recipe.lr == 0.002 and cfg.teacher.dir is None
+    assert load_config(old, stored=True) == cfg and capfd.readouterr().err == ""
+
+    child = tmp_path / "child.yaml"
+    child.write_text("base: old.yaml\nteacher_recipe:\n  steps: 9\nteacher:\n  lr: 0.003\n")
+    cfg = load_config(child)
+    assert cfg.teacher_recipe.steps == 9 and cfg.teacher_recipe.lr == 0.003  # the child wins, either spelling
+    both = tmp_path / "both.yaml"
+    both.write_text("teacher:\n  steps: 7\nteacher_recipe:\n  steps: 8\n")
+    assert load_config(both).teacher_recipe.steps == 8
+    capfd.readouterr()
+    assert load_config(None, ["teacher.batch_size=5"]).teacher_recipe.batch_size == 5
+    assert "override teacher.batch_size moved to teacher_recipe.batch_size" in capfd.readouterr().err
+
+    then = {k.replace("teacher_recipe.", "teacher."): v for k, v in flatten(Config()).items()}
+    assert changed_keys(flatten(Config()), then) == []  # a checkpoint written before the move resumes
+    then["teacher.steps"] = 1
+    assert changed_keys(flatten(Config()), then) == ["teacher_recipe.steps"]
+    with pytest.raises(ConfigError, match="unknown config key 'teacher.stepz'"):
+        load_config(None, ["teacher.stepz=1"])
 
 
 def test_cli_unknown_key_is_one_line_and_exit_2(aria_cli, tmp_path):

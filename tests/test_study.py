@@ -73,3 +73,26 @@ def test_study_file_errors(tiny_world, tmp_path):
 
     names = [m.name for m in regime_members(study, "diluted")]
     assert names == ["rc-s0", "aria-s0", "a2-s0", "rc-s1", "aria-s1", "a2-s1"]
+
+
+def test_heldout_draws_reads_the_range_over_steps_and_seeds(tmp_path):
+    """scripts/heldout_draws.py (README's draw-share column): min-max over seeds and logged steps after
+    the warm-up; a member without random-condition draws (paired) has no row."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    def member(name, rows):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def logged(step, share, estimate):
+        return {"step": step, "group_share": {"unseen": share}, "group_estimate": {"unseen": estimate},
+                "estimate_mean": 0.5}
+    member("aria-s0", [logged(100, 0.9, 5.0), logged(200, 0.02, 0.6), logged(300, 0.04, 1.0)])
+    member("aria-s1", [{"step": 150, "loss": 1.0}, logged(150, 0.03, 0.4)])
+    member("paired-s0", [{"step": 200, "loss": 1.0}])
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "heldout_draws.py"), str(tmp_path)],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[2:] == [f"| {tmp_path} | aria | 2.00%-4.00% | 0.80-2.00 |"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from aria_hpc.config import load_config, to_dict
+from aria_hpc.config import load_config, move_keys, to_dict
 from aria_hpc.errors import UserError
 from conftest import ROOT
 from aria_hpc.conditioning.unet_input import UNetCond
@@ -25,7 +25,7 @@ def test_shipped_teacher_and_judge_load_and_run():
     tokens, mask = torch.randn(2, 24, 384), torch.ones(2, 24, dtype=torch.bool)
     out = unet(x, torch.tensor([10, 900]), encoder_hidden_states=tokens, encoder_attention_mask=mask).sample
     assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()
-    assert teacher.scheduler.config.prediction_type == teacher.meta["recipe"]["teacher"]["prediction_type"]
+    assert teacher.scheduler.config.prediction_type == recorded_recipe(teacher.meta["recipe"])["prediction_type"]
     samples = ddim_sample(unet, teacher.scheduler, UNetCond(tokens, mask), steps=2, seed=0)
     assert samples.shape == (2, 3, 16, 16) and samples.abs().max() <= 1
 
@@ -40,26 +40,41 @@ def test_shipped_teacher_and_judge_load_and_run():
     assert size <= 25 * 2**20  # teacher plus judge
 
 
-def test_shipped_teacher_records_its_recipe():
+def recorded_recipe(recipe: dict) -> dict:
+    """The teacher_recipe section a teacher's metadata records (the shipped one predates the section
+    and records it under `teacher`, beside teacher.dir)."""
+    sections = {k: dict(v) for k, v in recipe.items() if isinstance(v, dict)}
+    move_keys(sections)
+    return sections["teacher_recipe"]
+
+
+def test_shipped_teacher_records_its_recipe(capfd):
     """The shipped teacher's metadata and resolved recipes match configs/shapes_teacher_finetune.yaml
-    and the stage it continued, configs/shapes_teacher.yaml."""
+    and the stage it continued, configs/shapes_teacher.yaml. Both were written before the
+    teacher_recipe section existed: they load, with a note naming the moved keys."""
     meta = json.loads((shipped_teacher_dir() / "aria_teacher.json").read_text())
     assets = shipped_teacher_dir().parent
     shipped = load_config(assets / "recipe.yaml")
+    note = capfd.readouterr().err.strip().splitlines()
+    assert len(note) == 1 and "teacher.steps" in note[0] and "teacher_recipe.steps" in note[0], note
     recipe = load_config(ROOT / "configs" / "shapes_teacher_finetune.yaml")
-    assert shipped.teacher == recipe.teacher and shipped.world == recipe.world and shipped.seed == recipe.seed
-    assert meta["recipe"]["teacher"] == to_dict(recipe)["teacher"]
+    assert capfd.readouterr().err == ""  # the shipped configs spell the new keys
+    assert shipped.teacher_recipe == recipe.teacher_recipe and shipped.teacher == recipe.teacher
+    assert shipped.world == recipe.world and shipped.seed == recipe.seed
+    assert recorded_recipe(meta["recipe"]) == to_dict(recipe)["teacher_recipe"]
     stage1 = load_config(ROOT / "configs" / "shapes_teacher.yaml")
-    assert load_config(assets / "recipe_stage1.yaml").teacher == stage1.teacher
-    first = {k: v for k, v in to_dict(stage1)["teacher"].items() if k != "init_from"}
-    assert meta["recipe"]["init_from_recipe"]["teacher"] == first
+    assert load_config(assets / "recipe_stage1.yaml").teacher_recipe == stage1.teacher_recipe
+    first = {k: v for k, v in to_dict(stage1)["teacher_recipe"].items() if k != "init_from"}
+    assert {k: v for k, v in recorded_recipe(meta["recipe"]["init_from_recipe"]).items() if k != "init_from"} == first
 
 
 def test_tiny_teacher_trains_through_the_cli(aria_cli, tmp_path, tiny_bert_dir):
     res = aria_cli("teacher", "configs/debug.yaml", f"run.dir={tmp_path}/run", f"text_encoder.dir={tiny_bert_dir}",
-                   "text_encoder.max_length=12", "text_encoder.batch_size=1024", "teacher.block_out_channels=[8,16]",
-                   "teacher.attention_head_dim=4", "teacher.steps=3", "teacher.batch_size=8", "teacher.log_every=1",
-                   "judge.steps=3", "judge.batch_size=8", "teacher.eval_per_split=2", "teacher.sample_steps=2")
+                   "text_encoder.max_length=12", "text_encoder.batch_size=1024",
+                   "teacher_recipe.block_out_channels=[8,16]", "teacher_recipe.attention_head_dim=4",
+                   "teacher_recipe.steps=3", "teacher_recipe.batch_size=8", "teacher_recipe.log_every=1",
+                   "judge.steps=3", "judge.batch_size=8", "teacher_recipe.eval_per_split=2",
+                   "teacher_recipe.sample_steps=2")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "teacher step 3/3" in res.stdout and "unseen" in res.stdout
     teacher = load_teacher(tmp_path / "run" / "teacher")
@@ -94,8 +109,8 @@ def test_shipped_teacher_meets_the_quality_bar_when_measured_again():
     encoder = TextEncoder(recipe.text_encoder.dir, recipe.text_encoder.max_length)
     enc = encoder.encode(world.prompts, recipe.text_encoder.batch_size)
     report = evaluate_teacher(teacher.unet, teacher.scheduler, judge, world, torch.from_numpy(enc.tokens).half(),
-                              torch.from_numpy(enc.mask), steps=recipe.teacher.sample_steps,
-                              per_split=recipe.teacher.eval_per_split, seed=recipe.seed)
+                              torch.from_numpy(enc.mask), steps=recipe.teacher_recipe.sample_steps,
+                              per_split=recipe.teacher_recipe.eval_per_split, seed=recipe.seed)
     for split in ("seen", "under", "unseen"):
         assert report["splits"][split]["mean"] == pytest.approx(shipped["splits"][split]["mean"], abs=0.02)
     assert report["splits"]["seen"]["mean"] >= 0.90 and report["splits"]["unseen"]["mean"] >= 0.90

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from aria_hpc.config.schema import Config
+from aria_hpc.config.schema import Config, TeacherRecipeConfig
 
 # What may change between a checkpoint and its resume: run length and bookkeeping, and eval.*, which
 # never affects training.
@@ -18,6 +18,9 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.region_log_every",
                      "launch.partition", "launch.timeout_min", "eval.")
 # What `aria-hpc eval RUN_DIR` may override: never what the run trained with.
 EVAL_OVERRIDES = ("eval.", "judge.")
+# Keys that moved to another section, old spelling -> new. Files and checkpoints written with the old
+# spelling still load: the loader renames the keys (and says so, but for a run's own config.yaml).
+MOVED = {f"teacher.{f.name}": f"teacher_recipe.{f.name}" for f in dataclasses.fields(TeacherRecipeConfig)}
 # What a report does not name a run by (the seed is a repeat; the policy is the label itself).
 LABEL_IGNORED = ("seed", "run.dir", "train.policy", "launch.", "eval.", "judge.")
 
@@ -43,6 +46,7 @@ def flatten(cfg: Config) -> dict[str, Any]:
 
 def changed_keys(now: dict[str, Any], then: dict[str, Any], may_differ: tuple[str, ...] = ()) -> list[str]:
     """The sorted keys whose values differ between two flat configs, but for the `may_differ`
-    patterns. A key `then` lacks was added to the schema since: it had its default then."""
-    then = {**flatten(Config()), **then}
+    patterns. A key `then` lacks was added to the schema since: it had its default then; a key it
+    spells the old way (MOVED) is compared under its new name."""
+    then = {**flatten(Config()), **{MOVED.get(k, k): v for k, v in then.items()}}
     return sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k) and not matches(k, may_differ))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import sys
 import types
 import typing
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from aria_hpc.config.keys import MOVED
 from aria_hpc.config.schema import Config
 from aria_hpc.errors import ConfigError
 from aria_hpc.fsio import atomic_write_text
@@ -41,21 +43,42 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
     return f"{where}{problem}" + (f" ({context})" if context else "") + "; fix the file's syntax there"
 
 
-def read_config_mapping(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
+def move_keys(data: dict) -> list[str]:
+    """Rename, in place, the keys of one file's sections that keys.MOVED gives a new place; the old
+    spellings found. A key already given under its new name wins over its old spelling."""
+    found = []
+    for old, new in MOVED.items():
+        (section, name), (new_section, new_name) = old.split("."), new.split(".")
+        values = data.get(section)
+        if isinstance(values, dict) and name in values:
+            found.append(old)
+            target = data.setdefault(new_section, {})
+            if isinstance(target, dict):
+                target.setdefault(new_name, values.pop(name))
+    return found
+
+
+def read_config_mapping(path: Path, _chain: tuple[Path, ...] = (), *, stored: bool = False) -> dict:
     """A config file's sections; `base: other.yaml` (relative to the file) is read first and this
-    file's sections are merged over it, key by key (a preset is a few lines over another one)."""
+    file's sections are merged over it, key by key (a preset is a few lines over another one).
+    Keys spelled the way an older version did are renamed (move_keys), with a note on stderr unless
+    the file is `stored`: a config.yaml that a run wrote, which nobody is asked to edit."""
     data = read_yaml(path, f"config file {path} does not exist (pass a YAML file, e.g. configs/debug.yaml)")
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config sections, not {type(data).__name__}")
+    moved = move_keys(data)
+    if moved and not stored:
+        print(f"aria-hpc: note: {path}: {', '.join(moved)} moved to {', '.join(MOVED[k] for k in moved)}; "
+              "read as such (rename them in the file)", file=sys.stderr, flush=True)
     if "base" not in data:
         return data
     base = Path(str(data.pop("base")))
     base = base if base.is_absolute() else path.parent / base
     if base.resolve() in _chain:
         raise ConfigError(f"{path}: 'base: {base}' makes a cycle of config files")
-    merged = read_config_mapping(base, (*_chain, path.resolve()))
+    merged = read_config_mapping(base, (*_chain, path.resolve()), stored=stored)
     for section, values in data.items():
         if isinstance(values, dict) and isinstance(merged.get(section), dict):
             merged[section] = {**merged[section], **values}
@@ -64,11 +87,13 @@ def read_config_mapping(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
     return merged
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults <- YAML file (and the files it is based on) <- dotted overrides, type-checked and validated."""
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *,
+                stored: bool = False) -> Config:
+    """Defaults <- YAML file (and the files it is based on) <- dotted overrides, type-checked and
+    validated; `stored`: the file is a run's own config.yaml (read_config_mapping)."""
     cfg = Config()
     if path is not None:
-        mapping = read_config_mapping(Path(path))
+        mapping = read_config_mapping(Path(path), stored=stored)
         try:
             _apply_mapping(cfg, mapping, prefix="")
         except ConfigError as exc:  # name the file: the key may be a typo in it
@@ -77,7 +102,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.lr=1e-4)")
-        _set_dotted(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else raw)
+        key = key.strip()
+        if key in MOVED:
+            print(f"aria-hpc: note: override {key} moved to {MOVED[key]}; read as such", file=sys.stderr, flush=True)
+        _set_dotted(cfg, MOVED.get(key, key), yaml.safe_load(raw) if raw.strip() else raw)
     resolve_teacher(cfg)
     cfg.validate()
     return cfg

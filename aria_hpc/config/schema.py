@@ -401,40 +401,46 @@ class RegionsConfig(Section):
 
 @dataclass
 class TeacherConfig(Section):
-    """The teacher a run distils from, and the recipe `aria-hpc teacher` trains one with."""
+    """The teacher a run distils from."""
 
     dir: str | None = None
     """a teacher directory (`aria-hpc teacher`'s layout) or a Stable Diffusion pipeline directory
     (model_index.json, unet/, scheduler/, vae/, text_encoder/, tokenizer/, ...: its encoders, VAE,
     prediction type, noise schedule and sample size are then the pipeline's); None = the shipped one"""
+
+
+@dataclass
+class TeacherRecipeConfig(Section):
+    """How `aria-hpc teacher` trains a shapes-world teacher (and nothing else reads it)."""
+
     init_from: str | None = None
-    """`aria-hpc teacher` continues from this teacher directory's weights"""
+    """continue from this teacher directory's weights (same architecture and noise schedule)"""
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
-    """recipe: the UNet's channels per resolution level"""
+    """the UNet's channels per resolution level"""
     layers_per_block: int = 1
-    """recipe: ResNet layers per UNet block"""
+    """ResNet layers per UNet block"""
     norm_num_groups: int = 8
-    """recipe: GroupNorm groups (divides every channel count)"""
+    """GroupNorm groups (divides every channel count)"""
     attention_head_dim: int = 8
-    """recipe: channels per cross-attention head"""
+    """channels per cross-attention head"""
     prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
-    """recipe: what the UNet predicts (diffusers' DDPMScheduler names)"""
+    """what the UNet predicts (diffusers' DDPMScheduler names)"""
     num_train_timesteps: int = 1000
-    """recipe: the noise schedule's length T"""
+    """the noise schedule's length T"""
     beta_schedule: str = "squaredcos_cap_v2"
-    """recipe: the noise schedule (diffusers' DDPMScheduler names)"""
+    """the noise schedule (diffusers' DDPMScheduler names)"""
     steps: int = 3000
-    """recipe: optimizer steps"""
+    """optimizer steps"""
     batch_size: int = 64
-    """recipe: samples per step"""
+    """samples per step"""
     lr: float = 1e-3
-    """recipe: AdamW peak learning rate (cosine decay after warm-up)"""
+    """AdamW peak learning rate (cosine decay after warm-up)"""
     warmup_steps: int = 200
-    """recipe: linear learning-rate warm-up"""
+    """linear learning-rate warm-up"""
     ema_decay: float = 0.999
-    """recipe: EMA of the weights (the EMA is what ships)"""
+    """EMA of the weights (the EMA is what ships)"""
     grad_clip: float = 1.0
-    """recipe: gradient-norm clipping"""
+    """gradient-norm clipping"""
     null_text_prob: float = 0.1
     """classifier-free-guidance dropout"""
     sample_steps: int = 25
@@ -442,23 +448,24 @@ class TeacherConfig(Section):
     eval_per_split: int = 80
     """combinations per split in the quality check"""
     log_every: int = 100
-    """recipe: steps between log lines"""
+    """steps between log lines"""
 
     def validate(self) -> None:
         _first_failed([
-            (len(self.block_out_channels) >= 1, "teacher.block_out_channels must not be empty"),
+            (len(self.block_out_channels) >= 1, "teacher_recipe.block_out_channels must not be empty"),
             (all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
-             "teacher.block_out_channels must all be divisible by teacher.norm_num_groups"),
-            (self.steps >= 1 and self.batch_size >= 1, "teacher.steps and teacher.batch_size must be >= 1"),
+             "teacher_recipe.block_out_channels must all be divisible by teacher_recipe.norm_num_groups"),
+            (self.steps >= 1 and self.batch_size >= 1,
+             "teacher_recipe.steps and teacher_recipe.batch_size must be >= 1"),
             (min(self.layers_per_block, self.norm_num_groups, self.attention_head_dim,
                  self.sample_steps, self.eval_per_split, self.log_every) >= 1,
-             "teacher.layers_per_block, teacher.norm_num_groups, teacher.attention_head_dim, teacher.sample_steps, "
-             "teacher.eval_per_split and teacher.log_every must be >= 1"),
-            (self.num_train_timesteps >= 2, "teacher.num_train_timesteps must be >= 2"),
+             "teacher_recipe.layers_per_block, teacher_recipe.norm_num_groups, teacher_recipe.attention_head_dim, "
+             "teacher_recipe.sample_steps, teacher_recipe.eval_per_split and teacher_recipe.log_every must be >= 1"),
+            (self.num_train_timesteps >= 2, "teacher_recipe.num_train_timesteps must be >= 2"),
             (self.lr > 0 and self.grad_clip > 0 and self.warmup_steps >= 0,
-             "teacher.lr and teacher.grad_clip must be > 0, teacher.warmup_steps >= 0"),
-            (0 <= self.null_text_prob < 1, "teacher.null_text_prob must be in [0, 1)"),
-            (0 < self.ema_decay < 1, "teacher.ema_decay must be in (0, 1)"),
+             "teacher_recipe.lr and teacher_recipe.grad_clip must be > 0, teacher_recipe.warmup_steps >= 0"),
+            (0 <= self.null_text_prob < 1, "teacher_recipe.null_text_prob must be in [0, 1)"),
+            (0 < self.ema_decay < 1, "teacher_recipe.ema_decay must be in (0, 1)"),
         ])
 
 
@@ -548,6 +555,7 @@ class Config:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     regions: RegionsConfig = field(default_factory=RegionsConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    teacher_recipe: TeacherRecipeConfig = field(default_factory=TeacherRecipeConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 

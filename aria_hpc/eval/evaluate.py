@@ -166,7 +166,7 @@ def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) 
     if bad:
         raise UserError(f"eval overrides may only change eval.* and judge.* (got {', '.join(bad)}): the run's "
                         "own settings come from its config.yaml")
-    return load_config(path, overrides)
+    return load_config(path, overrides, stored=True)
 
 
 def sample(cfg: Config, ctx, unet, prompts: np.ndarray) -> torch.Tensor:

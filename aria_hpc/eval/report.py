@@ -59,7 +59,7 @@ def load_runs(run_dirs: list[str | Path]) -> list[Run]:
     for d in map(Path, run_dirs):
         if not (d / "eval.json").is_file():
             raise UserError(f"{d} has no eval.json: run `aria-hpc eval {d}` first")
-        cfg = load_config(d / "config.yaml") if (d / "config.yaml").is_file() else None
+        cfg = load_config(d / "config.yaml", stored=True) if (d / "config.yaml").is_file() else None
         config = flatten(cfg) if cfg else yaml.safe_load("{}")
         metrics = []
         if (d / "metrics.jsonl").is_file():

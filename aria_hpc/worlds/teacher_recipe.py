@@ -52,15 +52,15 @@ def continue_from(path: str, unet, scheduler, log) -> dict:
     differ += [k for k in ("prediction_type", "beta_schedule", "num_train_timesteps")
                if prev.scheduler.config[k] != scheduler.config[k]]
     if differ:
-        raise UserError(f"teacher.init_from={path} differs from this recipe in {', '.join(differ)}: "
-                        "set teacher.* to the values of that teacher, or drop teacher.init_from")
+        raise UserError(f"teacher_recipe.init_from={path} differs from this recipe in {', '.join(differ)}: "
+                        "set teacher_recipe.* to the values of that teacher, or drop teacher_recipe.init_from")
     unet.load_state_dict(prev.unet.state_dict())
     log(f"continuing from the teacher in {path}")
     return prev.meta.get("recipe", {})
 
 
 def train_teacher(cfg: Config, out_dir: Path, log=print) -> dict:
-    tc = cfg.teacher
+    tc = cfg.teacher_recipe
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng([cfg.seed, 0x7EAC])
     world = shapes_world(cfg.world)
@@ -114,7 +114,7 @@ def train_teacher(cfg: Config, out_dir: Path, log=print) -> dict:
     timings["teacher_train_s"] = time.perf_counter() - t0
 
     meta = {"world": "shapes", "resolution": world.resolution, "text_encoder": encoder_meta(cfg, encoder),
-            "recipe": {"seed": cfg.seed, "teacher": asdict(tc), "world": asdict(cfg.world),
+            "recipe": {"seed": cfg.seed, "teacher_recipe": asdict(tc), "world": asdict(cfg.world),
                        "init_from_recipe": init_recipe}}
     save_teacher(out_dir / "teacher", ema, scheduler, meta)
 
