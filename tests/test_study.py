@@ -83,15 +83,19 @@ def test_heldout_draws_reads_the_range_over_steps_and_seeds(tmp_path):
 
     from conftest import ROOT
 
-    def member(name, rows):
+    def member(name, rows):  # a committed summary: eval.json, summary.json (its arm), metrics.jsonl
         (tmp_path / name).mkdir()
+        arm, seed = name.rsplit("-s", 1)
+        (tmp_path / name / "eval.json").write_text(json.dumps({"policy": arm, "groups": {}}))
+        (tmp_path / name / "summary.json").write_text(json.dumps({"arm": arm, "seed": int(seed)}))
         (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def logged(step, share, estimate):
         return {"step": step, "group_share": {"unseen": share}, "group_estimate": {"unseen": estimate},
                 "estimate_mean": 0.5}
     member("aria-s0", [logged(100, 0.9, 5.0), logged(200, 0.02, 0.6), logged(300, 0.04, 1.0)])
-    member("aria-s1", [{"step": 150, "loss": 1.0}, logged(150, 0.03, 0.4)])
+    member("aria-s1", [{"step": 150, "loss": 1.0}, logged(100, 0.01, 0.1), logged(200, 0.03, 0.4),
+                       logged(300, 0.03, 0.5)])
     member("paired-s0", [{"step": 200, "loss": 1.0}])
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "heldout_draws.py"), str(tmp_path)],
                          capture_output=True, text=True, check=True).stdout.splitlines()
