@@ -111,6 +111,32 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_signatures(args: argparse.Namespace) -> int:
+    """Teacher signatures (regions.features=teacher): every shard, one (--shard i, an array task), or
+    one submitit array task per shard (--executor)."""
+    import shutil
+    import time
+
+    from aria_hpc.conditioning import signatures
+
+    cfg = _resolve(args)
+    if cfg is None:
+        return 0
+    root = signatures.signature_paths(cfg)[0].parent
+    require_writable(root, "the signatures directory (embed.dir/signatures)")
+    if args.rebuild and args.shard is None:
+        shutil.rmtree(root, ignore_errors=True)
+    t0 = time.perf_counter()
+    if args.shard is not None:
+        forwards = signatures.build_signature_shard(cfg, args.shard)
+    else:
+        forwards = signatures.build_signatures(cfg, args.executor, log=lambda msg: print(msg, flush=True))
+    elapsed = time.perf_counter() - t0
+    rate = f" ({elapsed / forwards * 1e3:.2f} ms a forward)" if forwards else " (every shard already complete)"
+    print(f"signatures in {root}: {forwards} teacher forwards in {elapsed:.1f}s{rate}")
+    return 0
+
+
 def cmd_regions(args: argparse.Namespace) -> int:
     import time
 
@@ -135,7 +161,7 @@ def cmd_regions(args: argparse.Namespace) -> int:
         return 0
     if args.merge:
         regions = region_build.merge_parts(cfg, store)
-        save_regions(regions, Path(rc.path), {"pool_digest": store.pool.digest, "encoder_digest": store.encoder_digest})
+        save_regions(regions, Path(rc.path), region_build.map_attrs(cfg, store))
     else:
         regions = region_build.build_regions(cfg, args.executor, log=lambda msg: print(msg, flush=True))
     elapsed = time.perf_counter() - t0
@@ -143,7 +169,7 @@ def cmd_regions(args: argparse.Namespace) -> int:
     save_resolved(cfg, Path(rc.path).parent / "runs" / "regions")
     comp = composition(regions.region, store.pool.split, rc.k)
     reps = store.pool.text(regions.representatives[:, 0][regions.representatives[:, 0] >= 0])
-    print(f"k-means: {len(store.pool)} x {regions.centroids.shape[1]} into {rc.k} regions in {elapsed:.1f}s "
+    print(f"k-means ({rc.features} features): {len(store.pool)} x {regions.centroids.shape[1]} into {rc.k} regions in {elapsed:.1f}s "
           f"(trained on {regions.attrs['train_points']}) "
           f"(objective {regions.attrs['objective']:.4g})")
     labelled = comp[:, 3].sum() == 0
@@ -335,6 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true", help="delete embed.dir and build it again")
     p.add_argument("--quiet", action="store_true", help="progress as plain lines instead of a bar")
     p.set_defaults(func=cmd_embed)
+    p = sub.add_parser("signatures", help="teacher signatures of every prompt, the features of "
+                       "regions.features=teacher (resumable; --shard i, --executor)")
+    _add_config_args(p)
+    p.add_argument("--executor", choices=("local", "slurm", "debug"), help="one submitit array task per shard")
+    p.add_argument("--shard", type=int, metavar="i", help="only shard i (a hand-made array task)")
+    p.add_argument("--rebuild", action="store_true", help="delete the signatures and compute them again")
+    p.set_defaults(func=cmd_signatures)
     p = sub.add_parser("regions", help="k-means regions of the conditioning space from the embeddings "
                        "(--executor: assignment as a job array over the embedding shards)")
     _add_config_args(p)

@@ -5,7 +5,7 @@ bank's fingerprint (bank/fingerprint.py) is computed from it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +26,8 @@ class RunContext:
     cfg: Config
     teacher: object  # models.teacher.Teacher
     store: object  # conditioning.embeddings.EmbeddingStore
-    conditioning: RCSchedule
-    x0: np.ndarray
+    conditioning: RCSchedule | None  # None in a conditioning_context (no region map, no paired set)
+    x0: np.ndarray | None
     null_tokens: np.ndarray  # (1, L, D) float16
     null_mask: np.ndarray  # (1, L) bool
     fingerprint: dict
@@ -76,7 +76,6 @@ def load_context(cfg: Config, *, need_bank_dir: bool = True) -> RunContext:
     """Load and cross-check teacher, embeddings, regions and paired set. Without a bank directory
     (a live-teacher run) x0 is computed in memory instead of being stored in BANK_DIR/x0.h5."""
     from aria_hpc.conditioning.embeddings import EmbeddingStore
-    from aria_hpc.conditioning.encoders import open_text_encoder
     from aria_hpc.models.teacher import load_teacher
 
     if need_bank_dir and not cfg.bank.dir:
@@ -88,12 +87,7 @@ def load_context(cfg: Config, *, need_bank_dir: bool = True) -> RunContext:
     if teacher_encoder != store.encoder_digest:
         raise UserError(f"the teacher in {teacher.path} was trained with another text encoder than the one "
                         f"{cfg.embed.dir} was embedded with: embed with the teacher's encoder (text_encoder.dir)")
-    # without stored token states the encoder runs every batch: on the GPU where there is one
-    device = "cuda" if torch.cuda.is_available() and not store.has_tokens else "cpu"
-    encoder = open_text_encoder(cfg.text_encoder.dir, cfg.text_encoder.max_length, device)
-    if encoder.digest != store.encoder_digest:
-        raise UserError(f"text_encoder.dir is not the encoder {cfg.embed.dir} was embedded with: set it to that one")
-    null = encoder.null()
+    base = conditioning_context(cfg, teacher, store)
     images, captions = paired_images(cfg, store.pool)
     image_set = image_set_digest(cfg, images, captions)
     if cfg.bank.dir:
@@ -109,7 +103,21 @@ def load_context(cfg: Config, *, need_bank_dir: bool = True) -> RunContext:
                               cfg.rc.lam, cfg.rc.null_text_prob, regions.order,
                               regions.sizes if regions.order is not None else None)
     fingerprint = bank_fingerprint(cfg, teacher, store, regions, image_set)
+    return replace(base, conditioning=conditioning, x0=x0, fingerprint=fingerprint)
+
+
+def conditioning_context(cfg: Config, teacher, store) -> RunContext:
+    """A context that conditions the teacher on prompt ids (``cond``) and nothing more: no region
+    map, paired set or fingerprint (what the teacher signatures need, before any region exists)."""
+    from aria_hpc.conditioning.encoders import open_text_encoder
+
+    # without stored token states the encoder runs every batch: on the GPU where there is one
+    device = "cuda" if torch.cuda.is_available() and not store.has_tokens else "cpu"
+    encoder = open_text_encoder(cfg.text_encoder.dir, cfg.text_encoder.max_length, device)
+    if encoder.digest != store.encoder_digest:
+        raise UserError(f"text_encoder.dir is not the encoder {cfg.embed.dir} was embedded with: set it to that one")
+    null = encoder.null()
     xl = teacher.unet.config.get("addition_embed_type") == "text_time"
-    return RunContext(cfg, teacher, store, conditioning, x0, null.tokens.astype(np.float16), null.mask,
-                      fingerprint, null.pooled.astype(np.float16) if xl else None,
-                      unet_cfg.sample_size * teacher.meta.get("vae_scale_factor", 1), encoder)
+    return RunContext(cfg, teacher, store, None, None, null.tokens.astype(np.float16), null.mask, {},
+                      null.pooled.astype(np.float16) if xl else None,
+                      teacher.unet.config.sample_size * teacher.meta.get("vae_scale_factor", 1), encoder)

@@ -11,6 +11,7 @@ timing line per stage.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -50,14 +51,22 @@ def ensure_regions(cfg: Config, log) -> str:
     rc, path = cfg.regions, Path(cfg.regions.path)
     store = EmbeddingStore(cfg.embed.dir, cfg.embed.shards)
     want = {"pool_digest": store.pool.digest, "encoder_digest": store.encoder_digest, "k": rc.k,
-            "niter": rc.niter, "seed": cfg.seed, "spherical": rc.spherical, "threads": rc.threads,
-            "train_points": min(rc.train_points, len(store.pool))}
+            "niter": rc.niter, "seed": cfg.seed, "spherical": rc.spherical_metric, "threads": rc.threads}
+    if rc.features == "teacher":  # the signatures are checked against the teacher and probe as they are built
+        from aria_hpc.conditioning.encoders import directory_digest
+        from aria_hpc.conditioning.signatures import probe_settings
+        from aria_hpc.models.teacher import teacher_dir
+
+        want.update(features="teacher", teacher_digest=directory_digest(teacher_dir(cfg.teacher.dir) / "unet"),
+                    probe=json.dumps(probe_settings(cfg), sort_keys=True), signature_sample=rc.signature_sample)
+    if not rc.signature_sample or rc.features == "text":
+        want["train_points"] = min(rc.train_points, len(store.pool))
     if path.is_file():
         with h5py.File(path, "r", locking=False) as f:
-            if all(_same(f.attrs.get(k), v) for k, v in want.items()):
-                return f"{rc.k} regions reused"
-    build_regions(cfg)
-    return f"{rc.k} regions computed"
+            if all(_same(f.attrs.get(k), v) for k, v in want.items()) and f.attrs.get("features", "text") == rc.features:
+                return f"{rc.k} {rc.features} regions reused"
+    build_regions(cfg, log=log)
+    return f"{rc.k} {rc.features} regions computed"
 
 
 def _same(a, b) -> bool:

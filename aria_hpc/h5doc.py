@@ -27,11 +27,19 @@ FILES = {
          "tokens": ("per-token hidden states of the text encoder, padded to max_length", "unitless, float16"),
          "mask": ("attention mask of tokens: true for a real token, false for padding", None)}),
     "regions": (
-        "ARIA's regions: k-means over the pooled prompt embeddings (attrs k, niter, seed, spherical, objective).",
+        "ARIA's regions: k-means over the pooled prompt embeddings, or over teacher signatures when attr features "
+        "is teacher (attrs k, niter, seed, spherical, objective).",
         {"centroids": ("region centres in embedding space, one row per region", "unitless"),
          "region": ("region of each prompt of the pool (row i = prompt index i)", None),
          "sizes": ("number of prompts in each region", "prompts"),
          "representatives": ("prompt indices nearest each centroid and inside its region (-1 = none)", None)}),
+    "signatures": (
+        "Teacher signatures of rows [start, stop) of the prompt pool (attrs start, stop): the teacher's clean-image "
+        "estimates on fixed probe inputs (attr probe: timesteps as fractions of T, noises per timestep, projection "
+        "dim and seed), concatenated and randomly projected (aria_hpc.conditioning.signatures). Features of "
+        "regions.features=teacher.",
+        {"signature": ("random projection of the teacher's x0 estimates on the probes (row r = prompt start + r)",
+                       "unitless, float16")}),
     "x0": (
         "The paired set's clean inputs x0 (attr space: pixel, or latent when VAE-encoded) and their captions. "
         "Bank column `image` indexes the rows of `x0`.",

@@ -250,9 +250,18 @@ class LiveTeacher:
         """New random-conditioned tuples in the given regions, as the bank's top-up draws them: a
         paired image, a prompt uniformly inside the region, t from RC's p(t | caption replaced)."""
         cond = self.ctx.conditioning
-        m = len(regions)
-        cols = {"image": rng.integers(0, len(cond.captions), m), "cond": cond.prompts_in(regions, rng),
-                "t": cond.rc_timesteps(rng, m), "paired": np.zeros(m, bool)}
+        image = rng.integers(0, len(cond.captions), len(regions))
+        return self._random_conditioned(image, cond.prompts_in(regions, rng), rng)
+
+    def conditioned(self, prompts: np.ndarray, rng: np.random.Generator) -> BankBatch:
+        """New random-conditioned tuples on the given prompts (a paired image, t as in `fresh`)."""
+        return self._random_conditioned(rng.integers(0, len(self.ctx.conditioning.captions), len(prompts)),
+                                        np.asarray(prompts, np.int64), rng)
+
+    def _random_conditioned(self, image: np.ndarray, prompts: np.ndarray, rng: np.random.Generator) -> BankBatch:
+        m = len(prompts)
+        cols = {"image": image, "cond": prompts, "t": self.ctx.conditioning.rc_timesteps(rng, m),
+                "paired": np.zeros(m, bool)}
         return self._compute(cols)
 
     def _compute(self, cols: dict[str, np.ndarray]) -> BankBatch:
@@ -298,9 +307,101 @@ class LiveTeacher:
         pass
 
 
+EXTRA_STREAM = 1 << 15  # live entry streams of the steered draws: EXTRA_STREAM + rank (hybrid uses rank)
+EXTRA_REGION_STREAM = 0xE7  # the region sampler's stream for the steered draws (0 = the source's own)
+
+
+class SteeredDraws:
+    """A share of every batch drawn fresh by the live teacher as random-conditioned tuples whose
+    prompts are steered, the rest from the inner source as before. Two steerings:
+
+    - the oracle (rc.oracle_share): prompts uniform over the held-out prompts it is told;
+    - ARIA's reach (aria.reach): region ~ the allocation q (the loop's region sampler, on its own
+      stream), then a prompt uniformly inside the region; under RC q = pi.
+
+    Each sample is steered with probability `share` (the count per batch is binomial), so the share of
+    all samples it moves is `share`, not a share of the ~20% that RC replaces."""
+
+    def __init__(self, inner: TeacherSource, live: LiveTeacher, share: float, prompts: np.ndarray | None = None) -> None:
+        self.inner, self.live, self.share, self.prompts = inner, live, share, prompts
+
+    @property
+    def teacher_forwards(self) -> int:
+        return self.inner.teacher_forwards + self.live.teacher_forwards
+
+    @property
+    def bank_hits(self) -> int:
+        return self.inner.bank_hits
+
+    @property
+    def written_back(self) -> int:
+        return self.inner.written_back
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.inner.feature_names
+
+    def draw(self, n: int, rng: np.random.Generator, region_sampler: RegionSampler | None = None,
+             *, paired_only: bool = False) -> BankBatch:
+        if paired_only:
+            return self.inner.draw(n, rng, region_sampler, paired_only=True)
+        m = int(rng.binomial(n, self.share))
+        parts = [self.inner.draw(n - m, rng, region_sampler)] if m < n else []
+        if m:
+            if self.prompts is not None:
+                prompts = self.prompts[rng.integers(0, len(self.prompts), m)]
+            elif region_sampler is not None:
+                regions = np.asarray(region_sampler(m, EXTRA_REGION_STREAM), np.int64)
+                prompts = self.live.ctx.conditioning.prompts_in(regions, rng)
+            else:
+                prompts = rng.integers(0, len(self.live.ctx.conditioning.region_of_prompt), m)
+            parts.append(self.live.conditioned(prompts, rng))
+        return concat_batches(parts)
+
+    def region_usage(self, num_regions: int) -> dict[str, np.ndarray]:
+        a, b = self.inner.region_usage(num_regions), self.live.region_usage(num_regions)
+        return {"draws": a["draws"] + b["draws"], "distinct": a["distinct"] + b["distinct"],
+                "max_reuse": np.maximum(a["max_reuse"], b["max_reuse"])}
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def state_dict(self) -> dict:
+        return {"inner": self.inner.state_dict(), "steered": self.live.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state["inner"])
+        self.live.load_state_dict(state["steered"])
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def steered(cfg, ctx: RunContext, source: TeacherSource, rank: int) -> TeacherSource:
+    """The run's source with its steered share (rc.oracle_share or aria.reach), or the source itself."""
+    share = cfg.rc.oracle_share or cfg.aria.reach
+    if not share:
+        return source
+    prompts = None
+    if cfg.rc.oracle_share:
+        from aria_hpc.errors import UserError
+
+        prompts = np.flatnonzero(np.asarray(ctx.store.pool.split) == 2)  # the held-out (unseen) group
+        if not len(prompts):
+            raise UserError("rc.oracle_share steers samples to the held-out (unseen) prompts, but this pool has "
+                            "none: hold a concept out (world.heldout_shapes / heldout_colours / unseen_pairs)")
+    live = LiveTeacher(ctx, stream=EXTRA_STREAM + rank, features=source.feature_names)
+    return SteeredDraws(source, live, share, prompts)
+
+
 def open_source(cfg, ctx: RunContext, *, rank: int = 0, world: int = 1, run_dir: Path | None = None):
-    """The teacher source of a training run (bank.mode): cached, hybrid or live; with no bank.dir,
-    the live teacher without write-back."""
+    """The teacher source of a training run (bank.mode), with its steered share if any."""
+    return steered(cfg, ctx, _open_mode_source(cfg, ctx, rank=rank, world=world, run_dir=run_dir), rank)
+
+
+def _open_mode_source(cfg, ctx: RunContext, *, rank: int = 0, world: int = 1, run_dir: Path | None = None):
+    """The teacher source of bank.mode: cached, hybrid or live; with no bank.dir, the live teacher
+    without write-back."""
     from aria_hpc.bank.reader import LAYOUT_FIELDS
 
     b = cfg.bank

@@ -77,11 +77,36 @@ def build_shard(embed_dir: Path, pool: PromptPool, encoder, index: int, shards: 
     """Embed rows [start, stop) of the pool into one shard, resuming a partial one."""
     expect = shard_expectation(pool, encoder, index, shards, store_tokens)
     start, stop = expect["start"], expect["stop"]
-    final = embed_dir / shard_name(index, shards)
-    partial = final.with_name(final.name + ".partial")
     if check_complete_shard(embed_dir, expect, index, shards):
         return ShardResult(index, stop - start, stop - start)
+    n, d, length = stop - start, encoder.dim, encoder.max_length
+    chunk_rows = max(1, min(batch_size, n))
+    datasets = {"pooled": ((n, getattr(encoder, "pooled_dim", d)), np.float16, (chunk_rows, getattr(encoder, "pooled_dim", d)))}
+    if store_tokens:
+        datasets["tokens"] = ((n, length, d), np.float16, (1, length, d))
+        datasets["mask"] = ((n, length), bool, (chunk_rows, length))
 
+    def compute(a: int, b: int) -> dict[str, np.ndarray]:
+        enc = encoder.encode(pool.texts(start + a, start + b), batch_size)
+        out = {"pooled": enc.pooled.astype(np.float16)}
+        if store_tokens:
+            out.update(tokens=enc.tokens.astype(np.float16), mask=enc.mask)
+        return out
+    resumed_from = write_rows_shard(embed_dir / shard_name(index, shards), expect, datasets, compute, batch_size,
+                                    "embeddings", progress=(lambda done: progress(index, done)) if progress else None)
+    return ShardResult(index, n, resumed_from)
+
+
+def write_rows_shard(final: Path, expect: dict, datasets: dict, compute: Callable[[int, int], dict[str, np.ndarray]],
+                     batch_size: int, kind: str, progress: Callable[[int], None] | None = None) -> int:
+    """Write a shard of per-row datasets {name: (shape, dtype, chunks)} batch by batch, as
+    `<name>.partial` flushed after every batch with its `done` row count, then renamed: a killed build
+    resumes where it stopped and a reader never sees a partial shard. Batches stay aligned to
+    batch_size from the shard start, so a resumed shard computes exactly the batches an uninterrupted
+    build would. `compute(a, b)` gives rows [a, b) of the shard. Returns the rows found already written."""
+    partial = final.with_name(final.name + ".partial")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    n = next(iter(datasets.values()))[0][0]
     done = 0
     if partial.exists():
         try:
@@ -92,39 +117,29 @@ def build_shard(embed_dir: Path, pool: PromptPool, encoder, index: int, shards: 
         if done < 0:
             partial.unlink()
             done = 0
-    n, d, length = stop - start, encoder.dim, encoder.max_length
-    pooled_dim = getattr(encoder, "pooled_dim", d)
     mode = "r+" if partial.exists() else "w"
     with h5py.File(partial, mode, locking=False) as f:
         if mode == "w":
             for k, v in expect.items():
                 f.attrs[k] = v
             f.attrs["done"] = 0
-            chunk_rows = max(1, min(batch_size, n))
-            f.create_dataset("pooled", (n, pooled_dim), dtype=np.float16, chunks=(chunk_rows, pooled_dim))
-            if store_tokens:
-                f.create_dataset("tokens", (n, length, d), dtype=np.float16, chunks=(1, length, d))
-                f.create_dataset("mask", (n, length), dtype=bool, chunks=(chunk_rows, length))
-            describe(f, "embeddings")
+            for name, (shape, dtype, chunks) in datasets.items():
+                f.create_dataset(name, shape, dtype=dtype, chunks=chunks)
+            describe(f, kind)
         resumed_from = done
-        # Batches stay aligned to batch_size from the shard start, so a resumed shard computes
-        # exactly the batches an uninterrupted build would.
         while done < n:
             upto = min(n, done + batch_size)
-            enc = encoder.encode(pool.texts(start + done, start + upto), batch_size)
-            f["pooled"][done:upto] = enc.pooled.astype(np.float16)
-            if store_tokens:
-                f["tokens"][done:upto] = enc.tokens.astype(np.float16)
-                f["mask"][done:upto] = enc.mask
+            for name, value in compute(done, upto).items():
+                f[name][done:upto] = value
             f.attrs["done"] = upto
             f.flush()
             done = upto
             if progress:
-                progress(index, done)
+                progress(done)
         f.attrs["complete"] = True
     fsync_path(partial)
     os.replace(partial, final)
-    return ShardResult(index, n, resumed_from)
+    return resumed_from
 
 
 def stores_tokens(cfg, pool: PromptPool) -> bool:
@@ -199,44 +214,55 @@ class EmbeddingStore:
         return tokens, mask
 
     def _rows(self, ids: np.ndarray, names: tuple[str, ...]) -> list[np.ndarray]:
-        """The rows of the given prompt ids from each named dataset, reading every shard once."""
-        ids = np.asarray(ids, dtype=np.int64)
-        starts = np.array([shard_range(len(self.pool), i, self.shards)[0] for i in range(self.shards)])
-        shard_of = np.searchsorted(starts, ids, side="right") - 1
-        out: list[np.ndarray] | None = None
-        for s in np.unique(shard_of):
-            sel = np.flatnonzero(shard_of == s)
-            unique, inverse = np.unique(ids[sel] - starts[s], return_inverse=True)
-            with read_h5(self.paths[s], EMBED_FIX) as f:
-                if "tokens" in names and "tokens" not in f:
-                    raise UserError(f"{self.paths[s]} has no token states: embed with embed.store_tokens=true")
-                got = [f[name][unique] for name in names]
-            if out is None:
-                out = [np.zeros((len(ids), *g.shape[1:]), g.dtype) for g in got]
-            for o, g in zip(out, got):
-                o[sel] = g[inverse]
-        return out
+        if "tokens" in names:
+            with read_h5(self.paths[0], EMBED_FIX) as f:
+                if "tokens" not in f:
+                    raise UserError(f"{self.paths[0]} has no token states: embed with embed.store_tokens=true")
+        return read_rows(self.paths, len(self.pool), ids, names, EMBED_FIX)
+
+
+def read_rows(paths: list[Path], count: int, ids: np.ndarray, names: tuple[str, ...], fix: str) -> list[np.ndarray]:
+    """The rows of the given ids from each named dataset of row-sharded files (shard i holds rows
+    shard_range(count, i, len(paths))), reading every shard once."""
+    ids = np.asarray(ids, dtype=np.int64)
+    shards = len(paths)
+    starts = np.array([shard_range(count, i, shards)[0] for i in range(shards)])
+    shard_of = np.searchsorted(starts, ids, side="right") - 1
+    out: list[np.ndarray] | None = None
+    for s in np.unique(shard_of):
+        sel = np.flatnonzero(shard_of == s)
+        unique, inverse = np.unique(ids[sel] - starts[s], return_inverse=True)
+        with read_h5(paths[s], fix) as f:
+            got = [f[name][unique] for name in names]
+        if out is None:
+            out = [np.zeros((len(ids), *g.shape[1:]), g.dtype) for g in got]
+        for o, g in zip(out, got):
+            o[sel] = g[inverse]
+    return out
 
 
 class PooledRows:
-    """An embeddings store's pooled rows, read by id or in chunks shard by shard, never all at once."""
+    """One per-row dataset of row-sharded files (the embeddings' pooled rows, or teacher signatures),
+    read by id or in chunks shard by shard, never all at once: a row source for k-means."""
 
-    def __init__(self, store: EmbeddingStore) -> None:
-        self.store = store
+    def __init__(self, store: EmbeddingStore, dataset: str = "pooled", paths: list[Path] | None = None,
+                 fix: str = EMBED_FIX) -> None:
+        self.count, self.dataset, self.fix = len(store.pool), dataset, fix
+        self.paths = paths if paths is not None else store.paths
 
     def __len__(self) -> int:
-        return len(self.store.pool)
+        return self.count
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
-        return self.store.pooled_of(ids).astype(np.float32)
+        return read_rows(self.paths, self.count, ids, (self.dataset,), self.fix)[0].astype(np.float32)
 
     def chunks(self, rows: int):
-        for index in range(self.store.shards):
+        for index in range(len(self.paths)):
             yield from self.shard_chunks(index, rows)
 
     def shard_chunks(self, index: int, rows: int):
         """(first row id, rows) chunks of one shard, chunked from the shard's start."""
-        start, stop = shard_range(len(self.store.pool), index, self.store.shards)
-        with read_h5(self.store.paths[index], EMBED_FIX) as f:
+        start, stop = shard_range(self.count, index, len(self.paths))
+        with read_h5(self.paths[index], self.fix) as f:
             for a in range(0, stop - start, rows):
-                yield start + a, f["pooled"][a:a + rows].astype(np.float32)
+                yield start + a, f[self.dataset][a:a + rows].astype(np.float32)

@@ -42,16 +42,37 @@ def _store(cfg):
     return EmbeddingStore(cfg.embed.dir, cfg.embed.shards)
 
 
+def feature_rows(cfg, store):
+    """What k-means clusters (regions.features): the pooled text embeddings or the teacher signatures."""
+    if cfg.regions.features == "teacher":
+        from aria_hpc.conditioning.signatures import signature_rows
+
+        return signature_rows(cfg)
+    return store.pooled_rows()
+
+
+def map_attrs(cfg, store) -> dict:
+    """The region map's identity beyond k-means' own attrs: the pool and encoder, and for teacher
+    features the teacher and probe the signatures came from."""
+    extra = {"pool_digest": store.pool.digest, "encoder_digest": store.encoder_digest, "features": cfg.regions.features}
+    if cfg.regions.features == "teacher":
+        from aria_hpc.conditioning.signatures import signature_digest
+
+        extra.update(signature_digest(cfg), signature_sample=cfg.regions.signature_sample)
+    return extra
+
+
 def save_centroids(cfg, store=None) -> Path:
     """Train on the seeded sample and save the centroids (the array's first step)."""
     store = store or _store(cfg)
     rc = cfg.regions
-    centroids, attrs = train_centroids(store.pooled_rows(), rc.k, niter=rc.niter, seed=cfg.seed, spherical=rc.spherical,
+    centroids, attrs = train_centroids(feature_rows(cfg, store), rc.k, niter=rc.niter, seed=cfg.seed,
+                                       spherical=rc.spherical_metric,
                                        threads=rc.threads, train_points=rc.train_points)
     path = parts_dir(cfg) / CENTROIDS
     with atomic_h5(path) as f:
         f["centroids"] = centroids
-        for k, v in {**attrs, "pool_digest": store.pool.digest, "encoder_digest": store.encoder_digest}.items():
+        for k, v in {**attrs, **map_attrs(cfg, store)}.items():
             f.attrs[k] = v
     return path
 
@@ -63,10 +84,12 @@ def load_centroids(cfg, store) -> tuple[np.ndarray, dict]:
         raise UserError(f"{path} does not exist: {fix}")
     with read_h5(path, fix) as f:
         centroids, attrs = f["centroids"][:], dict(f.attrs)
-    if attrs.get("pool_digest") != store.pool.digest or attrs.get("k") != cfg.regions.k or attrs.get("seed") != cfg.seed:
-        raise UserError(f"{path} was trained for another pool, regions.k or seed: run `aria-hpc regions CONFIG "
-                        "--centroids` again")
-    return centroids, {k: v for k, v in attrs.items() if k not in ("pool_digest", "encoder_digest")}
+    if (attrs.get("pool_digest") != store.pool.digest or attrs.get("k") != cfg.regions.k or attrs.get("seed") != cfg.seed
+            or attrs.get("features", "text") != cfg.regions.features):
+        raise UserError(f"{path} was trained for another pool, regions.k, regions.features or seed: run `aria-hpc "
+                        "regions CONFIG --centroids` again")
+    extra = map_attrs(cfg, store)
+    return centroids, {k: v for k, v in attrs.items() if k not in extra}
 
 
 def assign_shard(cfg, index: int) -> Path:
@@ -79,7 +102,7 @@ def assign_shard(cfg, index: int) -> Path:
     centroids, attrs = load_centroids(cfg, store)
     rc = cfg.regions
     start, stop = shard_range(len(store.pool), index, cfg.embed.shards)
-    part = assign_chunks(centroids, store.pooled_rows().shard_chunks(index, rc.chunk_rows), spherical=bool(attrs["spherical"]),
+    part = assign_chunks(centroids, feature_rows(cfg, store).shard_chunks(index, rc.chunk_rows), spherical=bool(attrs["spherical"]),
                          threads=rc.threads, representatives=rc.representatives, start=start, stop=stop)
     path = parts_dir(cfg) / part_name(index, cfg.embed.shards)
     with atomic_h5(path) as f:
@@ -108,19 +131,28 @@ def _assign_job(cfg, index: int) -> str:
 
 
 def build_regions(cfg, executor: str | None = None, log: Callable[[str], None] = print) -> RegionMap:
-    """regions.h5 for cfg: in this process, or with one submitit array task per embedding shard."""
+    """regions.h5 for cfg: in this process, or with one submitit array task per embedding shard.
+    Teacher features first build the signatures they need (the same executor)."""
     import shutil
 
     from aria_hpc.conditioning.kmeans import kmeans_rows
 
     store = _store(cfg)
     rc = cfg.regions
-    extra = {"pool_digest": store.pool.digest, "encoder_digest": store.encoder_digest}
+    if rc.features == "teacher":
+        from aria_hpc.conditioning.signatures import build_signatures
+
+        if rc.signature_sample:
+            regions = sampled_teacher_regions(cfg, store, log)
+            save_regions(regions, Path(rc.path), map_attrs(cfg, store))
+            return regions
+        forwards = build_signatures(cfg, executor, log)
+        log(f"teacher signatures: {forwards} teacher forwards")
     if executor is None:
-        regions = kmeans_rows(store.pooled_rows(), rc.k, niter=rc.niter, seed=cfg.seed, spherical=rc.spherical,
-                              threads=rc.threads, representatives=rc.representatives, train_points=rc.train_points,
-                              chunk_rows=rc.chunk_rows)
-        save_regions(regions, Path(rc.path), extra)
+        regions = kmeans_rows(feature_rows(cfg, store), rc.k, niter=rc.niter, seed=cfg.seed,
+                              spherical=rc.spherical_metric, threads=rc.threads, representatives=rc.representatives,
+                              train_points=rc.train_points, chunk_rows=rc.chunk_rows)
+        save_regions(regions, Path(rc.path), map_attrs(cfg, store))
         return regions
     from aria_hpc.launch.executor import make_executor
 
@@ -137,9 +169,42 @@ def build_regions(cfg, executor: str | None = None, log: Callable[[str], None] =
             raise UserError(f"region assignment of shard {index} failed in job {job.job_id}: "
                             f"{str(exc).splitlines()[-1]} (log: {job.paths.stderr})") from None
     regions = merge_parts(cfg, store)
-    save_regions(regions, Path(rc.path), extra)
+    save_regions(regions, Path(rc.path), map_attrs(cfg, store))
     shutil.rmtree(parts_dir(cfg), ignore_errors=True)
     return regions
+
+
+def sampled_teacher_regions(cfg, store, log: Callable[[str], None] = print) -> RegionMap:
+    """The sample path of teacher features: signatures of a seeded sample of regions.signature_sample
+    prompts (k-means trains on them), a ridge map from the text embedding fitted on 80% of the sample
+    predicts everyone else's signature, and every prompt goes to its nearest centroid (the sampled
+    ones by their own signature). The map's agreement (the share of the held-back 20% whose predicted
+    signature falls in the region of their true one) is kept in the map's attrs."""
+    from aria_hpc.conditioning.kmeans import ArrayRows
+    from aria_hpc.conditioning.signatures import MappedRows, Prober, fit_text_map, sample_ids
+
+    rc = cfg.regions
+    ids = sample_ids(len(store.pool), rc.signature_sample, cfg.seed)
+    prober = Prober(cfg)
+    sig = np.concatenate([prober(ids[a:a + rc.signature_batch_size])
+                          for a in range(0, len(ids), rc.signature_batch_size)])
+    log(f"teacher signatures of {len(ids)} sampled prompts: {prober.forwards} teacher forwards")
+    centroids, attrs = train_centroids(ArrayRows(sig), rc.k, niter=rc.niter, seed=cfg.seed, spherical=False,
+                                       threads=rc.threads, train_points=rc.train_points)
+    text = store.pooled_rows().rows(ids)
+    fit = np.random.default_rng([cfg.seed, 0xF17]).random(len(ids)) < 0.8
+    w, b = fit_text_map(text[fit], sig[fit])
+    check = assign_chunks(centroids, [(0, text[~fit] @ w + b), (int((~fit).sum()), sig[~fit])], spherical=False,
+                          threads=rc.threads, representatives=1, start=0, stop=2 * int((~fit).sum())).region
+    half = len(check) // 2
+    agreement = float((check[:half] == check[half:]).mean()) if half else float("nan")
+    w, b = fit_text_map(text, sig)  # the map used: fitted on the whole sample
+    part = assign_chunks(centroids, MappedRows(store.pooled_rows(), w, b, ids, sig).chunks(rc.chunk_rows),
+                         spherical=False, threads=rc.threads, representatives=rc.representatives, start=0,
+                         stop=len(store.pool))
+    log(f"text-to-signature map: {agreement:.1%} of {half} held-back sampled prompts land in their signature's region")
+    return merge_assignments(centroids, {**attrs, "map_agreement": agreement, "map_checked": half}, [part],
+                             len(store.pool))
 
 
 def shard_count_ok(cfg) -> None:

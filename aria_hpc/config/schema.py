@@ -29,6 +29,7 @@ class Section:
 Policy = Literal["paired", "rc", "aria"]
 BankMode = Literal["cached", "hybrid", "live"]
 LrSchedule = Literal["constant", "cosine"]
+RegionFeatures = Literal["text", "teacher"]
 
 
 @dataclass
@@ -126,10 +127,14 @@ class RCConfig(Section):
     """p_rc(t) = exp(-lam (1 - t/T)); 5 in the RC authors' scripts"""
     null_text_prob: float = 0.1
     """share of conditions replaced by the null text (classifier-free guidance)"""
+    oracle_share: float = 0.0
+    """the oracle arm: this share of all samples are fresh random-conditioned tuples on the held-out
+    (unseen) prompts, which the oracle is told, computed by the live teacher (0 = RC)"""
 
     def validate(self) -> None:
         _first_failed([
             (self.lam >= 0, "rc.lam must be >= 0"),
+            (0 <= self.oracle_share < 1, "rc.oracle_share must be in [0, 1)"),
             (0 <= self.null_text_prob < 1, "rc.null_text_prob must be in [0, 1)"),
         ])
 
@@ -156,6 +161,9 @@ class AriaConfig(Section):
     """weight random samples by pi_k / q_k (keeps RC's objective)"""
     base_gamma: float = 0.0
     """allocation base pi^(1-gamma): 0 = the pool share (RC's), 1 = uniform over regions"""
+    reach: float = 0.0
+    """this share of all samples are fresh random-conditioned tuples drawn by the allocation (region ~ q,
+    a prompt uniformly inside), computed by the live teacher (0 = today's ARIA: q moves RC's draws only)"""
 
     def validate(self) -> None:
         _first_failed([
@@ -165,6 +173,7 @@ class AriaConfig(Section):
             (0 < self.baseline_beta <= 1, "aria.baseline_beta must be in (0, 1]"),
             (self.warmup_steps >= 0, "aria.warmup_steps must be >= 0"),
             (0 <= self.base_gamma <= 1, "aria.base_gamma must be in [0, 1]"),
+            (0 <= self.reach < 1, "aria.reach must be in [0, 1)"),
             (self.sync_every >= 1, "aria.sync_every must be >= 1"),
             (self.timestep_bins >= 1, "aria.timestep_bins must be >= 1"),
             (self.init_estimate > 0, "aria.init_estimate must be > 0"),
@@ -388,10 +397,37 @@ class RegionsConfig(Section):
     """k-means trains on a seeded sample of this many prompts (all, if fewer)"""
     chunk_rows: int = 65536
     """assignment streams over the embedding shards in chunks of this many rows"""
+    features: RegionFeatures = "text"
+    """what k-means clusters: text (pooled text embeddings) or teacher (teacher signatures:
+    `aria-hpc signatures`; always compared by L2)"""
+    probe_timesteps: list[float] = field(default_factory=lambda: [0.95, 0.6])
+    """teacher signatures: probe timesteps as fractions of T (x0 estimates at each)"""
+    probe_noises: int = 2
+    """teacher signatures: fixed probe noises per probe timestep (forwards per prompt = timesteps x noises)"""
+    signature_dim: int = 256
+    """teacher signatures: dimensions after the seeded random projection"""
+    signature_seed: int = 0
+    """teacher signatures: seed of the probe noises and the projection (not the training seed)"""
+    signature_batch_size: int = 256
+    """teacher signatures: prompts per teacher forward"""
+    signature_sample: int = 0
+    """teacher signatures of a seeded sample of this many prompts only, the rest assigned through a
+    ridge map from the text embedding (0 = every prompt)"""
+
+    @property
+    def spherical_metric(self) -> bool:
+        """Whether k-means compares by cosine: regions.spherical for text features, never for signatures."""
+        return self.spherical and self.features == "text"
 
     def validate(self) -> None:
         _first_failed([
             (self.k >= 1 and self.niter >= 1, "regions.k and regions.niter must be >= 1"),
+            (len(self.probe_timesteps) >= 1 and all(0 < f <= 1 for f in self.probe_timesteps),
+             "regions.probe_timesteps must be a non-empty list of fractions in (0, 1]"),
+            (min(self.probe_noises, self.signature_dim, self.signature_batch_size) >= 1
+             and min(self.signature_sample, self.signature_seed) >= 0,
+             "regions.probe_noises, regions.signature_dim and regions.signature_batch_size must be >= 1, "
+             "regions.signature_sample and regions.signature_seed >= 0"),
             (self.threads >= 1, "regions.threads must be >= 1"),
             (self.representatives >= 1, "regions.representatives must be >= 1"),
             (self.train_points >= self.k and self.chunk_rows >= 1,
@@ -505,7 +541,7 @@ class EvalConfig(Section):
     timestep_bins: int = 10
     """MSE is also reported per timestep bin"""
     per_group: int = 64
-    """prompts per split group sampled with DDIM and judged (distinct combinations)"""
+    """prompts per split group sampled with DDIM and judged (distinct combinations, repeated in turn when a group has fewer)"""
     per_split_group: int = 64
     """held-out tuples per split group (its own quota: a diluted group still gets them)"""
     sample_steps: int = 25
@@ -565,6 +601,10 @@ class Config:
             (self.seed >= 0, "seed must be >= 0"),
             (self.pool.dedup_memory_max >= 0 and self.embed.store_tokens_max >= 0,
              "pool.dedup_memory_max and embed.store_tokens_max must be >= 0"),
+            (not (self.rc.oracle_share and self.aria.reach),
+             "rc.oracle_share and aria.reach both steer a share of every batch: set one of them to 0"),
+            (not self.rc.oracle_share or self.train.policy == "rc",
+             "rc.oracle_share is the oracle arm, RC with a told share: use it with train.policy=rc"),
         ])
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)

@@ -6,7 +6,8 @@ is measured on the same held-out tuples and prompts:
 - output MSE: per region, `eval.per_region` (prompt, paired image, t, noise) tuples with t stratified
   over [0, T) and noise seeds from a stream the bank never uses; per-sample mean squared difference of
   student and teacher predictions, averaged per region, per split group and per timestep bin;
-- samples: `eval.per_group` prompts per split group (distinct combinations), DDIM from the same seeds
+- samples: `eval.per_group` prompts per split group (distinct combinations, repeated in turn when a
+  group has fewer), DDIM from the same seeds
   for teacher and student; the judge's attribute accuracy of both against the prompt, and the
   Frechet distance between teacher and student samples in the judge's feature space.
 
@@ -116,7 +117,10 @@ class HeldoutCurve:
 
 
 def sample_prompts(cfg: Config, pool) -> dict[str, np.ndarray]:
-    """Per split group, up to per_group prompt ids of distinct combinations (fixed by eval.seed)."""
+    """Per split group, per_group prompt ids (fixed by eval.seed): distinct combinations first; a
+    group with fewer combinations than per_group goes round them again (each sample draws its own
+    noise, so a repeat is a new sample of the same combination). Groups with at least per_group
+    combinations get exactly what they got before repeats existed."""
     rng = np.random.default_rng([cfg.eval.seed, EVAL_STREAM, 1])
     groups = group_of(pool.split)
     out = {}
@@ -128,7 +132,9 @@ def sample_prompts(cfg: Config, pool) -> dict[str, np.ndarray]:
         if (combos >= 0).all():  # one prompt per combination, so no combination counts twice
             _, first = np.unique(combos, return_index=True)
             ids = ids[np.sort(first)]
-        out[name] = np.sort(ids[:cfg.eval.per_group])
+        first = np.sort(ids[:cfg.eval.per_group])
+        repeats = -(-cfg.eval.per_group // len(first))
+        out[name] = np.tile(first, repeats)[:cfg.eval.per_group]
     return out
 
 

@@ -23,7 +23,8 @@ from aria_hpc.config import read_yaml
 from aria_hpc.errors import ConfigError, UserError
 from aria_hpc.fsio import atomic_write_text, replaced_dir
 
-STUDY_KEYS = {"dir", "docs", "regimes", "policies", "seeds", "overrides", "variants", "baseline", "question"}
+STUDY_KEYS = {"dir", "docs", "regimes", "policies", "seeds", "overrides", "variants", "baseline", "question", "rule"}
+RULES = ("spread", "paired")
 SUMMARY_FILES = ("eval.json", "config.yaml", "metrics.jsonl", "eval_samples.npz")
 
 
@@ -39,6 +40,7 @@ class Study:
     variants: dict[str, list[str]] = field(default_factory=dict)  # ARIA variants: name -> overrides
     baseline: str = "rc"
     question: str = ""
+    rule: str = "spread"  # the verdict: beyond the seed spread (v1-v3), or the paired 95% interval (v4)
 
 
 def load_study(path: str | Path) -> Study:
@@ -60,7 +62,9 @@ def load_study(path: str | Path) -> Study:
     study = Study(path, Path(data["dir"]), Path(data["docs"]), regimes, list(data.get("policies", [])),
                   [int(s) for s in data["seeds"]], list(data.get("overrides", [])),
                   {str(k): list(v or []) for k, v in dict(data.get("variants", {})).items()},
-                  str(data.get("baseline", "rc")), str(data.get("question", "")))
+                  str(data.get("baseline", "rc")), str(data.get("question", "")), str(data.get("rule", "spread")))
+    if study.rule not in RULES:
+        raise ConfigError(f"{path}: rule '{study.rule}' is not one of {', '.join(RULES)}")
     bad = [p for p in study.policies if p not in ("paired", "rc", "aria")]
     if bad:
         raise ConfigError(f"{path}: policy '{bad[0]}' is not one of paired, rc, aria")
@@ -79,19 +83,53 @@ def regime_overrides(study: Study, name: str) -> list[str]:
     return [*demo_overrides((study.dir / name).resolve()), *study.overrides]
 
 
+def regime_arms(study: Study) -> list[tuple[str, list[str]]]:
+    """(arm, overrides) of every arm: the policies, then the variants (ARIA unless a variant sets
+    train.policy itself: its overrides come after)."""
+    return [*((p, [f"train.policy={p}"]) for p in study.policies),
+            *((v, ["train.policy=aria", *ov]) for v, ov in study.variants.items())]
+
+
+def arm_inputs(study: Study, name: str, extra: list[str]) -> list[str]:
+    """Where an arm's region map and bank live: the regime's own, or, for regions of teacher features,
+    a map and bank of their own beside them (a bank is built over one region map)."""
+    from aria_hpc.config import load_config
+
+    cfg = load_config(study.regimes[name], [*regime_overrides(study, name), *extra])
+    if cfg.regions.features == "text":
+        return []
+    root = (study.dir / name).resolve()
+    tag = cfg.regions.features + (f"-s{cfg.regions.signature_sample}" if cfg.regions.signature_sample else "")
+    return [f"regions.path={root / 'embeddings' / f'regions-{tag}.h5'}", f"bank.dir={root / f'bank-{tag}'}"]
+
+
 def regime_members(study: Study, name: str):
     from aria_hpc.launch.members import Member
 
     base = regime_overrides(study, name)
-    arms = [(p, [f"train.policy={p}"]) for p in study.policies]
-    arms += [(v, ["train.policy=aria", *ov]) for v, ov in study.variants.items()]
     out = []
+    arms = [(arm, [*extra, *arm_inputs(study, name, extra)]) for arm, extra in regime_arms(study)]
     for seed in study.seeds:
         for arm, extra in arms:
             run_dir = (study.dir / name / "runs" / f"{arm}-s{seed}").resolve()
             out.append(Member(f"{arm}-s{seed}", str(study.regimes[name].resolve()),
                               [*base, *extra, f"seed={seed}", f"run.dir={run_dir}"], seed=seed, run_dir=run_dir))
     return out
+
+
+def regime_inputs(study: Study, name: str, members) -> list:
+    """The distinct inputs (region map and bank) the members need, each as the config that builds it
+    (the regime's seed: regions and banks are shared by every training seed)."""
+    from aria_hpc.config import load_config
+
+    wanted = {m.name.rsplit("-s", 1)[0] for m in members}
+    out = {}
+    for arm, extra in regime_arms(study):
+        if arm in wanted:
+            inputs = arm_inputs(study, name, extra)
+            out.setdefault(tuple(inputs), load_config(study.regimes[name], [*regime_overrides(study, name), *extra,
+                                                                            *inputs]))
+    return list(out.values())
 
 
 def summary_dir(study: Study, regime: str, member: str) -> Path:
@@ -133,9 +171,12 @@ def run_study(study: Study, executor: str = "local", only: list[str] | None = No
         if not pending:
             continue
         cfg = load_config(study.regimes[name], regime_overrides(study, name))
-        log(f"[study] {name}: {ensure_embeddings(cfg, log)}; {ensure_regions(cfg, log)}")
-        bank = build_bank(cfg, log=lambda _m: None)
-        log(f"[study] {name}: bank {bank['manifest']['entries']} entries, teacher forwards {bank['teacher_forwards']}")
+        log(f"[study] {name}: {ensure_embeddings(cfg, log)}")
+        for inputs in regime_inputs(study, name, pending):
+            log(f"[study] {name}: {ensure_regions(inputs, log)}")
+            bank = build_bank(inputs, log=lambda _m: None)
+            log(f"[study] {name}: bank {inputs.bank.dir}: {bank['manifest']['entries']} entries, "
+                f"teacher forwards {bank['teacher_forwards']}")
         check_members(pending, executor, label=f"study member {name}/")
         wave = max(1, cfg.launch.array_parallelism) if executor != "slurm" else len(pending)
         for start in range(0, len(pending), wave):
@@ -196,6 +237,95 @@ def regime_table(runs, summary, baseline: str) -> tuple[list[str], dict]:
     return rows, facts
 
 
+def _per_seed(runs, label: str, group: str, metric: str) -> dict[int, float]:
+    out = {}
+    for r in runs:
+        value = r.evaluation["groups"].get(group, {}).get(metric)
+        if r.label == label and value is not None:
+            out[int(r.evaluation["seed"])] = value["mean"]
+    return out
+
+
+def final_sample_share(runs, label: str, group: str) -> float | None:
+    """The share of all training samples whose condition is in `group` (mean over the label's seeds,
+    from the last record of metrics.jsonl that counts them)."""
+    shares = []
+    for r in runs:
+        if r.label == label:
+            last = next((m["sample_share"] for m in reversed(r.metrics) if "sample_share" in m), None)
+            if last is not None:
+                shares.append(last.get(group, 0.0))
+    return sum(shares) / len(shares) if shares else None
+
+
+def paired_table(runs, baseline: str) -> tuple[list[str], dict]:
+    """The v4 comparison of one regime (docs/study/v4/PROTOCOL.md): per arm against the baseline, seed
+    by seed, the held-out (unseen) output MSE with its ratio and 95% t interval of the per-seed
+    difference, the seen MSE ratio beside it (an edge that is the same on seen is a general one),
+    the held-out judge accuracy difference and interval, the gap (seen - unseen accuracy) and the
+    share of the baseline's gap closed, the held-out share of all training samples, steps to the
+    baseline's final held-out MSE, and the v3 rule's verdict for continuity."""
+    from aria_hpc.eval.paired import gap_closure, paired
+    from aria_hpc.eval.report import METRICS, compare, steps_to_reach, summarise
+
+    summary = summarise(runs)
+    rows = [f"| arm | seeds | unseen MSE ↓ | unseen MSE / {baseline} | seen MSE / {baseline} | Δ unseen MSE, 95% CI | "
+            f"Δ unseen acc, 95% CI | gap seen-unseen acc | gap closed | unseen share of all samples | "
+            f"steps to {baseline}'s final unseen MSE | paired verdict (MSE) | v3 rule (MSE) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    facts = {}
+    base_gap = None
+    if baseline in summary:
+        b = summary[baseline]
+        if "student_accuracy" in b.get("seen", {}) and "student_accuracy" in b.get("unseen", {}):
+            base_gap = b["seen"]["student_accuracy"].mean - b["unseen"]["student_accuracy"].mean
+    for label, groups in summary.items():
+        mse = groups.get("unseen", {}).get("mse")
+        acc, sacc = groups.get("unseen", {}).get("student_accuracy"), groups.get("seen", {}).get("student_accuracy")
+        gap = sacc.mean - acc.mean if acc and sacc else None
+        share = final_sample_share(runs, label, "unseen")
+        cells = {"ratio": "-", "seen_ratio": "-", "dmse": "-", "dacc": "-", "closed": "-", "reach": "-",
+                 "verdict": "-", "v3": "-"}
+        fact = {"gap": gap, "unseen_sample_share": share}
+        if label != baseline and baseline in summary:
+            pm = paired(_per_seed(runs, label, "unseen", "mse"), _per_seed(runs, baseline, "unseen", "mse"))
+            ps = paired(_per_seed(runs, label, "seen", "mse"), _per_seed(runs, baseline, "seen", "mse"))
+            pa = paired(_per_seed(runs, label, "unseen", "student_accuracy"),
+                        _per_seed(runs, baseline, "unseen", "student_accuracy"))
+            if pm:
+                cells.update(ratio=f"{pm.ratio:.3f}", dmse=f"{pm.diff_mean:+.4f} [{pm.lo:+.4f}, {pm.hi:+.4f}]",
+                             verdict=pm.verdict(higher_better=False))
+                fact.update(mse_ratio=pm.ratio, mse_diff=pm.diff_mean, mse_ci=(pm.lo, pm.hi), verdict=cells["verdict"],
+                            paired_seeds=pm.seeds)
+            if ps:
+                cells["seen_ratio"] = f"{ps.ratio:.3f}"
+                fact["seen_mse_ratio"] = ps.ratio
+            if pa:
+                cells["dacc"] = f"{pa.diff_mean:+.3f} [{pa.lo:+.3f}, {pa.hi:+.3f}]"
+                fact.update(acc_diff=pa.diff_mean, acc_ci=(pa.lo, pa.hi), acc_verdict=pa.verdict(higher_better=True))
+            if gap is not None and base_gap is not None:
+                fact["gap_closed"] = gap_closure(gap, base_gap)
+                cells["closed"] = f"{fact['gap_closed']:+.0%}"
+            base = summary[baseline].get("unseen", {}).get("mse")
+            if mse and base:
+                cells["v3"] = compare(mse, base, METRICS["mse"][1], label, baseline)[3]
+            reach = steps_to_reach(runs, label, baseline)
+            cells["reach"] = str(reach or "not reached")
+            fact["steps_to_baseline"] = reach
+        rows.append(f"| {label} | {mse.seeds if mse else 0} | {_fmt_summary(mse)} | {cells['ratio']} | "
+                    f"{cells['seen_ratio']} | {cells['dmse']} | {cells['dacc']} | "
+                    f"{'-' if gap is None else f'{gap:+.3f}'} | {cells['closed']} | "
+                    f"{'-' if share is None else f'{share:.2%}'} | {cells['reach']} | {cells['verdict']} | {cells['v3']} |")
+        facts[label] = fact
+    return rows, facts
+
+
+def _fmt_summary(s) -> str:
+    from aria_hpc.eval.report import _fmt
+
+    return _fmt(s)
+
+
 def committed_tables(config: str | Path, studies: list[Path], root: str | Path) -> list[tuple[str, list[str]]]:
     """The committed multi-seed table of every study regime that runs `config`: (title, table rows) per
     study file in `studies` (docs paths taken relative to `root`, the checkout), from the committed
@@ -230,8 +360,10 @@ def write_study_report(study: Study) -> Path:
     if study.question:
         lines += [study.question.strip(), ""]
     lines += [f"Regenerate: `aria-hpc study {study.path} --report-only` (from the summaries under {study.docs}, no "
-              f"training). Policies {study.policies}, variants {study.variants or '{}'}, seeds {study.seeds}. A "
-              "difference is a win or a loss only beyond the std over seeds, with >= 3 seeds on both sides.", ""]
+              f"training). Policies {study.policies}, variants {study.variants or '{}'}, seeds {study.seeds}. "
+              + ("A verdict is the 95% Student-t interval of the per-seed difference against the baseline (paired "
+                 "by seed): better or worse only when it excludes 0." if study.rule == "paired" else
+                 "A difference is a win or a loss only beyond the std over seeds, with >= 3 seeds on both sides."), ""]
     for name, config in study.regimes.items():
         dirs = sorted(d for d in (study.docs / name).glob("*") if (d / "eval.json").is_file())
         lines += [f"## {name} ({config.name})", ""]
@@ -240,7 +372,10 @@ def write_study_report(study: Study) -> Path:
             continue
         write_report(dirs, study.docs / name, baseline=study.baseline)
         runs = load_runs(dirs)
-        rows, _ = regime_table(runs, summarise(runs), study.baseline)
+        rows, facts = (paired_table(runs, study.baseline) if study.rule == "paired"
+                       else regime_table(runs, summarise(runs), study.baseline))
+        if study.rule == "paired":
+            atomic_write_text(study.docs / name / "paired.json", json.dumps(facts, indent=1, default=str))
         train_s = [json.loads((d / "summary.json").read_text()).get("train_s") or 0 for d in dirs
                    if (d / "summary.json").is_file()]
         lines += [*rows, "", f"{len(dirs)} members; training {sum(train_s) / 60:.1f} min in all "

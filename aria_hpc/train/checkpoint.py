@@ -14,10 +14,11 @@ and loads the newest one on every rank (the same outcome everywhere, or one agre
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from aria_hpc import distributed
@@ -49,12 +50,21 @@ class TrainState:
     baseline: RegionTable
     ema: StudentEMA
     source: TeacherSource
+    # samples this rank has trained on, per split group (seen, under, unseen, unlabelled) and the null text
+    sample_groups: np.ndarray = field(default_factory=lambda: np.zeros(5, np.int64))
+
+    def count_samples(self, groups: np.ndarray, conditioned: np.ndarray) -> None:
+        """Count a batch's samples: `groups` the split group of each condition, where `conditioned`."""
+        self.sample_groups += np.bincount(np.where(conditioned, groups, 4), minlength=5)
 
     def state_dict(self) -> dict:
         return {"ema": self.ema.state_dict(), "torch_rng": torch.get_rng_state(), "table": self.table.state_dict(),
-                "baseline": self.baseline.state_dict(), "source": self.source.state_dict()}
+                "baseline": self.baseline.state_dict(), "source": self.source.state_dict(),
+                "sample_groups": self.sample_groups.copy()}
 
     def load_state_dict(self, state: dict) -> None:
+        if "sample_groups" in state:  # (checkpoints written before the count existed start it at zero)
+            self.sample_groups[:] = state["sample_groups"]
         self.table.load_state_dict(state["table"])
         self.baseline.load_state_dict(state["baseline"])
         self.ema.load_state_dict(state["ema"])

@@ -85,9 +85,10 @@ def train(cfg: Config, log=print) -> dict:
     # the mechanism, per split group: region composition (for draw shares and tracked discrepancy)
     # and the held-out learning curve (output MSE on the fixed group set, no sampling)
     from aria_hpc.conditioning.kmeans import composition
-    from aria_hpc.eval.evaluate import SPLIT_GROUPS, HeldoutCurve
+    from aria_hpc.eval.evaluate import SPLIT_GROUPS, HeldoutCurve, group_of
 
     group_comp = composition(index.region_of_prompt, ctx.store.pool.split, index.num_regions)
+    sample_group = group_of(ctx.store.pool.split)  # each prompt's split group: the share of all samples per group
     present = [g for g in range(len(SPLIT_GROUPS)) if group_comp[:, g].sum() > 0]
     curve = HeldoutCurve(cfg, ctx, device) if cfg.train.curve_every else None
 
@@ -142,8 +143,11 @@ def train(cfg: Config, log=print) -> dict:
                 key = derive_key(cfg.seed, rank, step, micro, REGION_STREAM)
                 # RC draws its random conditions as region ~ pi, then uniformly inside the region (the
                 # same distribution as uniform over the pool), so ARIA with alpha = 0 is RC draw for draw.
-                sampler = (lambda m, key=key: table.sample(m, key)) if policy != "paired" else None
+                # (a second stream, for the draws SteeredDraws steers by q: its own key, the same q)
+                sampler = ((lambda m, stream=0, key=key: table.sample(m, derive_key(key, stream) if stream else key))
+                           if policy != "paired" else None)
                 batch = source.draw(cfg.train.micro_batch_per_gpu, rng, sampler, paired_only=policy == "paired")
+                state.count_samples(sample_group[np.maximum(batch.cond, 0)], batch.cond >= 0)
                 cond = ctx.cond(batch.cond).to(device)
                 t = torch.from_numpy(batch.t.astype(np.int64)).to(device)
 
@@ -226,6 +230,10 @@ def train(cfg: Config, log=print) -> dict:
                         record["group_share"] = {SPLIT_GROUPS[g]: round(float(share[g]), 6) for g in present}
                         record["group_estimate"] = {SPLIT_GROUPS[g]: round(float(tracked[g]), 6) for g in present}
                         record["estimate_mean"] = round(float(table.base @ table.estimate()), 6)
+                    counts = state.sample_groups.astype(np.float64)  # every sample so far, all ranks
+                    distributed.all_reduce_sum_(counts)
+                    record["sample_share"] = {name: round(float(c / max(1.0, counts.sum())), 6)
+                                              for name, c in zip((*SPLIT_GROUPS, "null"), counts) if c > 0}
                     if table_digests is not None:  # every rank's table after the last sync (all equal)
                         record["table_digests"] = table_digests
                 if curve is not None and (done % cfg.train.curve_every == 0 or done == cfg.train.steps):

@@ -1,0 +1,243 @@
+"""Teacher signatures: what the teacher does with each prompt, as the features of ARIA's regions
+(`regions.features: teacher`; docs/design notes in README section "Regions from the teacher").
+
+A prompt's signature is the teacher's estimate of the clean image, x0_hat, on a few fixed probe
+inputs, concatenated and reduced by a seeded Gaussian random projection to `regions.signature_dim`:
+
+    probe p = (timestep t_p = round(frac_p * (T - 1)), noise n_p from seed (regions.signature_seed, p))
+    x_t = sqrt(abar_t) * 0 + sqrt(1 - abar_t) * n_p            (the same input for every prompt)
+    x0_hat = the teacher's prediction on (x_t, t_p, prompt), turned into x0 by its prediction type
+    signature = concat_p(x0_hat_p) @ R,  R ~ N(0, 1/dim), (P*C*H*W, dim), seeded
+
+At a high timestep x0_hat is the image the teacher would draw for the prompt: its colours,
+background and the rough shape, which is what a prompt's wording need not group. The inputs are the
+same for every prompt, so differences between signatures are differences in the teacher's behaviour
+only. The projection is data-independent, so every shard is computed alone and a job array gives the
+single-process result row for row.
+
+Files: EMBED_DIR/signatures/shard-IIIII-of-NNNNN.h5, one per embedding shard (the same rows), with
+`signature` (n, dim) float16 and attrs naming the pool, teacher, encoder and probe settings they
+were computed from; written as `.partial` batch by batch and renamed when complete (resumable).
+
+The sample path (`regions.signature_sample` > 0) computes signatures for a seeded sample of the
+pool only and assigns every other prompt through a ridge map from its text embedding to the
+signature (`fit_text_map`); the map's region agreement with the true signature is measured on a
+part of the sample it was not fitted on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aria_hpc.errors import UserError
+
+SIGNATURE_FIX = "run `aria-hpc signatures CONFIG` (it builds the missing or damaged shards again)"
+SIGNATURE_DIR = "signatures"
+
+
+def probe_settings(cfg) -> dict:
+    rc = cfg.regions
+    return {"probe_timesteps": [float(f) for f in rc.probe_timesteps], "probe_noises": int(rc.probe_noises),
+            "signature_dim": int(rc.signature_dim), "signature_seed": int(rc.signature_seed)}
+
+
+def signature_paths(cfg) -> list[Path]:
+    from aria_hpc.conditioning.embeddings import shard_name
+
+    root = Path(cfg.embed.dir) / SIGNATURE_DIR
+    return [root / shard_name(i, cfg.embed.shards) for i in range(cfg.embed.shards)]
+
+
+class Prober:
+    """The teacher on the fixed probe inputs: signatures of batches of prompt ids."""
+
+    def __init__(self, cfg) -> None:
+        from aria_hpc.conditioning.encoders import directory_digest
+        from aria_hpc.conditioning.embeddings import EmbeddingStore
+        from aria_hpc.context import conditioning_context
+        from aria_hpc.models.teacher import load_teacher
+
+        self.teacher = load_teacher(cfg.teacher.dir)
+        self.store = EmbeddingStore(cfg.embed.dir, cfg.embed.shards)
+        self.ctx = conditioning_context(cfg, self.teacher, self.store)
+        settings = probe_settings(cfg)
+        unet, sched = self.teacher.unet, self.teacher.scheduler
+        T = sched.config.num_train_timesteps
+        shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+        self.t = [int(round(f * (T - 1))) for f in settings["probe_timesteps"] for _ in range(settings["probe_noises"])]
+        gen = torch.Generator()
+        noise = torch.stack([torch.randn(shape, generator=gen.manual_seed(settings["signature_seed"] * 1000 + p))
+                             for p in range(len(self.t))])
+        abar = sched.alphas_cumprod[torch.tensor(self.t)].float().view(-1, 1, 1, 1)
+        self.x_t = (1 - abar).sqrt() * noise  # x0 = 0: the probe carries no image of its own
+        self.abar = abar
+        width = len(self.t) * int(np.prod(shape))
+        rng = np.random.default_rng([settings["signature_seed"], 0x516])
+        self.projection = torch.from_numpy((rng.standard_normal((width, settings["signature_dim"]))
+                                            / np.sqrt(settings["signature_dim"])).astype(np.float32))
+        self.prediction = sched.config.prediction_type
+        self.expect = {"pool_digest": self.store.pool.digest, "encoder_digest": self.store.encoder_digest,
+                       "teacher_digest": directory_digest(self.teacher.path / "unet"),
+                       "probe": json.dumps(settings, sort_keys=True)}
+        self.forwards = 0
+
+    @torch.no_grad()
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        """(n, dim) float32 signatures of prompt ids (the null text for -1)."""
+        cond = self.ctx.cond(np.asarray(ids))
+        n, parts = len(ids), []
+        for p, t in enumerate(self.t):
+            x_t = self.x_t[p:p + 1].expand(n, -1, -1, -1)
+            out = self.teacher.unet(x_t, torch.full((n,), t, dtype=torch.long), **cond.kwargs()).sample.float()
+            parts.append(x0_estimate(out, x_t, self.abar[p], self.prediction).flatten(1))
+        self.forwards += n * len(self.t)
+        return (torch.cat(parts, 1) @ self.projection).numpy()
+
+
+def x0_estimate(pred: torch.Tensor, x_t: torch.Tensor, abar: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """The clean-image estimate from a prediction of the given type (epsilon, v_prediction, sample)."""
+    a, s = abar.sqrt(), (1 - abar).sqrt()
+    if prediction_type == "epsilon":
+        return (x_t - s * pred) / a.clamp_min(1e-4)
+    if prediction_type == "v_prediction":
+        return a * x_t - s * pred
+    return pred
+
+
+def shard_expectation(prober: Prober, index: int, shards: int) -> dict:
+    from aria_hpc.conditioning.embeddings import shard_range
+
+    start, stop = shard_range(len(prober.store.pool), index, shards)
+    return {**prober.expect, "start": start, "stop": stop}
+
+
+def complete_shard(path: Path, expect: dict) -> bool:
+    """True if the shard exists, reads, and matches; a shard computed from another teacher, pool or
+    probe is refused with the fields that differ; a damaged one is set aside (built again)."""
+    import os
+
+    from aria_hpc.fsio import read_h5
+
+    if not path.is_file():
+        return False
+    try:
+        with read_h5(path, SIGNATURE_FIX) as f:
+            differ = [k for k, v in expect.items() if f.attrs.get(k) != v]
+    except UserError as exc:
+        os.replace(path, path.with_name(path.name + ".bad"))
+        print(f"{exc}; set aside as {path.name}.bad", flush=True)
+        return False
+    if differ:
+        raise UserError(f"{path} was computed for another teacher, pool or probe (differs in {', '.join(differ)}): "
+                        "run `aria-hpc signatures CONFIG --rebuild`, or use another embed.dir")
+    return True
+
+
+def build_signature_shard(cfg, index: int, prober: Prober | None = None,
+                          progress: Callable[[int], None] | None = None) -> int:
+    """Signatures of embedding shard `index`'s rows; resumes a partial shard. Returns teacher forwards."""
+    from aria_hpc.conditioning.embeddings import write_rows_shard
+
+    prober = prober or Prober(cfg)
+    shards = cfg.embed.shards
+    if not 0 <= index < shards:
+        raise UserError(f"--shard {index} is not one of embed.shards={shards} (0..{shards - 1})")
+    path = signature_paths(cfg)[index]
+    expect = shard_expectation(prober, index, shards)
+    if complete_shard(path, expect):
+        return 0
+    start, n = expect["start"], expect["stop"] - expect["start"]
+    dim, batch = cfg.regions.signature_dim, cfg.regions.signature_batch_size
+    before = prober.forwards
+    write_rows_shard(path, expect, {"signature": ((n, dim), np.float16, (max(1, min(batch, n)), dim))},
+                     lambda a, b: {"signature": prober(np.arange(start + a, start + b)).astype(np.float16)},
+                     batch, "signatures", progress=progress)
+    return prober.forwards - before
+
+
+def _shard_job(cfg, index: int) -> int:
+    return build_signature_shard(cfg, index)
+
+
+def build_signatures(cfg, executor: str | None = None, log: Callable[[str], None] = print) -> int:
+    """Every signature shard (those complete and matching are kept): in this process, or one submitit
+    array task per shard. Returns the teacher forwards spent."""
+    if executor is None:
+        prober = Prober(cfg)
+        return sum(build_signature_shard(cfg, i, prober) for i in range(cfg.embed.shards))
+    from aria_hpc.launch.executor import make_executor
+
+    ex = make_executor(cfg.launch, executor, Path(cfg.launch.folder) / "signatures", "aria-signatures", ranks=False)
+    indices = list(range(cfg.embed.shards))
+    jobs = ex.map_array(_shard_job, [cfg] * len(indices), indices)
+    log(f"submitted {len(jobs)} {executor} signature tasks; logs in {ex.folder}")
+    total = 0
+    for index, job in zip(indices, jobs):
+        try:
+            total += job.result()
+        except Exception as exc:
+            raise UserError(f"signatures of shard {index} failed in job {job.job_id}: "
+                            f"{str(exc).splitlines()[-1]} (log: {job.paths.stderr})") from None
+    return total
+
+
+def signature_rows(cfg):
+    """The signatures as a k-means row source (every shard checked complete and matching first)."""
+    from aria_hpc.conditioning.embeddings import EmbeddingStore, PooledRows
+
+    store = EmbeddingStore(cfg.embed.dir, cfg.embed.shards)
+    paths = signature_paths(cfg)
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise UserError(f"regions.features=teacher needs the teacher signatures, but {paths[0].parent} lacks "
+                        f"{len(missing)} of {len(paths)} shards ({missing[0]}, ...): run `aria-hpc signatures CONFIG`")
+    return PooledRows(store, "signature", paths, SIGNATURE_FIX)
+
+
+def signature_digest(cfg) -> dict:
+    """What a teacher-feature region map was computed from (its attrs; part of the map's identity)."""
+    from aria_hpc.fsio import read_h5
+
+    with read_h5(signature_paths(cfg)[0], SIGNATURE_FIX) as f:
+        return {"features": "teacher", "teacher_digest": str(f.attrs["teacher_digest"]),
+                "probe": str(f.attrs["probe"])}
+
+
+# ---- the sample path: signatures of a seeded sample, a ridge map from the text embedding for the rest ----
+
+def sample_ids(n: int, count: int, seed: int) -> np.ndarray:
+    """The prompts whose signatures are computed on the sample path (seeded, sorted)."""
+    return np.sort(np.random.default_rng([seed, 0x5A3]).choice(n, min(n, count), replace=False))
+
+
+def fit_text_map(text: np.ndarray, signature: np.ndarray, ridge: float = 1e-2) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares map (W, b) from text embeddings (n, D) to signatures (n, S), ridge-regularised:
+    signature ~ text @ W + b."""
+    mu_x, mu_y = text.mean(0), signature.mean(0)
+    x, y = (text - mu_x).astype(np.float64), (signature - mu_y).astype(np.float64)
+    gram = x.T @ x + ridge * len(x) * np.eye(x.shape[1])
+    w = np.linalg.solve(gram, x.T @ y)
+    return w.astype(np.float32), (mu_y - mu_x @ w).astype(np.float32)
+
+
+class MappedRows:
+    """Every prompt's signature as a row source: the computed one for the sampled prompts, the text
+    map's prediction for the rest (read chunk by chunk from the embeddings)."""
+
+    def __init__(self, pooled, w: np.ndarray, b: np.ndarray, ids: np.ndarray, signatures: np.ndarray) -> None:
+        self.pooled, self.w, self.b, self.ids, self.signatures = pooled, w, b, ids, signatures
+
+    def __len__(self) -> int:
+        return len(self.pooled)
+
+    def chunks(self, rows: int):
+        for start, chunk in self.pooled.chunks(rows):
+            out = chunk @ self.w + self.b
+            a, z = np.searchsorted(self.ids, [start, start + len(chunk)])
+            out[self.ids[a:z] - start] = self.signatures[a:z]
+            yield start, out
