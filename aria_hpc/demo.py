@@ -11,7 +11,6 @@ timing line per stage.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -52,13 +51,10 @@ def ensure_regions(cfg: Config, log) -> str:
     store = EmbeddingStore(cfg.embed.dir, cfg.embed.shards)
     want = {"pool_digest": store.pool.digest, "encoder_digest": store.encoder_digest, "k": rc.k,
             "niter": rc.niter, "seed": cfg.seed, "spherical": rc.spherical_metric, "threads": rc.threads}
-    if rc.features == "teacher":  # the signatures are checked against the teacher and probe as they are built
-        from aria_hpc.conditioning.encoders import directory_digest
-        from aria_hpc.conditioning.signatures import probe_settings
-        from aria_hpc.models.teacher import teacher_dir
+    if rc.features == "teacher":  # the teacher and probe the signatures were computed with
+        from aria_hpc.conditioning.signatures import signature_identity
 
-        want.update(features="teacher", teacher_digest=directory_digest(teacher_dir(cfg.teacher.dir) / "unet"),
-                    probe=json.dumps(probe_settings(cfg), sort_keys=True), signature_sample=rc.signature_sample)
+        want.update(signature_identity(cfg))
     if not rc.signature_sample or rc.features == "text":
         want["train_points"] = min(rc.train_points, len(store.pool))
     if path.is_file():

@@ -252,3 +252,31 @@ def test_learning_curve_and_group_mechanism_are_logged_and_deterministic(tiny_wo
     assert curves == [(r["step"], r["curve_mse"]) for r in b if "curve_mse" in r]  # deterministic for a seed
     last = a[-1]
     assert abs(sum(last["group_share"].values()) - 1) < 1e-5 and set(last["group_estimate"]) == set(last["group_share"])
+
+
+def test_oracle_and_reach_steer_a_share_of_all_samples_and_resume_exactly(tiny_world, tiny_bank, tmp_path, aria_cli):
+    """rc.oracle_share / aria.reach: a share of every batch is fresh live-teacher tuples, counted in
+    sample_share; a run killed after a checkpoint resumes to the uninterrupted run's losses."""
+    path, _ = tiny_world
+    common = [str(path), f"bank.dir={tiny_bank}", "train.steps=6", "train.checkpoint_every=3", *FAST]
+    rc = aria_cli("train", *common, f"run.dir={tmp_path / 'rc'}", "train.policy=rc")
+    oracle_args = [*common, f"run.dir={tmp_path / 'oracle'}", "train.policy=rc", "rc.oracle_share=0.5"]
+    oracle = aria_cli("train", *oracle_args)
+    reach = aria_cli("train", *common, f"run.dir={tmp_path / 'reach'}", "train.policy=aria", "aria.reach=0.5")
+    for res in (rc, oracle, reach):
+        assert res.returncode == 0, res.stderr[-3000:]
+    rc_m, oracle_m, reach_m = (metrics(tmp_path / n) for n in ("rc", "oracle", "reach"))
+    assert rc_m[-1]["teacher_forwards"] == 0 and oracle_m[-1]["teacher_forwards"] > 0 < reach_m[-1]["teacher_forwards"]
+    assert abs(sum(oracle_m[-1]["sample_share"].values()) - 1) < 1e-5
+    assert oracle_m[-1]["sample_share"]["unseen"] > rc_m[-1]["sample_share"].get("unseen", 0) + 0.3
+
+    killed = run_module([*oracle_args[:-3], f"run.dir={tmp_path / 'killed'}", "train.policy=rc", "rc.oracle_share=0.5"],
+                        env_extra={"ARIA_FAULT_SIGKILL_AFTER_STEP": "4"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = run_module([*oracle_args[:-3], f"run.dir={tmp_path / 'killed'}", "train.policy=rc", "rc.oracle_share=0.5"])
+    assert resumed.returncode == 0 and "at step 3" in resumed.stdout, resumed.stderr[-3000:]
+    keys = ("step", "loss", "teacher_forwards", "sample_share")
+    assert [[r.get(k) for k in keys] for r in metrics(tmp_path / "killed")] == [[r.get(k) for k in keys] for r in oracle_m]
+
+    bad = aria_cli("train", *common, f"run.dir={tmp_path / 'bad'}", "train.policy=aria", "rc.oracle_share=0.1")
+    assert bad.returncode == 2 and "rc.oracle_share is the oracle arm" in bad.stderr

@@ -56,9 +56,9 @@ def map_attrs(cfg, store) -> dict:
     features the teacher and probe the signatures came from."""
     extra = {"pool_digest": store.pool.digest, "encoder_digest": store.encoder_digest, "features": cfg.regions.features}
     if cfg.regions.features == "teacher":
-        from aria_hpc.conditioning.signatures import signature_digest
+        from aria_hpc.conditioning.signatures import signature_identity
 
-        extra.update(signature_digest(cfg), signature_sample=cfg.regions.signature_sample)
+        extra.update(signature_identity(cfg))
     return extra
 
 

@@ -199,13 +199,14 @@ def signature_rows(cfg):
     return PooledRows(store, "signature", paths, SIGNATURE_FIX)
 
 
-def signature_digest(cfg) -> dict:
-    """What a teacher-feature region map was computed from (its attrs; part of the map's identity)."""
-    from aria_hpc.fsio import read_h5
+def signature_identity(cfg) -> dict:
+    """What a teacher-feature region map is computed from (its attrs; part of the map's identity): the
+    teacher's weights digest and the probe settings, as every signature shard records them."""
+    from aria_hpc.conditioning.encoders import directory_digest
+    from aria_hpc.models.teacher import teacher_dir
 
-    with read_h5(signature_paths(cfg)[0], SIGNATURE_FIX) as f:
-        return {"features": "teacher", "teacher_digest": str(f.attrs["teacher_digest"]),
-                "probe": str(f.attrs["probe"])}
+    return {"features": "teacher", "teacher_digest": directory_digest(teacher_dir(cfg.teacher.dir) / "unet"),
+            "probe": json.dumps(probe_settings(cfg), sort_keys=True), "signature_sample": cfg.regions.signature_sample}
 
 
 # ---- the sample path: signatures of a seeded sample, a ridge map from the text embedding for the rest ----
