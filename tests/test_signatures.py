@@ -86,7 +86,7 @@ def test_teacher_regions_print_purity_and_the_sample_path_measures_its_map(tiny_
             assert f.attrs["features"] == features and (f["region"][:] >= 0).all()
             assert ("teacher_digest" in f.attrs) == (features == "teacher")
 
-    sample = write_config(tmp_path, tiny_world, "sample", shards=1, signature_sample=60)
+    sample = write_config(tmp_path, tiny_world, "sample", shards=1, signature_sample=60, signature_block="")  # x0_hat
     assert main(["embed", str(sample), "--quiet"]) == 0
     assert main(["regions", str(sample)]) == 0
     out = capsys.readouterr().out

@@ -1,18 +1,21 @@
 """Teacher signatures: what the teacher does with each prompt, as the features of ARIA's regions
-(`regions.features: teacher`; docs/design notes in README section "Regions from the teacher").
+(`regions.features: teacher`; README "Regions from the teacher").
 
-A prompt's signature is the teacher's estimate of the clean image, x0_hat, on a few fixed probe
-inputs, concatenated and reduced by a seeded Gaussian random projection to `regions.signature_dim`:
+A prompt's signature is the teacher's response to a few fixed probe inputs, the same for every prompt:
 
     probe p = (timestep t_p = round(frac_p * (T - 1)), noise n_p from seed (regions.signature_seed, p))
-    x_t = sqrt(abar_t) * 0 + sqrt(1 - abar_t) * n_p            (the same input for every prompt)
-    x0_hat = the teacher's prediction on (x_t, t_p, prompt), turned into x0 by its prediction type
-    signature = concat_p(x0_hat_p) @ R,  R ~ N(0, 1/dim), (P*C*H*W, dim), seeded
+    x_t = sqrt(1 - abar_t) * n_p                   (x0 = 0: the probe carries no image of its own)
+    response_p = the spatial mean of block `regions.signature_block`'s output on (x_t, t_p, prompt)
+                 (mid_block by default), or, with signature_block empty, the teacher's clean-image
+                 estimate x0_hat (its prediction turned into x0 through its prediction type)
+    signature = concat_p(response_p) @ R,  R ~ N(0, 1/dim), seeded; no projection when the
+                concatenation has at most regions.signature_dim numbers
 
-At a high timestep x0_hat is the image the teacher would draw for the prompt: its colours,
-background and the rough shape, which is what a prompt's wording need not group. The inputs are the
-same for every prompt, so differences between signatures are differences in the teacher's behaviour
-only. The projection is data-independent, so every shard is computed alone and a job array gives the
+The inputs are the same for every prompt, so signatures differ only by what the teacher does with the
+prompt. Why the block by default: measured on the study's selection regimes (docs/study/v4/
+signatures.md), k-means of x0_hat groups prompts by background and position, which fill most pixels,
+while the mid-block's channels, averaged over space, hold what the image is (a shape, a colour). The
+projection is data-independent, so every shard is computed alone and a job array gives the
 single-process result row for row.
 
 Files: EMBED_DIR/signatures/shard-IIIII-of-NNNNN.h5, one per embedding shard (the same rows), with
@@ -43,7 +46,8 @@ SIGNATURE_DIR = "signatures"
 def probe_settings(cfg) -> dict:
     rc = cfg.regions
     return {"probe_timesteps": [float(f) for f in rc.probe_timesteps], "probe_noises": int(rc.probe_noises),
-            "signature_dim": int(rc.signature_dim), "signature_seed": int(rc.signature_seed)}
+            "signature_dim": int(rc.signature_dim), "signature_seed": int(rc.signature_seed),
+            "signature_block": rc.signature_block}
 
 
 def signature_paths(cfg) -> list[Path]:
@@ -76,10 +80,26 @@ class Prober:
         abar = sched.alphas_cumprod[torch.tensor(self.t)].float().view(-1, 1, 1, 1)
         self.x_t = (1 - abar).sqrt() * noise  # x0 = 0: the probe carries no image of its own
         self.abar = abar
-        width = len(self.t) * int(np.prod(shape))
+        self.block = settings["signature_block"]
+        self._captured: dict[str, torch.Tensor] = {}
+        if self.block:
+            try:
+                module = unet.get_submodule(self.block)
+            except AttributeError:
+                raise UserError(f"regions.signature_block: the teacher has no block '{self.block}' "
+                                "(e.g. mid_block, down_blocks.1; empty = the clean-image estimate)") from None
+            module.register_forward_hook(lambda _m, _i, out: self._captured.__setitem__(
+                "block", out[0] if isinstance(out, tuple) else out))
+            with torch.no_grad():  # the block's width: one probe forward on the null text
+                null = self.ctx.null_cond()
+                unet(self.x_t[:1], torch.tensor([self.t[0]]), **null.kwargs())
+            width = len(self.t) * self._captured["block"].shape[1]
+        else:
+            width = len(self.t) * int(np.prod(shape))
+        self.dim = min(width, settings["signature_dim"])
         rng = np.random.default_rng([settings["signature_seed"], 0x516])
-        self.projection = torch.from_numpy((rng.standard_normal((width, settings["signature_dim"]))
-                                            / np.sqrt(settings["signature_dim"])).astype(np.float32))
+        self.projection = None if width <= settings["signature_dim"] else torch.from_numpy(
+            (rng.standard_normal((width, self.dim)) / np.sqrt(self.dim)).astype(np.float32))
         self.prediction = sched.config.prediction_type
         self.expect = {"pool_digest": self.store.pool.digest, "encoder_digest": self.store.encoder_digest,
                        "teacher_digest": directory_digest(self.teacher.path / "unet"),
@@ -94,9 +114,13 @@ class Prober:
         for p, t in enumerate(self.t):
             x_t = self.x_t[p:p + 1].expand(n, -1, -1, -1)
             out = self.teacher.unet(x_t, torch.full((n,), t, dtype=torch.long), **cond.kwargs()).sample.float()
-            parts.append(x0_estimate(out, x_t, self.abar[p], self.prediction).flatten(1))
+            if self.block:
+                parts.append(self._captured["block"].float().mean(dim=(2, 3)))
+            else:
+                parts.append(x0_estimate(out, x_t, self.abar[p], self.prediction).flatten(1))
         self.forwards += n * len(self.t)
-        return (torch.cat(parts, 1) @ self.projection).numpy()
+        joined = torch.cat(parts, 1)
+        return (joined if self.projection is None else joined @ self.projection).numpy()
 
 
 def x0_estimate(pred: torch.Tensor, x_t: torch.Tensor, abar: torch.Tensor, prediction_type: str) -> torch.Tensor:
@@ -152,7 +176,7 @@ def build_signature_shard(cfg, index: int, prober: Prober | None = None,
     if complete_shard(path, expect):
         return 0
     start, n = expect["start"], expect["stop"] - expect["start"]
-    dim, batch = cfg.regions.signature_dim, cfg.regions.signature_batch_size
+    dim, batch = prober.dim, cfg.regions.signature_batch_size
     before = prober.forwards
     write_rows_shard(path, expect, {"signature": ((n, dim), np.float16, (max(1, min(batch, n)), dim))},
                      lambda a, b: {"signature": prober(np.arange(start + a, start + b)).astype(np.float16)},

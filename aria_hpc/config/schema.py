@@ -404,8 +404,11 @@ class RegionsConfig(Section):
     """teacher signatures: probe timesteps as fractions of T (x0 estimates at each)"""
     probe_noises: int = 2
     """teacher signatures: fixed probe noises per probe timestep (forwards per prompt = timesteps x noises)"""
+    signature_block: str = "mid_block"
+    """teacher signatures: the block whose output, averaged over space, is the response to a probe
+    (empty = the teacher's clean-image estimate x0_hat)"""
     signature_dim: int = 256
-    """teacher signatures: dimensions after the seeded random projection"""
+    """teacher signatures: at most this many dimensions (a seeded random projection above it)"""
     signature_seed: int = 0
     """teacher signatures: seed of the probe noises and the projection (not the training seed)"""
     signature_batch_size: int = 256
