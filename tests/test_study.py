@@ -30,15 +30,26 @@ def write_study(tmp_path, tiny_world, **extra):
 
 @pytest.mark.slow
 def test_study_end_to_end_resumable_and_regenerable(tiny_world, tmp_path, aria_cli):
-    study = write_study(tmp_path, tiny_world)
+    """rc, aria and ARIA on teacher regions (its own signatures, region map and bank), paired by seed."""
+    teacher_regions = ["regions.features=teacher", "regions.probe_noises=1", "regions.probe_timesteps=[0.9]",
+                       "regions.signature_batch_size=2048"]
+    study = write_study(tmp_path, tiny_world, variants={"aria_teacher": teacher_regions}, rule="paired")
     proc = aria_cli("study", str(study), timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     docs = tmp_path / "docs"
-    for member in ("rc-s0", "aria-s0", "rc-s1", "aria-s1"):
+    for member in ("rc-s0", "aria-s0", "rc-s1", "aria-s1", "aria_teacher-s0", "aria_teacher-s1"):
         assert (docs / "diluted" / member / "eval.json").is_file()
         assert json.loads((docs / "diluted" / member / "summary.json").read_text())["arm"] == member[:-3]
+    work = tmp_path / "work" / "diluted"
+    assert (work / "embeddings" / "regions-teacher.h5").is_file() and (work / "bank-teacher" / "manifest.json").is_file()
+    assert (work / "embeddings" / "signatures" / "shard-00000-of-00001.h5").is_file()
     readme = (docs / "README.md").read_text()
-    assert "| rc | 2 |" in readme and "| aria | 2 |" in readme and "steps to rc's final unseen MSE" in readme
+    assert "| rc | 2 |" in readme and "| aria_teacher | 2 |" in readme and "steps to rc's final unseen MSE" in readme
+    assert "95% Student-t interval of the per-seed difference" in readme and "unseen share of all samples" in readme
+    paired = json.loads((docs / "diluted" / "paired.json").read_text())
+    assert paired["aria_teacher"]["paired_seeds"] == [0, 1] and paired["aria"]["verdict"] in ("better", "worse",
+                                                                                               "within noise")
+    assert 0 <= paired["rc"]["unseen_sample_share"] < 0.1  # diluted orange: 1.2% of the pool (32 samples here)
     report = (docs / "diluted" / "report.md").read_text()
     assert "![curves](curves.png)" in report and (docs / "diluted" / "mechanism.png").stat().st_size > 1000
     metrics = [json.loads(line) for line in (docs / "diluted" / "aria-s0" / "metrics.jsonl").read_text().splitlines()]
@@ -47,11 +58,11 @@ def test_study_end_to_end_resumable_and_regenerable(tiny_world, tmp_path, aria_c
     from aria_hpc.launch.study import committed_tables  # what the demo prints beside its own run
 
     [(title, rows)] = committed_tables(tmp_path / "diluted.yaml", [study], tmp_path)
-    assert "regime diluted: 4 committed members, seeds [0, 1]" in title and rows[2].startswith("| aria | 2 |")
+    assert "regime diluted: 6 committed members, seeds [0, 1]" in title and rows[2].startswith("| aria | 2 |")
     assert committed_tables(tmp_path / "study.yaml", [study], tmp_path) == []  # no study runs that file
 
     again = aria_cli("study", str(study), timeout=600)  # everything committed: nothing runs
-    assert again.returncode == 0 and "4 of 4 members committed, 0 to run" in again.stdout, again.stdout[-2000:]
+    assert again.returncode == 0 and "6 of 6 members committed, 0 to run" in again.stdout, again.stdout[-2000:]
     shutil.rmtree(tmp_path / "work")  # the report needs only the committed summaries
     before = (docs / "diluted" / "report.md").read_text()
     regen = aria_cli("study", str(study), "--report-only")
@@ -64,6 +75,8 @@ def test_study_file_errors(tiny_world, tmp_path):
 
     with pytest.raises(ConfigError, match="unknown study key 'policy'"):
         load_study(write_study(tmp_path, tiny_world, policy=["rc"]))
+    with pytest.raises(ConfigError, match="rule 'majority' is not one of spread, paired"):
+        load_study(write_study(tmp_path, tiny_world, rule="majority"))
     with pytest.raises(ConfigError, match="is a policy name"):
         load_study(write_study(tmp_path, tiny_world, variants={"rc": ["aria.alpha=2"]}))
     with pytest.raises(ConfigError, match="unknown config key 'aria.alpah'"):
