@@ -19,6 +19,10 @@ N, K, RANKS = 10**9, 65_536, 512
 GPU_FLOPS = 200e12
 GPU_FP32_FLOPS = 50e12
 SD15_LATENT = (4, 64, 64)  # a 512x512 image through SD-1.5's VAE, fp16
+SD15_UNET_MACS = 339e9  # SD-1.x UNet, one forward at 64x64 latents (BK-SDM, Kim et al. 2023, Table 1)
+PROBES = 4  # teacher forwards per prompt for its signature (regions.probe_timesteps x regions.probe_noises)
+SIGNATURE_N = 2 * 10**7  # the pool size issue 30 names
+SIGNATURE_SAMPLE = 10**6  # signatures of a seeded sample (regions.signature_sample), the rest by the text map
 ENCODERS = {  # non-embedding parameters (layers x (4 d^2 + 2 d d_ff)) and tokens per prompt
     "all-MiniLM-L6-v2 (24 tokens)": (6 * (4 * 384**2 + 2 * 384 * 1536), 24),
     "CLIP ViT-L/14 text (SD-1.5's, 77 tokens)": (12 * (4 * 768**2 + 2 * 768 * 3072), 77),
@@ -84,6 +88,13 @@ def main() -> int:
         f"output 4 x 64 x 64 fp16 = {out_b:,} B + columns {cols} B (measured from plan_bank's arrays) per entry")
     add("bank planning at 10^6 entries", f"{row['plan']['wall_s']:.1f} s, {row['plan']['peak_rss_gb']:.2f} GB",
         "measured (independent of N beyond the region map)")
+    per_prompt = PROBES * 2 * SD15_UNET_MACS
+    for n, what in ((SIGNATURE_N, "every prompt of 2 x 10^7"), (N, "every prompt of 10^9"),
+                    (SIGNATURE_SAMPLE, f"a sample of {SIGNATURE_SAMPLE:.0e} (regions.signature_sample)")):
+        add(f"teacher signatures, SD-1.5 UNet, {what}", f"{n * per_prompt / GPU_FLOPS / 3600:,.1f} GPU-hours",
+            f"{PROBES} probe forwards a prompt x 2 x {SD15_UNET_MACS / 1e9:.0f}G MACs = {per_prompt / 1e12:.2f} TFLOP a prompt; "
+            f"x {n:,} / 200 TFLOP/s (assumed); the shapes teacher measured 2.4 ms a forward on 2 CPU cores "
+            "(46,080 forwards in 110 s, `aria-hpc signatures configs/debug.yaml`)")
     lines += ["", "Notes: the bank's `cond` column is int32, so one pool holds at most 2^31 - 1 prompts; "
               "the region order switches to int64 above that (16 B a prompt)."]
     Path(args.out).write_text("\n".join(lines) + "\n")

@@ -43,6 +43,6 @@ def test_bench_scale_writes_its_table(tmp_path):
                             "--out", str(tmp_path / "model.md")], capture_output=True, text=True, timeout=120)
     assert model.returncode == 0, model.stderr[-2000:]
     text = (tmp_path / "model.md").read_text()
-    for figure in ("region map per node", "all-reduce per sync", "k-means sample", "assignment", "embed, CLIP",
+    for figure in ("teacher signatures, SD-1.5 UNet, every prompt of 2 x 10^7", "region map per node", "all-reduce per sync", "k-means sample", "assignment", "embed, CLIP",
                    "bank per million entries"):
         assert f"| {figure}" in text, figure
