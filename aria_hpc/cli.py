@@ -241,6 +241,8 @@ def cmd_bank(args: argparse.Namespace) -> int:
         if done == total:
             bar.close()
 
+    if args.verify:  # every file the bank is built from is hashed too, not only its shards
+        os.environ["ARIA_VERIFY"] = "1"
     if read_only:
         if args.rebuild or args.shard is not None:
             raise UserError(f"bank {bank_dir} is read-only: --rebuild and --shard need write access to it")
@@ -386,7 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="submit one submitit array task per missing shard instead of building in-process")
     p.add_argument("--rebuild", action="store_true", help="replace a bank built with another fingerprint")
     p.add_argument("--verify", action="store_true",
-                   help="hash every shard again, even those verified before (a bad one is set aside and rebuilt)")
+                   help="hash every shard, and the pool, embeddings and region map it is built from, again, even "
+                        "those verified before (a bad shard is set aside and rebuilt; ARIA_VERIFY=1 does this for "
+                        "any command)")
     p.add_argument("--quiet", action="store_true", help="progress as plain lines instead of bars")
     p.add_argument("--status", action="store_true",
                    help="print entries, regions covered and bytes per shard kind (planned / written back); builds nothing")

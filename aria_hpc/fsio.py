@@ -59,15 +59,25 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 @contextmanager
-def atomic_h5(path: Path):
+def atomic_h5(path: Path, *, sealed: bool = False):
     """An h5py file written aside and, when the block ends without error, fsynced and renamed over
-    `path`: readers see the old file or the complete new one."""
+    `path`: readers see the old file or the complete new one. `sealed`: its datasets' digest is
+    written into it before it closes (aria_hpc.integrity), and remembered as verified once renamed."""
     import h5py
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    digest = None
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             yield f
+            if sealed:
+                from aria_hpc.integrity import seal
+
+                digest = seal(f)
+    if digest is not None:
+        from aria_hpc.integrity import remember
+
+        remember(path, digest)
 
 
 @contextmanager

@@ -270,10 +270,40 @@ def test_starting_over_never_appends_to_an_old_metrics_log(finished_run, tmp_pat
 
 @pytest.fixture
 def world_copy(tiny_world, tmp_path):
-    """The tiny world's embeddings and regions copied, so a test may damage them: (config, overrides)."""
+    """The tiny world's embeddings and regions copied, so a test may damage them: (config, overrides).
+    Every sealed file is verified once here (copies have new inodes), so the verification cache beside
+    them is what it will stay when a command verifies the undamaged ones again."""
+    from aria_hpc.integrity import verify
+
     path, root = tiny_world
-    shutil.copytree(root / "emb", tmp_path / "emb")
+    shutil.copytree(root / "emb", tmp_path / "emb", ignore=shutil.ignore_patterns("signatures"))
+    for name in ("prompts.h5", "shard-00000-of-00001.h5", "regions.h5"):
+        verify(tmp_path / "emb" / name, "file", "")
     return path, [f"embed.dir={tmp_path / 'emb'}", f"regions.path={tmp_path / 'emb' / 'regions.h5'}"]
+
+
+def flip_dataset_bytes(path, dataset):
+    """8 bytes flipped in the middle of a dataset's stored data (its first chunk, if chunked): the
+    file still opens as HDF5, and only its digest tells."""
+    with h5py.File(path, "r") as f:
+        ds = f[dataset]
+        if ds.chunks is None:
+            offset, size = ds.id.get_offset(), ds.id.get_storage_size()
+        else:
+            info = ds.id.get_chunk_info(0)
+            offset, size = info.byte_offset, info.size
+    with open(path, "r+b") as f:
+        f.seek(offset + size // 2)
+        data = bytearray(f.read(8))
+        f.seek(offset + size // 2)
+        f.write(bytes(b ^ 0xFF for b in data))
+
+
+def flip_in_emb(name, dataset):
+    def damage(tmp_path):
+        flip_dataset_bytes(tmp_path / "emb" / name, dataset)
+        return []
+    return damage
 
 
 def prompt_file_not_utf8(tmp_path):
@@ -308,6 +338,12 @@ INPUT_FAULTS = {
     "embeddings shard truncated": ("regions", truncate_in_emb("shard-00000-of-00001.h5"),
                                    ["shard-00000-of-00001.h5", "aria-hpc embed CONFIG"]),
     "region map truncated": ("train", truncate_in_emb("regions.h5"), ["regions.h5", "aria-hpc regions CONFIG"]),
+    "prompt pool byte flipped": ("regions", flip_in_emb("prompts.h5", "split"),
+                                 ["prompt pool", "prompts.h5", "is damaged", "aria-hpc embed CONFIG --rebuild"]),
+    "embedding tokens byte flipped": ("train", flip_in_emb("shard-00000-of-00001.h5", "tokens"),
+                                      ["embedding shard", "shard-00000-of-00001.h5", "is damaged", "aria-hpc embed CONFIG"]),
+    "region map byte flipped": ("train", flip_in_emb("regions.h5", "region"),
+                                ["region map", "regions.h5", "is damaged", "aria-hpc regions CONFIG"]),
     "sweep file malformed": ("sweep", sweep_file("base: world.yaml\ndir: [runs\n"), ["sweep.yaml", "line"]),
     "sweep file unknown key": ("sweep", sweep_file("base: world.yaml\ndir: runs/s\ngird: {seed: [0, 1]}\n"),
                                ["unknown sweep key(s) gird"]),
@@ -347,6 +383,21 @@ def test_embed_sets_a_damaged_shard_aside_and_rebuilds_it(world_copy, tmp_path, 
     assert "set aside as shard-00000-of-00001.h5.bad" in res.stdout
     with h5py.File(shard, "r") as f, h5py.File(io_bytes(good), "r") as g:
         assert np.array_equal(f["pooled"][:], g["pooled"][:])
+
+
+@pytest.mark.slow
+def test_a_damaged_x0_file_is_named_and_rewritten_with_the_same_bytes(clean_bank, tiny_world, tmp_path, aria_cli):
+    path, _ = tiny_world
+    bank_dir = tmp_path / "bank"
+    shutil.copytree(clean_bank[0], bank_dir)
+    good = (bank_dir / "x0.h5").read_bytes()
+    flip_dataset_bytes(bank_dir / "x0.h5", "x0")
+    res = aria_cli("train", str(path), f"bank.dir={bank_dir}", "bank.shards=2", f"run.dir={tmp_path / 'run'}",
+                   "train.steps=1", "train.policy=rc", *FAST)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "x0.h5 is damaged" in res.stderr and "computing it again from the paired set" in res.stderr
+    with h5py.File(bank_dir / "x0.h5", "r") as f, h5py.File(io_bytes(good), "r") as g:
+        assert np.array_equal(f["x0"][:], g["x0"][:]) and f.attrs["x0_digest"] == g.attrs["x0_digest"]
 
 
 def io_bytes(data: bytes):

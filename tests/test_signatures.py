@@ -51,6 +51,15 @@ def test_signatures_deterministic_array_equals_single_process_and_other_teacher_
     capsys.readouterr()
     assert main(["signatures", str(one)]) == 0 and "every shard already complete" in capsys.readouterr().out
 
+    # a byte flipped in a shard: set aside and computed again, to the same bytes
+    from test_faults import flip_dataset_bytes
+
+    flip_dataset_bytes(tmp_path / "one" / "signatures" / "shard-00001-of-00002.h5", "signature")
+    assert main(["signatures", str(one)]) == 0
+    out = capsys.readouterr().out
+    assert "teacher signature shard" in out and "is damaged" in out and "set aside as shard-00001-of-00002.h5.bad" in out
+    assert np.array_equal(signatures(tmp_path / "one"), first)
+
     # another teacher: the same architecture, one weight changed
     import torch
     from diffusers import UNet2DConditionModel

@@ -6,6 +6,7 @@ so readers regenerate noised inputs without the original images or the VAE.
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 
 import h5py
@@ -73,11 +74,14 @@ def ensure_x0(bank_dir: Path, cfg: Config, images: np.ndarray, captions: np.ndar
     if path.is_file():
         try:
             with h5py.File(path, "r", locking=False) as f:
-                if f.attrs.get("image_set_digest") == image_set and array_digest(x0 := f["x0"][:]) == \
-                        f.attrs.get("x0_digest"):
+                same_set = f.attrs.get("image_set_digest") == image_set
+                if same_set and array_digest(x0 := f["x0"][:]) == f.attrs.get("x0_digest"):
                     return x0
         except OSError:
-            pass  # damaged: computed and written again below
+            same_set = True  # unreadable: computed and written again below
+        if same_set:  # the paired set is the one it was made from: the file itself is damaged
+            print(f"aria-hpc: note: {path} is damaged (its x0 does not hash to its x0_digest); computing it "
+                  "again from the paired set", file=sys.stderr, flush=True)
 
     x0 = encode_latents(cfg.bank.vae_dir, images, cfg.bank.batch_size) if cfg.bank.vae_dir else images
     with atomic_h5(path) as f:

@@ -22,6 +22,7 @@ import numpy as np
 from aria_hpc.conditioning.pool import PromptPool, materialise_pool
 from aria_hpc.errors import UserError
 from aria_hpc.fsio import fsync_path, read_h5
+from aria_hpc.integrity import remember, seal, verify
 
 EMBED_FIX = "run `aria-hpc embed CONFIG`: it sets a damaged shard aside and rebuilds it"
 from aria_hpc.h5doc import describe
@@ -60,6 +61,7 @@ def check_complete_shard(embed_dir: Path, expect: dict, index: int, shards: int)
     if not final.exists():
         return False
     try:
+        verify(final, "embedding shard", EMBED_FIX)
         with read_h5(final, EMBED_FIX) as f:
             bad = _matches(f, expect)
     except UserError as exc:  # damaged: out of the way (kept for inspection), and built again
@@ -137,8 +139,10 @@ def write_rows_shard(final: Path, expect: dict, datasets: dict, compute: Callabl
             if progress:
                 progress(done)
         f.attrs["complete"] = True
+        digest = seal(f)  # what every reader checks the shard against
     fsync_path(partial)
     os.replace(partial, final)
+    remember(final, digest)
     return resumed_from
 
 
@@ -182,6 +186,7 @@ class EmbeddingStore:
                             "run `aria-hpc embed CONFIG` to finish them")
         digests = set()
         for p in self.paths:
+            verify(p, "embedding shard", EMBED_FIX)  # before any of its rows is read (cached by stat)
             with read_h5(p, EMBED_FIX) as f:
                 if f.attrs["pool_digest"] != self.pool.digest:
                     raise UserError(f"{p} was embedded from another prompt pool: rebuild with --rebuild")

@@ -166,7 +166,7 @@ def save_regions(regions: RegionMap, path: Path, extra_attrs: dict) -> Path:
     """regions.h5. `region` and `order` are int32 and contiguous (no chunks, no filters), so readers
     memory-map them: the ranks of a node share one copy in the page cache (8 bytes a prompt)."""
     id_type = np.int32 if len(regions.region) < 2**31 else np.int64
-    with atomic_h5(path) as f:
+    with atomic_h5(path, sealed=True) as f:
         f["centroids"] = regions.centroids
         f["region"] = np.asarray(regions.region, dtype=np.int32)
         f["order"] = np.argsort(regions.region, kind="stable").astype(id_type)
@@ -177,10 +177,14 @@ def save_regions(regions: RegionMap, path: Path, extra_attrs: dict) -> Path:
 
 
 def load_regions(path: str | Path) -> RegionMap:
+    from aria_hpc.integrity import verify
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"region map {path} does not exist: run `aria-hpc regions CONFIG` first")
-    with read_h5(path, "run `aria-hpc regions CONFIG` (it writes the region map again)") as f:
+    fix = "run `aria-hpc regions CONFIG` (it writes the region map again)"
+    verify(path, "region map", fix)  # a damaged map is named as such, never as a bank that does not match
+    with read_h5(path, fix) as f:
         region, order = (_mapped(path, f, name) for name in ("region", "order"))
         return RegionMap(f["centroids"][:], region, f["sizes"][:], f["representatives"][:], dict(f.attrs), order)
 

@@ -166,7 +166,7 @@ def materialise_pool(out_dir: Path, files: list[str], jsonl_field: str, world, c
             raise UserError(f"{path} was built from other prompt sources (pool.files, their contents, or "
                             "the world's splits changed): use another embed.dir, or pass --rebuild")
         return path
-    with atomic_h5(path) as f:  # a bad line or a kill leaves neither a pool nor its temporary file
+    with atomic_h5(path, sealed=True) as f:  # a bad line or a kill leaves neither a pool nor its temporary file
         _write_pool(f, files, jsonl_field, world, sources, column, dedup_memory_max, out_dir)
     return path
 
@@ -316,6 +316,9 @@ class PromptPool:
         if not path.is_file():
             raise UserError(f"prompt pool {path} does not exist: run `aria-hpc embed CONFIG` first")
         self.path = path
+        from aria_hpc.integrity import verify
+
+        verify(path, "prompt pool", POOL_FIX)  # before any prompt is read (cached by stat)
         with read_h5(path, POOL_FIX) as f:
             self.count = int(f.attrs["count"])
             self.digest = str(f.attrs["digest"])

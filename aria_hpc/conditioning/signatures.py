@@ -146,10 +146,12 @@ def complete_shard(path: Path, expect: dict) -> bool:
     import os
 
     from aria_hpc.fsio import read_h5
+    from aria_hpc.integrity import verify
 
     if not path.is_file():
         return False
     try:
+        verify(path, "teacher signature shard", SIGNATURE_FIX)
         with read_h5(path, SIGNATURE_FIX) as f:
             differ = [k for k, v in expect.items() if f.attrs.get(k) != v]
     except UserError as exc:
@@ -220,6 +222,10 @@ def signature_rows(cfg):
     if missing:
         raise UserError(f"regions.features=teacher needs the teacher signatures, but {paths[0].parent} lacks "
                         f"{len(missing)} of {len(paths)} shards ({missing[0]}, ...): run `aria-hpc signatures CONFIG`")
+    from aria_hpc.integrity import verify
+
+    for path in paths:  # before any row reaches k-means (cached by stat)
+        verify(path, "teacher signature shard", SIGNATURE_FIX)
     return PooledRows(store, "signature", paths, SIGNATURE_FIX)
 
 
