@@ -1,7 +1,7 @@
 """The teacher-signature variants tried before study v4 chose one (docs/study/v4/signatures.md): the
 held-out group's purity of k-means regions at K = 32, 64, 256 over each feature, on one regime.
 
-    python scripts/signature_variants.py NAME configs/regimes/REGIME.yaml   # embeds under runs/study/v4/select/NAME
+    python scripts/signature_variants.py NAME configs/regimes/REGIME.yaml [PHASE]   # embeds under runs/study/v4/PHASE/NAME
 
 Variants: text (pooled text embedding, cosine), x0 (the teacher's x0 estimates on the probes, randomly
 projected), mid (the mid-block output averaged over space), and both standardised (_z).
@@ -23,9 +23,9 @@ from aria_hpc.config import load_config  # noqa: E402
 from aria_hpc.demo import demo_overrides, ensure_embeddings  # noqa: E402
 
 
-def main(name: str, regime: str) -> dict:
+def main(name: str, regime: str, phase: str = "select") -> dict:
     torch.set_num_threads(1)
-    out = Path(f"runs/study/v4/select/{name}").resolve()
+    out = Path(f"runs/study/v4/{phase}/{name}").resolve()
     cfg = load_config(regime, demo_overrides(out))
     print(ensure_embeddings(cfg, print), flush=True)
     store = EmbeddingStore(cfg.embed.dir, cfg.embed.shards)
@@ -63,4 +63,4 @@ def main(name: str, regime: str) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])

@@ -113,3 +113,33 @@ def test_heldout_draws_reads_the_range_over_steps_and_seeds(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "heldout_draws.py"), str(tmp_path)],
                          capture_output=True, text=True, check=True).stdout.splitlines()
     assert out[2:] == [f"| {tmp_path} | aria | 2.00%-4.00% | 0.80-2.00 |"]
+
+
+def test_paired_interval_and_gap_closure_with_known_values():
+    from aria_hpc.eval.paired import gap_closure, paired, t_quantile
+
+    p = paired({0: 1.0, 1: 2.0, 2: 3.0, 9: 5.0}, {0: 0.0, 1: 0.0, 2: 0.0})  # seed 9 has no partner
+    assert p.seeds == [0, 1, 2] and p.diff_mean == 2.0
+    half = 4.303 * 1.0 / 3 ** 0.5  # t_{0.975, 2} x sd 1 / sqrt(3)
+    assert abs(p.lo - (2 - half)) < 1e-9 and abs(p.hi - (2 + half)) < 1e-9 and p.verdict(higher_better=False) == "within noise"
+    tight = paired({s: 0.9 + 0.01 * s for s in range(5)}, {s: 1.0 + 0.012 * s for s in range(5)})
+    assert tight.hi < 0 and tight.verdict(higher_better=False) == "better" and tight.verdict(True) == "worse"
+    assert abs(tight.ratio - (0.92 / 1.024)) < 1e-9
+    assert paired({0: 1.0}, {0: 2.0}) is None and t_quantile(100) == 1.96
+    assert abs(gap_closure(0.05, 0.10) - 0.5) < 1e-12 and abs(gap_closure(0.15, 0.10) + 0.5) < 1e-12
+
+
+def test_the_oracle_figure_plots_gap_and_mse_against_the_told_share(tmp_path):
+    from aria_hpc.eval.report import Run, oracle_points, plot_oracle
+
+    def run(label, share, seed, mse, seen, unseen):
+        groups = {"unseen": {"mse": {"mean": mse}, "student_accuracy": {"mean": unseen}},
+                  "seen": {"student_accuracy": {"mean": seen}}}
+        return Run(tmp_path, {"rc.oracle_share": share}, {"groups": groups, "seed": seed}, [], label)
+    runs = [run("rc", 0.0, s, 0.03, 0.99, 0.90) for s in (0, 1)] + \
+           [run("oracle_10", 0.1, s, 0.02, 0.99, 0.97 + 0.01 * s) for s in (0, 1)] + [run("aria", 0.0, 0, 0.01, 1, 1)]
+    points = oracle_points(runs)
+    assert list(points) == [0.0, 0.1] and points[0.0]["mse"] == [0.03, 0.03]  # aria is neither
+    assert [round(g, 3) for g in points[0.1]["gap"]] == [0.02, 0.01]
+    assert plot_oracle(runs, tmp_path / "oracle.png").stat().st_size > 1000
+    assert plot_oracle(runs[:2], tmp_path / "none.png") is None  # no oracle arm: no figure

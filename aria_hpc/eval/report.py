@@ -379,6 +379,42 @@ def _wrap(text: str, width: int) -> list[str]:
 # ---- the report ------------------------------------------------------------------------------------
 
 
+def oracle_points(runs: list[Run], baseline: str = "rc") -> dict[float, dict[str, list[float]]]:
+    """share of all samples told to the oracle (0 = the baseline) -> per-seed held-out MSE and gap
+    (seen - held-out judge accuracy), for the baseline and every oracle arm (rc.oracle_share > 0)."""
+    out: dict[float, dict[str, list[float]]] = {}
+    for r in runs:
+        share = float(r.config.get("rc.oracle_share") or 0.0)
+        if r.label != baseline and share == 0:
+            continue
+        g = r.evaluation["groups"]
+        point = out.setdefault(share, {"mse": [], "gap": []})
+        if "mse" in g.get("unseen", {}):
+            point["mse"].append(g["unseen"]["mse"]["mean"])
+        if "student_accuracy" in g.get("unseen", {}) and "student_accuracy" in g.get("seen", {}):
+            point["gap"].append(g["seen"]["student_accuracy"]["mean"] - g["unseen"]["student_accuracy"]["mean"])
+    return dict(sorted(out.items()))
+
+
+def plot_oracle(runs: list[Run], path: Path, baseline: str = "rc") -> Path | None:
+    """The oracle's ceiling: held-out MSE and gap against the share of all samples it is told (0 = rc);
+    mean over seeds with every seed as a dot."""
+    points = oracle_points(runs, baseline)
+    if len(points) < 2:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, key, title in ((axes[0], "mse", "held-out output MSE"), (axes[1], "gap", "gap: seen - held-out accuracy")):
+        xs = [100 * s for s in points]
+        means = [float(np.mean(p[key])) if p[key] else np.nan for p in points.values()]
+        ax.plot(xs, means, "o-")
+        for x, p in zip(xs, points.values()):
+            ax.scatter([x] * len(p[key]), p[key], s=10, alpha=0.5, color="grey")
+        ax.set_xlabel("share of all samples on the held-out concept (%)")
+        ax.set_title(title)
+    return _save(plt, fig, path)
+
+
 def write_report(run_dirs: list[str | Path], out_dir: str | Path, baseline: str = "rc") -> dict:
     runs = load_runs(run_dirs)
     out = Path(out_dir)
@@ -389,7 +425,8 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, baseline: str 
                "heatmaps": plot_heatmaps(runs, out / "regions.png"),
                "timesteps": plot_timesteps(runs, out / "mse_by_timestep.png"),
                "curves": plot_curves(runs, out / "curves.png"),
-               "mechanism": plot_mechanism(runs, out / "mechanism.png")}
+               "mechanism": plot_mechanism(runs, out / "mechanism.png"),
+               "oracle": plot_oracle(runs, out / "oracle.png", baseline)}
     for g in GROUPS[:4]:
         figures[f"samples_{g}"] = plot_samples(runs, g, out / f"samples_{g}.png")
     seeds = {lab: sum(r.label == lab for r in runs) for lab in summary}
@@ -419,6 +456,14 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, baseline: str 
                   "Top: the share of random-condition draws each policy gives a group (RC: its pool share). "
                   "Bottom: the group's tracked discrepancy over the pool-weighted mean (above 1: the tracker sees "
                   "the group as worse than average).", "", "![mechanism](mechanism.png)", ""]
+    if figures["oracle"]:
+        lines += ["## The oracle's ceiling", "",
+                  "The held-out concept's output MSE and judge-accuracy gap against the share of all samples an "
+                  "oracle is told to spend on it (0 = the baseline, its pool share under RC); mean over seeds, "
+                  "every seed a dot: "
+                  + "; ".join(f"{100 * s:g}%: MSE {np.mean(p['mse']):.4f}, gap {np.mean(p['gap']):+.3f} "
+                              f"({len(p['mse'])} seeds)" for s, p in oracle_points(runs, baseline).items()
+                              if p["mse"] and p["gap"]) + ".", "", "![oracle](oracle.png)", ""]
     if figures["heatmaps"]:
         lines += ["## Region estimate and allocation over training", "",
                   "Regions sorted by their dominant split; right: how far each policy's allocation q_k leaves "
