@@ -199,7 +199,18 @@ def no_meta(ckpt):  # killed between the rank files and the meta
     (ckpt / "step00000004" / "aria_meta.json").unlink()
 
 
+def flip(name):
+    def damage(ckpt):  # one byte of the right size: only the digest tells
+        path = ckpt / "step00000004" / name
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x10
+        path.write_bytes(bytes(data))
+    return damage
+
+
 CHECKPOINT_FAULTS = {
+    "DeepSpeed's model file byte flipped": (flip("mp_rank_00_model_states.pt"), "has mp_rank_00_model_states.pt damaged"),
+    "rank file byte flipped": (flip("aria_rank0.pt"), "has aria_rank0.pt damaged"),
     "rank file missing": (drop_rank_file, "lacks aria_rank0.pt"),
     "DeepSpeed's model file missing": (drop_deepspeed_file, "lacks mp_rank_00_model_states.pt"),
     "DeepSpeed's model file truncated": (truncate_deepspeed_file, "mp_rank_00_model_states.pt of"),

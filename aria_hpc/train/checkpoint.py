@@ -76,13 +76,18 @@ def save(ckpt_dir: Path, engine, state: TrainState, step: int, tag: str, *, conf
          keep: int, latest: bool = True) -> Path:
     """Every rank writes its part of CKPT_DIR/tag; rank 0 then lists the files in the meta and, for a
     regular checkpoint (latest=True), points `latest` at it and prunes to the newest `keep`."""
+    from aria_hpc.train import digests
+
     meta = {"step": step, "tag": tag, "world_size": world, "config": config}
     state.source.flush()  # fresh entries reach the bank before the state that counts them is saved
+    digests.install(engine)  # every file is hashed as it is written
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=meta, save_latest=False)
-    torch.save(state.state_dict(), ckpt_dir / tag / rank_file(rank))
+    digests.save_hashed(state.state_dict(), ckpt_dir / tag / rank_file(rank))
+    every = distributed.all_gather_object(digests.take(ckpt_dir / tag))  # each rank's files' digests
     distributed.barrier()
-    if rank == 0:  # the checkpoint is complete: describe it (every file, its size), then point `latest` at it
+    if rank == 0:  # the checkpoint is complete: describe it (every file, size, digest), then point `latest` at it
         meta["files"] = tag_files(ckpt_dir / tag)
+        meta["sha256"] = {name: d for part in every for name, d in part.items()}
         atomic_write_text(ckpt_dir / tag / META, json.dumps(meta, default=str))
         if latest:
             atomic_write_text(ckpt_dir / LATEST, tag)
@@ -106,6 +111,11 @@ def resume(ckpt_dir: Path, engine, state: TrainState, cfg: Config, *, rank: int,
     if tag is None:
         return 0, None
     problem = None
+    try:  # each rank hashes its share of the tag's files, before any is loaded
+        damaged(ckpt_dir / tag, part=(rank, world))
+    except UserError as exc:
+        problem = str(exc)
+    distributed.agree(problem)
     try:
         _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_lr_scheduler_states=True)
         own = torch.load(ckpt_dir / tag / rank_file(rank), weights_only=False)
@@ -135,6 +145,24 @@ def check_resumable(cfg: Config, tag_dir: Path, world: int) -> None:
     if differ:
         raise UserError(f"the checkpoint in {tag_dir} was written with a different config (differs in "
                         f"{', '.join(differ[:8])}): restore those values, or use another run.dir")
+
+
+def damaged(tag_dir: Path, part: tuple[int, int] = (0, 1), *, raise_error: bool = True) -> str | None:
+    """Hash the files of a tag listed with a digest in its meta (every `part[1]`-th one from `part[0]`,
+    so ranks share the work) against it. UserError naming the first that differs, and the newest
+    complete checkpoint that verifies (raise_error=False: the reason, or None)."""
+    from aria_hpc.train.digests import file_digest
+
+    meta = json.loads((tag_dir / META).read_text())
+    listed = sorted((meta.get("sha256") or {}).items())  # checkpoints written before digests: nothing to check
+    for name, want in listed[part[0]::part[1]]:
+        got = file_digest(tag_dir / name)
+        if got != want:
+            why = f"has {name} damaged (it hashes to {got[:12]}, it was written as {want[:12]})"
+            if not raise_error:
+                return why
+            raise UserError(f"the checkpoint {tag_dir} {why}: {way_back(tag_dir.parent, tag_dir.name, verify=True)}")
+    return None
 
 
 def tag_files(tag_dir: Path) -> dict[str, int]:
@@ -173,9 +201,12 @@ def complete_tags(ckpt_dir: Path) -> list[str]:
     return [p.name for p in sorted(ckpt_dir.glob("step*")) if p.is_dir() and incomplete(p) is None]
 
 
-def way_back(ckpt_dir: Path, bad: str | None = None) -> str:
-    """How to go on: resume from the newest complete checkpoint other than `bad`, or start elsewhere."""
+def way_back(ckpt_dir: Path, bad: str | None = None, *, verify: bool = False) -> str:
+    """How to go on: resume from the newest complete checkpoint other than `bad` (with `verify`, the
+    newest whose files also hash to their digests), or start elsewhere."""
     complete = [t for t in complete_tags(ckpt_dir) if t != bad]
+    if verify:
+        complete = [t for t in complete if damaged(ckpt_dir / t, raise_error=False) is None]
     if complete:
         return (f"resume from the complete checkpoint {complete[-1]} with "
                 f"`echo {complete[-1]} > {ckpt_dir / LATEST}`, or point run.dir elsewhere to start over")
