@@ -216,8 +216,10 @@ def way_back(ckpt_dir: Path, bad: str | None = None, *, verify: bool = False) ->
 def resume_tag(ckpt_dir: Path) -> str | None:
     """The tag to resume from, None to start a new run, or UserError when neither is safe.
 
-    Starting a new run is refused while complete checkpoints exist without `latest` (it would
-    overwrite them); an incomplete `latest` names the newest complete checkpoint as the way back."""
+    An incomplete `latest` names the newest complete checkpoint as the way back. Without `latest`,
+    the newest complete checkpoint is resumed (a save killed after its meta, before `latest`, leaves
+    exactly that); the caller's config check still refuses one written with another config, so a new
+    run never overwrites complete checkpoints."""
     latest = ckpt_dir / LATEST
     if latest.is_file():
         tag = latest.read_text().strip()
@@ -226,10 +228,7 @@ def resume_tag(ckpt_dir: Path) -> str | None:
             return tag
         raise UserError(f"{latest} names {ckpt_dir / tag}, which {why}: {way_back(ckpt_dir, tag)}")
     complete = complete_tags(ckpt_dir)
-    if complete:
-        raise UserError(f"{ckpt_dir} holds complete checkpoints (newest {complete[-1]}) but no {LATEST}: "
-                        f"{way_back(ckpt_dir)}")
-    return None
+    return complete[-1] if complete else None
 
 
 def truncate_metrics(path: Path, step: int) -> None:
