@@ -14,7 +14,7 @@ completion. Then:
 - "identical": the rerun's outputs equal the reference: HDF5 outputs by their data digest
   (aria_hpc.integrity.data_digest: every dataset's bytes; the files' layout on disk may differ after a
   resumed write), a bank by its manifest's shard digests, training by metrics.jsonl's (step, loss,
-  teacher_forwards) and the exported student's bytes, eval by eval.json without its timings.
+  teacher_forwards) and the exported student's bytes, eval by eval.json without its timings and run_dir.
 The table: stage, moments tried, killed (the rest finished before the kill), resumed identically,
 lost (a rerun that failed), differ.
 """
@@ -108,7 +108,8 @@ def outputs(stage: str, ws: Path) -> dict:
         return {"metrics": [[r["step"], r["loss"], r["teacher_forwards"]] for r in records], "student": student}
     if stage == "eval":
         result = json.loads((ws / "run" / "eval.json").read_text())
-        result.pop("timings", None)
+        for key in ("timings", "run_dir"):  # how long it took, and where the workspace was
+            result.pop(key, None)
         return result
     raise ValueError(stage)
 

@@ -10,8 +10,8 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
 
-# moments per stage: enough to land before, inside and after each stage's writes, small enough for CI
-MOMENTS = {"embed": 5, "regions": 5, "bank": 5, "train": 3, "eval": 3}
+# moments per stage, small enough for CI (scripts/fault_campaign.py --moments 20 is the full campaign)
+MOMENTS = {"embed": 3, "regions": 3, "bank": 3, "train": 3, "train2": 2, "eval": 2}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def base(tiny_world, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", list(MOMENTS))
+@pytest.mark.parametrize("stage", [pytest.param(s, marks=pytest.mark.multiproc) if s == "train2" else s for s in MOMENTS])
 def test_a_killed_stage_resumes_to_the_uninterrupted_outputs(stage, base, tiny_world, tmp_path):
     from fault_campaign import campaign
 
