@@ -59,6 +59,20 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 @contextmanager
+def file_lock(path: Path):
+    """An exclusive flock on `path` (created if missing) for the block: one writer at a time, across
+    processes and, on file systems that honour flock, across nodes."""
+    import fcntl
+
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
 def atomic_h5(path: Path, *, sealed: bool = False):
     """An h5py file written aside and, when the block ends without error, fsynced and renamed over
     `path`: readers see the old file or the complete new one. `sealed`: its datasets' digest is

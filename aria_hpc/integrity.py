@@ -15,11 +15,9 @@ A file written before sealing existed carries no digest; it is read as before, u
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -78,23 +76,13 @@ def read_cache(directory: Path) -> dict:
         return {}  # absent, unreadable or torn: everything is hashed again
 
 
-@contextmanager
-def _locked(directory: Path):
-    with open(directory / (VERIFIED + ".lock"), "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def remember(path: Path, digest: str) -> None:
     """Record a verified (or freshly sealed and renamed) file in its directory's cache, merged with
     what other processes recorded meanwhile; a directory that cannot be written keeps being hashed."""
-    from aria_hpc.fsio import atomic_write_text
+    from aria_hpc.fsio import atomic_write_text, file_lock
 
     try:
-        with _locked(path.parent):
+        with file_lock(path.parent / (VERIFIED + ".lock")):
             merged = {**read_cache(path.parent), path.name: stamp(path, digest)}
             atomic_write_text(path.parent / VERIFIED, json.dumps(merged, indent=0))
     except OSError:

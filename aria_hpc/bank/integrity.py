@@ -26,8 +26,8 @@ from pathlib import Path
 import h5py
 
 from aria_hpc.errors import UserError
+from aria_hpc.integrity import VERIFIED, read_cache, stamp
 
-VERIFIED = ".verified.json"
 FIX = "run `aria-hpc bank` with the run's config: it sets bad shards aside and rebuilds exactly those"
 
 
@@ -74,36 +74,23 @@ def hash_shard(path: Path, listed: str | None = None) -> str:
     return digest
 
 
-def _stamp(path: Path, digest: str) -> list:
-    st = path.stat()
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, digest]
-
-
-def _read_cache(bank_dir: Path) -> dict:
-    try:
-        cache = json.loads((bank_dir / VERIFIED).read_text())
-        return cache if isinstance(cache, dict) else {}
-    except (OSError, ValueError):
-        return {}  # absent, unreadable or torn: everything is hashed again
-
-
 def verify_shards(bank_dir: Path, shards: list[dict], *, force: bool = False,
                   faults: list[ShardFault] | None = None) -> int:
     """Check every listed shard ({"name", "digest"}; digest None: only against its own) before its
     data is used; the number hashed (the rest matched the verified cache). Raises ShardFault on the
     first bad one, or, given a `faults` list, appends every bad one to it and goes on."""
-    cache = {} if force else _read_cache(bank_dir)
+    cache = {} if force else read_cache(bank_dir)
     fresh = {}
     try:
         for meta in shards:
             path = bank_dir / meta["name"]
             try:
                 try:
-                    cached = meta["digest"] is not None and cache.get(meta["name"]) == _stamp(path, meta["digest"])
+                    cached = meta["digest"] is not None and cache.get(meta["name"]) == stamp(path, meta["digest"])
                 except FileNotFoundError:
                     raise ShardFault(path, "is missing") from None
                 if not cached:
-                    fresh[meta["name"]] = _stamp(path, hash_shard(path, meta["digest"]))
+                    fresh[meta["name"]] = stamp(path, hash_shard(path, meta["digest"]))
             except ShardFault as fault:
                 if faults is None:
                     raise
@@ -122,7 +109,7 @@ def remember(bank_dir: Path, stamps: dict[str, list]) -> None:
 
     try:
         with manifest_lock(bank_dir):
-            merged = {**_read_cache(bank_dir), **stamps}
+            merged = {**read_cache(bank_dir), **stamps}
             atomic_write_text(bank_dir / VERIFIED, json.dumps(merged, indent=0))
     except OSError:
         pass
@@ -131,7 +118,7 @@ def remember(bank_dir: Path, stamps: dict[str, list]) -> None:
 def remember_written(path: Path, digest: str) -> None:
     """A shard its writer has just verified on re-read and renamed into place: no reader hashes it again
     (the rename keeps its inode and mtime)."""
-    remember(path.parent, {path.name: _stamp(path, digest)})
+    remember(path.parent, {path.name: stamp(path, digest)})
 
 
 def set_aside(path: Path) -> Path:

@@ -11,12 +11,10 @@ no reader opens and the next build of that shard deletes.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -104,14 +102,11 @@ def check_fingerprint(where: str, have: dict, want: dict) -> None:
                         "pass --rebuild to replace it, or point bank.dir at another directory")
 
 
-@contextmanager
 def manifest_lock(bank_dir: Path):
-    with open(bank_dir / ".manifest.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    """The bank's writers' lock (the manifest, writer ids, the verification cache)."""
+    from aria_hpc.fsio import file_lock
+
+    return file_lock(bank_dir / ".manifest.lock")
 
 
 def update_manifest(bank_dir: Path, fingerprint: dict) -> dict:

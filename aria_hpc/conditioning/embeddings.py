@@ -57,20 +57,26 @@ def shard_expectation(pool: PromptPool, encoder, index: int, shards: int, store_
 
 def check_complete_shard(embed_dir: Path, expect: dict, index: int, shards: int) -> bool:
     """True if the shard is complete and matches; UserError if it exists for another pool/encoder."""
-    final = embed_dir / shard_name(index, shards)
-    if not final.exists():
+    return complete_rows_shard(embed_dir / shard_name(index, shards), expect, "embedding shard", EMBED_FIX,
+                               "was built for another pool or encoder", "use another embed.dir, or pass --rebuild")
+
+
+def complete_rows_shard(path: Path, expect: dict, what: str, fix: str, other: str, other_fix: str) -> bool:
+    """Whether a row shard (write_rows_shard) is there, whole and for `expect`: False when missing, or
+    damaged (set aside as `<name>.bad`, kept for inspection, to be built again); UserError naming the
+    differing attrs when it was built from other inputs (`other`, `other_fix` say so)."""
+    if not path.exists():
         return False
     try:
-        verify(final, "embedding shard", EMBED_FIX)
-        with read_h5(final, EMBED_FIX) as f:
+        verify(path, what, fix)
+        with read_h5(path, fix) as f:
             bad = _matches(f, expect)
-    except UserError as exc:  # damaged: out of the way (kept for inspection), and built again
-        os.replace(final, final.with_name(final.name + ".bad"))
-        print(f"{exc}; set aside as {final.name}.bad", flush=True)
+    except UserError as exc:
+        os.replace(path, path.with_name(path.name + ".bad"))
+        print(f"{exc}; set aside as {path.name}.bad", flush=True)
         return False
     if bad:
-        raise UserError(f"{final} was built for another pool or encoder (differs in {', '.join(bad)}): "
-                        "use another embed.dir, or pass --rebuild")
+        raise UserError(f"{path} {other} (differs in {', '.join(bad)}): {other_fix}")
     return True
 
 

@@ -143,25 +143,11 @@ def shard_expectation(prober: Prober, index: int, shards: int) -> dict:
 def complete_shard(path: Path, expect: dict) -> bool:
     """True if the shard exists, reads, and matches; a shard computed from another teacher, pool or
     probe is refused with the fields that differ; a damaged one is set aside (built again)."""
-    import os
+    from aria_hpc.conditioning.embeddings import complete_rows_shard
 
-    from aria_hpc.fsio import read_h5
-    from aria_hpc.integrity import verify
-
-    if not path.is_file():
-        return False
-    try:
-        verify(path, "teacher signature shard", SIGNATURE_FIX)
-        with read_h5(path, SIGNATURE_FIX) as f:
-            differ = [k for k, v in expect.items() if f.attrs.get(k) != v]
-    except UserError as exc:
-        os.replace(path, path.with_name(path.name + ".bad"))
-        print(f"{exc}; set aside as {path.name}.bad", flush=True)
-        return False
-    if differ:
-        raise UserError(f"{path} was computed for another teacher, pool or probe (differs in {', '.join(differ)}): "
-                        "run `aria-hpc signatures CONFIG --rebuild`, or use another embed.dir")
-    return True
+    return complete_rows_shard(path, expect, "teacher signature shard", SIGNATURE_FIX,
+                               "was computed for another teacher, pool or probe",
+                               "run `aria-hpc signatures CONFIG --rebuild`, or use another embed.dir")
 
 
 def build_signature_shard(cfg, index: int, prober: Prober | None = None,
