@@ -6,7 +6,8 @@ import yaml
 
 from aria_hpc.cli import build_parser
 
-SUBCOMMANDS = ["simulate", "embed", "regions", "bank", "train", "teacher", "eval", "report", "sweep", "demo", "study"]
+SUBCOMMANDS = ["simulate", "embed", "signatures", "regions", "bank", "train", "teacher", "eval", "report", "sweep", "demo",
+               "study"]
 
 
 def test_cli_surface_is_pinned():
