@@ -11,7 +11,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "scripts"))
 
 # moments per stage, small enough for CI (scripts/fault_campaign.py --moments 20 is the full campaign)
-MOMENTS = {"embed": 2, "regions": 2, "bank": 2, "train": 2, "train2": 1, "eval": 1}
+MOMENTS = {"embed": 2, "regions": 2, "bank": 2, "train": 2, "train2": 1, "eval": 2}
 
 
 @pytest.fixture(scope="module")
