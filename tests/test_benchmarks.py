@@ -46,3 +46,15 @@ def test_bench_scale_writes_its_table(tmp_path):
     for figure in ("teacher signatures, SD-1.5 UNet, every prompt of 2 x 10^7", "region map per node", "all-reduce per sync", "k-means sample", "assignment", "embed, CLIP",
                    "bank per million entries"):
         assert f"| {figure}" in text, figure
+
+
+def test_bench_checkpoint_writes_its_table(tmp_path):
+    out = tmp_path / "checkpoint.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_checkpoint.py"), "--repeats", "1",
+                          "--dir", str(tmp_path / "ckpt"), "--out", str(out)], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    [row] = json.loads(out.read_text())["rows"]
+    assert row["state"].startswith("demo student") and row["bytes"] > 10**6 and row["parameters"] == 1_279_395
+    assert all(row[k] > 0 for k in ("save_ratio", "resume_ratio", "hash_gb_per_s"))
+    assert not list((tmp_path / "ckpt").iterdir())  # the saved states are removed
