@@ -93,8 +93,6 @@ def verify(path: Path, what: str, fix: str, *, force: bool | None = None) -> boo
     """Check a sealed file before its rows are used: UserError naming it, what it is and `fix` when
     its data do not hash to its digest. True when it was hashed (False: the cache vouched for it, or
     the file predates sealing)."""
-    import h5py
-
     from aria_hpc.fsio import read_h5
 
     path = Path(path)
@@ -116,12 +114,3 @@ def verify(path: Path, what: str, fix: str, *, force: bool | None = None) -> boo
                         f"{written[:12]}): {fix}")
     remember(path, written)
     return True
-
-
-def seal_and_remember(path: Path) -> str:
-    """Seal a complete file in place (before the rename that publishes it, or after writing a
-    temporary file) and return the digest; `remember` it once it has its final name."""
-    import h5py
-
-    with h5py.File(path, "r+", locking=False) as f:
-        return seal(f)

@@ -26,7 +26,7 @@ from pathlib import Path
 import h5py
 
 from aria_hpc.errors import UserError
-from aria_hpc.integrity import VERIFIED, read_cache, stamp
+from aria_hpc.integrity import VERIFIED, data_digest, read_cache, stamp
 
 FIX = "run `aria-hpc bank` with the run's config: it sets bad shards aside and rebuilds exactly those"
 
@@ -40,20 +40,9 @@ class ShardFault(UserError):
 
 
 def shard_digest(f: h5py.File) -> str:
-    """sha256 over every dataset of a shard file (columns, outputs, features), in name order."""
-    import hashlib
-
-    import numpy as np
-
-    h = hashlib.sha256()
-
-    def visit(name, obj):
-        if isinstance(obj, h5py.Dataset):
-            h.update(name.encode())
-            for start in range(0, obj.shape[0], 4096):
-                h.update(np.ascontiguousarray(obj[start:start + 4096]).data)
-    f.visititems(visit)
-    return h.hexdigest()
+    """sha256 over every dataset of a shard file (columns, outputs, features), in name order: the
+    digest every sealed file carries (aria_hpc.integrity.data_digest; the same bytes in the same order)."""
+    return data_digest(f)
 
 
 def hash_shard(path: Path, listed: str | None = None) -> str:

@@ -386,7 +386,9 @@ def steered(cfg, ctx: RunContext, source: TeacherSource, rank: int) -> TeacherSo
     if cfg.rc.oracle_share:
         from aria_hpc.errors import UserError
 
-        prompts = np.flatnonzero(np.asarray(ctx.store.pool.split) == 2)  # the held-out (unseen) group
+        from aria_hpc.splits import SPLITS
+
+        prompts = np.flatnonzero(np.asarray(ctx.store.pool.split) == SPLITS.index("unseen"))  # the held-out group
         if not len(prompts):
             raise UserError("rc.oracle_share steers samples to the held-out (unseen) prompts, but this pool has "
                             "none: hold a concept out (world.heldout_shapes / heldout_colours / unseen_pairs)")

@@ -266,7 +266,7 @@ def paired_table(runs, baseline: str) -> tuple[list[str], dict]:
     share of the baseline's gap closed, the held-out share of all training samples, steps to the
     baseline's final held-out MSE, and the v3 rule's verdict for continuity."""
     from aria_hpc.eval.paired import gap_closure, paired
-    from aria_hpc.eval.report import METRICS, compare, steps_to_reach, summarise
+    from aria_hpc.eval.report import METRICS, _fmt, compare, steps_to_reach, summarise
 
     summary = summarise(runs)
     rows = [f"| arm | seeds | unseen MSE ↓ | unseen MSE / {baseline} | seen MSE / {baseline} | Δ unseen MSE, 95% CI | "
@@ -312,18 +312,12 @@ def paired_table(runs, baseline: str) -> tuple[list[str], dict]:
             reach = steps_to_reach(runs, label, baseline)
             cells["reach"] = str(reach or "not reached")
             fact["steps_to_baseline"] = reach
-        rows.append(f"| {label} | {mse.seeds if mse else 0} | {_fmt_summary(mse)} | {cells['ratio']} | "
+        rows.append(f"| {label} | {mse.seeds if mse else 0} | {_fmt(mse)} | {cells['ratio']} | "
                     f"{cells['seen_ratio']} | {cells['dmse']} | {cells['dacc']} | "
                     f"{'-' if gap is None else f'{gap:+.3f}'} | {cells['closed']} | "
                     f"{'-' if share is None else f'{share:.2%}'} | {cells['reach']} | {cells['verdict']} | {cells['v3']} |")
         facts[label] = fact
     return rows, facts
-
-
-def _fmt_summary(s) -> str:
-    from aria_hpc.eval.report import _fmt
-
-    return _fmt(s)
 
 
 def committed_tables(config: str | Path, studies: list[Path], root: str | Path) -> list[tuple[str, list[str]]]:
