@@ -1,8 +1,9 @@
 """Kill each stage at seeded random moments, run the same command again, and compare with a run that
-was never killed (issue 31's fault campaign).
+was never killed; flip a byte of every file kind at a seeded random place and run the next command a
+user would run (issue 31's fault campaign).
 
-    python scripts/fault_campaign.py [--config configs/debug.yaml] [--moments 20] [--seed 0]
-                                     [--stages embed,regions,bank,train,train2,eval] [--dir /tmp/aria_faults]
+    python scripts/fault_campaign.py [--config configs/debug.yaml] [--moments 20] [--flips 5] [--seed 0]
+                                     [--stages embed,regions,bank,train,train2,eval,sweep] [--dir /tmp/aria_faults]
                                      [--out benchmarks/out/fault_campaign.json] [key=value ...]
 
 For each stage: one uninterrupted run in a fresh workspace gives the reference outputs and the
@@ -16,7 +17,14 @@ completion. Then:
   resumed write), a bank by its manifest's shard digests, training by metrics.jsonl's (step, loss,
   teacher_forwards) and the exported student's bytes, eval by eval.json without its timings and run_dir.
 The table: stage, moments tried, killed (the rest finished before the kill), resumed identically,
-lost (a rerun that failed), differ.
+lost (a rerun that failed), differ. The sweep stage kills `aria-hpc sweep` (its submitit controller
+and the member's job with it) while its one member trains or evaluates, and compares the member's run.
+
+Flips: per file kind (prompt pool, embedding shard, region map, bank shard, x0, checkpoint file,
+exported student), one byte of its stored data (a seeded dataset, chunk and offset of an HDF5 file; a
+seeded offset of any other file) XORed with a seeded nonzero byte, one file at a time in a fresh
+copy; then the next command. A case passes when that command exits 2 with one line naming the file,
+or exits 0 having repaired the file to the data it was written with.
 """
 
 from __future__ import annotations
@@ -37,11 +45,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-STAGES = ("embed", "regions", "bank", "train", "train2", "eval")
+STAGES = ("embed", "regions", "bank", "train", "train2", "eval", "sweep")
 NEEDS = {"embed": (), "regions": ("embed",), "bank": ("embed", "regions"), "train": ("embed", "regions", "bank"),
-         "train2": ("embed", "regions", "bank"), "eval": ("embed", "regions", "bank", "train")}
+         "train2": ("embed", "regions", "bank"), "eval": ("embed", "regions", "bank", "train"),
+         "sweep": ("embed", "regions", "bank")}
 TRAIN = ["train.steps=6", "train.checkpoint_every=2", "train.log_every=1", "train.micro_batch_per_gpu=8",
          "train.policy=aria", "aria.warmup_steps=2", "aria.sync_every=2"]
+EVAL = ["eval.per_region=2", "eval.per_group=8", "eval.per_split_group=16", "eval.sample_steps=4"]
 
 
 def env() -> dict:
@@ -75,9 +85,37 @@ def command(stage: str, ws: Path, config: str, overrides: list[str]) -> list[str
         return [os.path.join(os.path.dirname(sys.executable), "deepspeed"), "--num_gpus", "2", "--master_port",
                 str(port), "--module", "aria_hpc.train", *args, *TRAIN]
     if stage == "eval":
-        return [*py, "aria_hpc.cli", "eval", str(ws / "run"), "eval.per_region=2", "eval.per_group=8",
-                "eval.per_split_group=16", "eval.sample_steps=4"]
+        return [*py, "aria_hpc.cli", "eval", str(ws / "run"), *EVAL]
+    if stage == "sweep":  # one member: training, then its evaluation, in a local submitit job
+        import yaml
+
+        sweep = ws / "sweep.yaml"
+        sweep.write_text(yaml.safe_dump({"base": str(Path(config).resolve()), "dir": str(ws / "sweep"),
+                                         "overrides": [*args[1:], *TRAIN, *EVAL], "seeds": [0]}))
+        return [*py, "aria_hpc.cli", "sweep", str(sweep), "--executor", "local"]
     raise ValueError(stage)
+
+
+def member_dir(ws: Path) -> Path:
+    [run_dir] = (ws / "sweep" / "members").glob("*")
+    return run_dir
+
+
+def run_dir_of(stage: str, ws: Path) -> Path:
+    return member_dir(ws) if stage == "sweep" else ws / "run"
+
+
+def training_outputs(run_dir: Path) -> dict:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    student = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((run_dir / "student").glob("*"))}
+    return {"metrics": [[r["step"], r["loss"], r["teacher_forwards"]] for r in records], "student": student}
+
+
+def eval_outputs(run_dir: Path) -> dict:
+    result = json.loads((run_dir / "eval.json").read_text())
+    for key in ("timings", "run_dir"):  # how long it took, and where the workspace was
+        result.pop(key, None)
+    return result
 
 
 def run(cmd: list[str], timeout: float = 1800) -> subprocess.CompletedProcess:
@@ -103,14 +141,11 @@ def outputs(stage: str, ws: Path) -> dict:
         manifest = json.loads((ws / "bank" / "manifest.json").read_text())
         return {"shards": {s["name"]: s["digest"] for s in manifest["shards"]}, "x0": h5(ws / "bank" / "x0.h5")}
     if stage in ("train", "train2"):
-        records = [json.loads(line) for line in (ws / "run" / "metrics.jsonl").read_text().splitlines()]
-        student = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((ws / "run" / "student").glob("*"))}
-        return {"metrics": [[r["step"], r["loss"], r["teacher_forwards"]] for r in records], "student": student}
+        return training_outputs(ws / "run")
     if stage == "eval":
-        result = json.loads((ws / "run" / "eval.json").read_text())
-        for key in ("timings", "run_dir"):  # how long it took, and where the workspace was
-            result.pop(key, None)
-        return result
+        return eval_outputs(ws / "run")
+    if stage == "sweep":
+        return {**training_outputs(member_dir(ws)), "eval": eval_outputs(member_dir(ws))}
     raise ValueError(stage)
 
 
@@ -130,12 +165,15 @@ def visible_problem(stage: str, ws: Path) -> str | None:
         for s in listed:
             if not (ws / "bank" / s["name"]).is_file():
                 return f"the manifest lists {s['name']}, which is not there"
-    if stage in ("train", "train2"):
+    if stage in ("train", "train2", "sweep"):
         from aria_hpc.train.checkpoint import LATEST, incomplete
 
-        latest = ws / "run" / "checkpoints" / LATEST
+        if stage == "sweep" and not list((ws / "sweep" / "members").glob("*")):
+            return None  # killed before the member started
+        ckpt = run_dir_of(stage, ws) / "checkpoints"
+        latest = ckpt / LATEST
         if latest.is_file():
-            why = incomplete(ws / "run" / "checkpoints" / latest.read_text().strip())
+            why = incomplete(ckpt / latest.read_text().strip())
             if why:
                 return f"latest names a checkpoint that {why}"
     return None
@@ -218,12 +256,114 @@ def campaign(config: str, overrides: list[str], stages, moments: int, seed: int,
     return rows
 
 
+# kind: (files it covers, relative to a workspace; the stage whose inputs the workspace holds; the next
+# command a user would run; whether that command may repair the file instead of refusing it)
+FLIP_KINDS = {
+    "prompt pool": ("emb/prompts.h5", "regions", "regions", False),
+    "embedding shard": ("emb/shard-*.h5", "regions", "regions", False),
+    "region map": ("emb/regions.h5", "train", "bank", False),
+    "bank shard": ("bank/shard-*.h5", "train", "train", False),
+    "x0": ("bank/x0.h5", "train", "train", True),
+    "checkpoint file": ("run/checkpoints/LATEST/*", "train", "resume", False),  # the tag `latest` names
+}
+
+
+def flip_byte(path: Path, rng) -> str:
+    """XOR one byte of `path`'s stored data with a seeded nonzero byte: in an HDF5 file, a seeded
+    dataset, chunk and offset (so the file still opens and only its digest tells); in any other file,
+    a seeded offset. Returns where."""
+    import h5py
+
+    where = None
+    if h5py.is_hdf5(path):
+        places = []
+        with h5py.File(path, "r", locking=False) as f:
+            def visit(name, ds):
+                if not isinstance(ds, h5py.Dataset) or ds.id.get_storage_size() == 0:
+                    return
+                if ds.chunks is not None:
+                    places.extend((name, ds.id.get_chunk_info(i).byte_offset, ds.id.get_chunk_info(i).size)
+                                  for i in range(ds.id.get_num_chunks()))
+                elif ds.id.get_offset() is not None:  # contiguous (a compact dataset lives in the header)
+                    places.append((name, ds.id.get_offset(), ds.id.get_storage_size()))
+            f.visititems(visit)
+        names = sorted({p[0] for p in places})
+        name = names[int(rng.integers(len(names)))]
+        chunks = [p for p in places if p[0] == name]
+        _, start, size = chunks[int(rng.integers(len(chunks)))]
+        offset = start + int(rng.integers(size))
+        where = f"{name} byte {offset}"
+    else:
+        offset = int(rng.integers(path.stat().st_size))
+        where = f"byte {offset}"
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ int(rng.integers(1, 256))]))
+    return where
+
+
+def h5_digest(path: Path) -> str:
+    from aria_hpc.integrity import data_digest
+    import h5py
+
+    with h5py.File(path, "r", locking=False) as f:
+        return data_digest(f)
+
+
+def flip_campaign(config: str, overrides: list[str], flips: int, seed: int, root: Path, base: Path,
+                  kinds=None, log=print) -> list[dict]:
+    """Per file kind, `flips` cases: one byte flipped (flip_byte) in one seeded file of that kind, in a
+    fresh copy of the inputs, then the next command. Rows: kind, cases, refused (exit 2, one line naming
+    the file), repaired (exit 0, the file's data as written), and every other outcome as a note."""
+    rng = np.random.default_rng([seed, 0xF11B])
+    rows = []
+    for kind in kinds or FLIP_KINDS:
+        pattern, inputs, next_command, may_repair = FLIP_KINDS[kind]
+        row = {"kind": kind, "cases": flips, "refused": 0, "repaired": 0, "failed": 0, "notes": []}
+        for case in range(flips):
+            ws = root / f"flip-{case}"
+            prepare(inputs, base, ws)
+            where_to = pattern
+            if next_command == "resume":  # a run of this workspace's own (a checkpoint holds its paths)
+                done = run(command("train", ws, config, overrides))
+                if done.returncode != 0:
+                    raise SystemExit(f"flips: the run to damage failed: {done.stderr[-2000:]}")
+                where_to = pattern.replace("LATEST", (ws / "run" / "checkpoints" / "latest").read_text().strip())
+            files = sorted(p for p in ws.glob(where_to) if p.is_file())
+            path = files[int(rng.integers(len(files)))]
+            before = h5_digest(path) if may_repair else None
+            where = flip_byte(path, rng)
+            cmd = (command("train", ws, config, overrides) + ["train.steps=8"] if next_command == "resume"
+                   else command(next_command, ws, config, overrides))
+            res = run(cmd)
+            ours = [line for line in res.stderr.splitlines() if line.startswith("aria-hpc: error:")]
+            case_name = f"{path.relative_to(ws)} ({where})"
+            if res.returncode == 2 and len(ours) == 1 and path.name in ours[0]:
+                row["refused"] += 1
+                row["notes"].append(f"{case_name}: {ours[0]}")
+            elif res.returncode == 0 and may_repair and h5_digest(path) == before:
+                row["repaired"] += 1
+                row["notes"].append(f"{case_name}: repaired")
+            else:
+                row["failed"] += 1
+                row["notes"].append(f"{case_name}: FAILED exit {res.returncode}: "
+                                    f"{(ours or res.stderr.strip().splitlines() or [''])[-1][:300]}")
+            shutil.rmtree(ws, ignore_errors=True)
+        log(f"flip {kind}: {row['refused']} refused, {row['repaired']} repaired, {row['failed']} failed "
+            f"of {flips}")
+        rows.append(row)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "configs" / "debug.yaml"))
-    ap.add_argument("--moments", type=int, default=20)
+    ap.add_argument("--moments", type=int, default=20, help="kills per stage")
+    ap.add_argument("--flips", type=int, default=5, help="flipped files per file kind (0: no flips)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--stages", default=",".join(STAGES))
+    ap.add_argument("--stages", default=",".join(STAGES), help="stages to kill (empty: none)")
     ap.add_argument("--dir", default="/tmp/aria_faults")
     ap.add_argument("--out", default="benchmarks/out/fault_campaign.json")
     ap.add_argument("overrides", nargs="*")
@@ -233,18 +373,31 @@ def main() -> int:
     if unknown:
         print(f"fault_campaign: unknown stage {unknown[0]} (stages: {', '.join(STAGES)})", file=sys.stderr)
         return 2
-    rows = campaign(args.config, args.overrides, stages, args.moments, args.seed, Path(args.dir))
+    root, out = Path(args.dir), Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    build_base(root / "base", args.config, args.overrides)
+    result = {"config": args.config, "seed": args.seed, "rows": [], "flips": []}
+    for stage in stages:  # one stage at a time, the JSON rewritten after each (a long campaign shows progress)
+        result["rows"] += campaign(args.config, args.overrides, [stage], args.moments, args.seed, root,
+                                   base=root / "base")
+        out.write_text(json.dumps(result, indent=1))
+    if args.flips:
+        result["flips"] = flip_campaign(args.config, args.overrides, args.flips, args.seed, root, root / "base")
+        out.write_text(json.dumps(result, indent=1))
     print(f"{'stage':<8} {'moments':>7} {'killed':>6} {'identical':>9} {'lost':>4} {'differ':>6} {'visible':>7} {'run s':>6}")
-    for r in rows:
+    for r in result["rows"]:
         print(f"{r['stage']:<8} {r['moments']:>7} {r['killed']:>6} {r['identical']:>9} {r['lost']:>4} {r['differ']:>6} "
               f"{r['visible']:>7} {r['duration_s']:>6}")
         for note in r["notes"]:
             print(f"  {note}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": args.config, "seed": args.seed, "rows": rows}, indent=1))
-    shutil.rmtree(args.dir, ignore_errors=True)
-    return 0 if all(r["identical"] == r["moments"] for r in rows) else 1
+    print(f"\n{'file kind':<16} {'cases':>5} {'refused':>7} {'repaired':>8} {'failed':>6}")
+    for r in result["flips"]:
+        print(f"{r['kind']:<16} {r['cases']:>5} {r['refused']:>7} {r['repaired']:>8} {r['failed']:>6}")
+        for note in r["notes"]:
+            print(f"  {note}")
+    shutil.rmtree(root, ignore_errors=True)
+    ok = all(r["identical"] == r["moments"] for r in result["rows"]) and not any(r["failed"] for r in result["flips"])
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The CI-sized fault campaign (scripts/fault_campaign.py): every stage killed with SIGKILL at seeded
 random moments, then run again with the same command, ends with the uninterrupted run's outputs and
-never leaves a reader something half-written."""
+never leaves a reader something half-written; a byte flipped at a seeded place of every file kind is
+refused by the next command in one line naming the file, or repaired to the data it was written with."""
 
 import sys
 
@@ -11,7 +12,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "scripts"))
 
 # moments per stage, small enough for CI (scripts/fault_campaign.py --moments 20 is the full campaign)
-MOMENTS = {"embed": 2, "regions": 2, "bank": 2, "train": 2, "train2": 1, "eval": 2}
+MOMENTS = {"embed": 2, "regions": 2, "bank": 2, "train": 2, "train2": 1, "eval": 2, "sweep": 1}
 
 
 @pytest.fixture(scope="module")
@@ -37,3 +38,15 @@ def test_a_killed_stage_resumes_to_the_uninterrupted_outputs(stage, base, tiny_w
     # kills land at about half the uninterrupted run's time (the seeded moments 0.54 and 0.46); a
     # single moment may still miss a run that is quicker than its reference, two do not
     assert row["killed"] >= 1 or MOMENTS[stage] == 1, row
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["prompt pool", "embedding shard", "region map", "bank shard", "x0", "checkpoint file"])
+def test_a_flipped_byte_is_refused_naming_its_file_or_repaired(kind, base, tiny_world, tmp_path):
+    from fault_campaign import FLIP_KINDS, flip_campaign
+
+    assert kind in FLIP_KINDS
+    path, _ = tiny_world
+    [row] = flip_campaign(str(path), [], 1, seed=0, root=tmp_path, base=base, kinds=[kind], log=print)
+    print(row["notes"])
+    assert row["failed"] == 0 and row["refused"] + row["repaired"] == 1, row["notes"]

@@ -208,7 +208,15 @@ def flip(name):
     return damage
 
 
+def meta_value_changed(ckpt):  # still valid JSON, one value changed: only the meta's own digest tells
+    path = ckpt / "step00000004" / "aria_meta.json"
+    text = path.read_text()
+    assert '"step": 4,' in text
+    path.write_text(text.replace('"step": 4,', '"step": 5,', 1))
+
+
 CHECKPOINT_FAULTS = {
+    "meta value changed": (meta_value_changed, "has a damaged aria_meta.json"),
     "DeepSpeed's model file byte flipped": (flip("mp_rank_00_model_states.pt"), "has mp_rank_00_model_states.pt damaged"),
     "rank file byte flipped": (flip("aria_rank0.pt"), "has aria_rank0.pt damaged"),
     "rank file missing": (drop_rank_file, "lacks aria_rank0.pt"),

@@ -17,6 +17,7 @@ from aria_hpc.config import Config
 from aria_hpc.errors import UserError
 from aria_hpc.fsio import array_digest, atomic_h5, read_h5
 from aria_hpc.h5doc import describe
+from aria_hpc.integrity import DIGEST_ATTR, data_digest, seal
 from aria_hpc.worlds.shapes import shapes_world
 
 X0_FILE = "x0.h5"
@@ -75,12 +76,12 @@ def ensure_x0(bank_dir: Path, cfg: Config, images: np.ndarray, captions: np.ndar
         try:
             with h5py.File(path, "r", locking=False) as f:
                 same_set = f.attrs.get("image_set_digest") == image_set
-                if same_set and array_digest(x0 := f["x0"][:]) == f.attrs.get("x0_digest"):
+                if same_set and array_digest(x0 := f["x0"][:]) == f.attrs.get("x0_digest") and whole(f):
                     return x0
         except OSError:
             same_set = True  # unreadable: computed and written again below
         if same_set:  # the paired set is the one it was made from: the file itself is damaged
-            print(f"aria-hpc: note: {path} is damaged (its x0 does not hash to its x0_digest); computing it "
+            print(f"aria-hpc: note: {path} is damaged (its data do not hash to their digests); computing it "
                   "again from the paired set", file=sys.stderr, flush=True)
 
     x0 = encode_latents(cfg.bank.vae_dir, images, cfg.bank.batch_size) if cfg.bank.vae_dir else images
@@ -90,13 +91,20 @@ def ensure_x0(bank_dir: Path, cfg: Config, images: np.ndarray, captions: np.ndar
         f.attrs["image_set_digest"] = image_set
         f.attrs["x0_digest"] = array_digest(x0)
         describe(f, "x0", space="latent" if cfg.bank.vae_dir else "pixel")
+        seal(f)  # every dataset (x0 and captions), as the other file kinds
     return x0
+
+
+def whole(f) -> bool:
+    """Whether an x0 file's datasets hash to its data_digest (a file written before sealing: True)."""
+    written = f.attrs.get(DIGEST_ATTR)
+    return written is None or data_digest(f) == str(written)
 
 
 def load_x0(bank_dir: Path) -> np.ndarray:
     fix = "run `aria-hpc bank CONFIG` (it writes x0.h5 again)"
     with read_h5(bank_dir / X0_FILE, fix) as f:
         x0 = f["x0"][:]
-        if array_digest(x0) != f.attrs["x0_digest"]:
+        if array_digest(x0) != f.attrs["x0_digest"] or not whole(f):
             raise UserError(f"{bank_dir / X0_FILE} is corrupt (its data do not hash to its x0_digest): {fix}")
     return x0

@@ -13,6 +13,7 @@ and loads the newest one on every rank (the same outcome everywhere, or one agre
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,13 @@ if TYPE_CHECKING:
     from aria_hpc.train.student import StudentEMA
 
 META = "aria_meta.json"
+META_DIGEST = "meta_sha256"  # the meta's own digest: a damaged meta is named, never taken for another file
+
+
+def meta_digest(meta: dict) -> str:
+    """sha256 of the meta's JSON without its own digest (what META_DIGEST holds)."""
+    body = {k: v for k, v in meta.items() if k != META_DIGEST}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 LATEST = "latest"
 
 
@@ -88,7 +96,9 @@ def save(ckpt_dir: Path, engine, state: TrainState, step: int, tag: str, *, conf
     if rank == 0:  # the checkpoint is complete: describe it (every file, size, digest), then point `latest` at it
         meta["files"] = tag_files(ckpt_dir / tag)
         meta["sha256"] = {name: d for part in every for name, d in part.items()}
-        atomic_write_text(ckpt_dir / tag / META, json.dumps(meta, default=str))
+        meta = json.loads(json.dumps(meta, default=str))
+        meta[META_DIGEST] = meta_digest(meta)
+        atomic_write_text(ckpt_dir / tag / META, json.dumps(meta))
         if latest:
             atomic_write_text(ckpt_dir / LATEST, tag)
             prune(ckpt_dir, keep)
@@ -182,6 +192,8 @@ def incomplete(tag_dir: Path) -> str | None:
         meta = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return f"has an unreadable {META}"
+    if META_DIGEST in meta and meta[META_DIGEST] != meta_digest(meta):
+        return f"has a damaged {META} (it does not hash to its {META_DIGEST})"
     # checkpoints written before the file list existed: at least every rank's own file
     files = meta.get("files") or {rank_file(r): None for r in range(int(meta.get("world_size", 1)))}
     missing = [name for name in files if not (tag_dir / name).is_file()]
