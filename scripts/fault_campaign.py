@@ -2,9 +2,12 @@
 was never killed; flip a byte of every file kind at a seeded random place and run the next command a
 user would run (issue 31's fault campaign).
 
-    python scripts/fault_campaign.py [--config configs/debug.yaml] [--moments 20] [--flips 5] [--seed 0]
+    python scripts/fault_campaign.py [--config configs/debug.yaml | --tiny] [--moments 20] [--flips 5] [--seed 0]
                                      [--stages embed,regions,bank,train,train2,eval,sweep] [--dir /tmp/aria_faults]
                                      [--out benchmarks/out/fault_campaign.json] [key=value ...]
+
+--tiny: the world the test suite uses (aria_hpc.testing: the shapes world embedded with a tiny BERT,
+a tiny random pixel teacher), built under --dir; its stages take seconds, configs/debug.yaml's minutes.
 
 For each stage: one uninterrupted run in a fresh workspace gives the reference outputs and the
 stage's duration D; then, per moment, a fresh workspace, the same command killed (SIGKILL to its
@@ -358,8 +361,10 @@ def flip_campaign(config: str, overrides: list[str], flips: int, seed: int, root
 
 
 def main() -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file as they happen
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "configs" / "debug.yaml"))
+    ap.add_argument("--tiny", action="store_true", help="the test suite's tiny world instead of --config")
     ap.add_argument("--moments", type=int, default=20, help="kills per stage")
     ap.add_argument("--flips", type=int, default=5, help="flipped files per file kind (0: no flips)")
     ap.add_argument("--seed", type=int, default=0)
@@ -375,8 +380,14 @@ def main() -> int:
         return 2
     root, out = Path(args.dir), Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.tiny:
+        from aria_hpc.testing import build_tiny_bert, build_tiny_world
+
+        shutil.rmtree(root, ignore_errors=True)
+        args.config = str(build_tiny_world(root / "world", build_tiny_bert(root / "tiny_bert")))
     build_base(root / "base", args.config, args.overrides)
-    result = {"config": args.config, "seed": args.seed, "rows": [], "flips": []}
+    result = {"config": "tiny" if args.tiny else args.config, "seed": args.seed, "overrides": args.overrides,
+              "rows": [], "flips": []}
     for stage in stages:  # one stage at a time, the JSON rewritten after each (a long campaign shows progress)
         result["rows"] += campaign(args.config, args.overrides, [stage], args.moments, args.seed, root,
                                    base=root / "base")

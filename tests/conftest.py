@@ -40,23 +40,9 @@ def pytest_addoption(parser):
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory):
     """A tiny randomly initialised BERT with MiniLM's tokenizer, saved like a real model directory."""
-    import shutil
+    from aria_hpc.testing import build_tiny_bert
 
-    from transformers import BertConfig, BertModel
-
-    from aria_hpc.conditioning.encoders import default_text_encoder_dir
-
-    out = tmp_path_factory.mktemp("tiny_bert")
-    src = default_text_encoder_dir()
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(src / name, out / name)
-    import torch
-
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    BertModel(config).save_pretrained(out)
-    return out
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
 @pytest.fixture(scope="session")
@@ -89,32 +75,7 @@ def tiny_world(tmp_path_factory, tiny_bert_dir):
     """The shapes world embedded with the tiny BERT, split into 8 regions, and a tiny pixel teacher
     trained on nothing (random weights are a valid frozen teacher for caching tests).
     Returns (config path, directory)."""
-    import yaml
-
-    from aria_hpc.conditioning.encoders import TextEncoder
-    from aria_hpc.models.teacher import build_scheduler, build_unet, save_teacher
+    from aria_hpc.testing import build_tiny_world
 
     root = tmp_path_factory.mktemp("tiny_world")
-    cfg = {"seed": 0, "text_encoder": {"dir": str(tiny_bert_dir), "max_length": 12, "batch_size": 2048},
-           "embed": {"dir": str(root / "emb")}, "regions": {"path": str(root / "emb" / "regions.h5"), "k": 8,
-                                                             "niter": 5},
-           "teacher": {"dir": str(root / "teacher")},
-           "bank": {"dir": str(root / "bank"), "entries": 600, "shards": 3, "batch_size": 64, "min_per_region": 4},
-           "launch": {"folder": str(root / "submitit"), "timeout_min": 5, "cpus_per_task": 1}}
-    path = root / "world.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    from aria_hpc.cli import main
-
-    assert main(["embed", str(path), "--quiet"]) == 0
-    assert main(["regions", str(path)]) == 0
-    import torch
-
-    torch.manual_seed(0)
-    encoder = TextEncoder(tiny_bert_dir, 12)
-    unet = build_unet([8, 16], layers_per_block=1, norm_num_groups=8, attention_head_dim=4, resolution=16,
-                      cross_attention_dim=encoder.dim)
-    save_teacher(root / "teacher", unet, build_scheduler(1000, "squaredcos_cap_v2", "v_prediction"),
-                 {"world": "shapes", "resolution": 16,
-                  "text_encoder": {"dir": str(tiny_bert_dir), "digest": encoder.digest, "max_length": 12,
-                                   "dim": encoder.dim, "pooling": encoder.kind}})
-    return path, root
+    return build_tiny_world(root, tiny_bert_dir), root
