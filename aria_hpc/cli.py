@@ -137,6 +137,41 @@ def cmd_signatures(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pairs(args: argparse.Namespace) -> int:
+    """The paired set of a pipeline teacher: every shard, one (--shard i, an array task), or one
+    submitit array task per shard (--executor)."""
+    import shutil
+    import time
+
+    from aria_hpc import pairs
+
+    cfg = _resolve(args)
+    if cfg is None:
+        return 0
+    if pairs.source_of(cfg) == "world":
+        print("the shapes world keeps its own paired set: nothing to build (aria-hpc pairs is for a pipeline teacher)")
+        return 0
+    root = Path(cfg.pairs.dir)
+    require_writable(root, "pairs.dir")
+    if args.rebuild and args.shard is None:
+        shutil.rmtree(root, ignore_errors=True)
+    t0 = time.perf_counter()
+    last = [t0]
+
+    def progress(done: int) -> None:  # plain lines (a log file and a terminal read the same), every 10 s
+        if time.perf_counter() - last[0] >= 10 or args.quiet:
+            last[0] = time.perf_counter()
+            print(f"pairs: {done} rows of the shard written ({time.perf_counter() - t0:.0f}s)", flush=True)
+    if args.shard is not None:
+        made = pairs.build_shard(cfg, args.shard, progress=progress)
+    else:
+        made = pairs.build_pairs(cfg, args.executor, log=lambda msg: print(msg, flush=True), progress=progress)
+    elapsed = time.perf_counter() - t0
+    rate = f" ({elapsed / made:.2f} s an image)" if made else " (every shard already complete)"
+    print(f"paired set in {root} ({pairs.source_of(cfg)}): {made} rows made in {elapsed:.1f}s{rate}")
+    return 0
+
+
 def cmd_regions(args: argparse.Namespace) -> int:
     import time
 
@@ -370,6 +405,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", type=int, metavar="i", help="only shard i (a hand-made array task)")
     p.add_argument("--rebuild", action="store_true", help="delete the signatures and compute them again")
     p.set_defaults(func=cmd_signatures)
+    p = sub.add_parser("pairs", help="the paired set of a pipeline teacher: latents the teacher generates "
+                       "for pool prompts, or pairs.images encoded (resumable; --shard i, --executor)")
+    _add_config_args(p)
+    p.add_argument("--executor", choices=("local", "slurm", "debug"), help="one submitit array task per shard")
+    p.add_argument("--shard", type=int, metavar="i", help="only shard i (a hand-made array task)")
+    p.add_argument("--rebuild", action="store_true", help="delete pairs.dir and build it again")
+    p.add_argument("--quiet", action="store_true", help="a progress line every batch")
+    p.set_defaults(func=cmd_pairs)
     p = sub.add_parser("regions", help="k-means regions of the conditioning space from the embeddings "
                        "(--executor: assignment as a job array over the embedding shards)")
     _add_config_args(p)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aria_hpc import pairs as pairs_stage
 from aria_hpc.bank.fingerprint import bank_fingerprint
 from aria_hpc.bank.paired import encode_latents, ensure_x0, image_set_digest, paired_images
 from aria_hpc.bank.plan import NULL, RCSchedule
@@ -88,12 +89,15 @@ def load_context(cfg: Config, *, need_bank_dir: bool = True) -> RunContext:
         raise UserError(f"the teacher in {teacher.path} was trained with another text encoder than the one "
                         f"{cfg.embed.dir} was embedded with: embed with the teacher's encoder (text_encoder.dir)")
     base = conditioning_context(cfg, teacher, store)
-    images, captions = paired_images(cfg, store.pool)
-    image_set = image_set_digest(cfg, images, captions)
-    if cfg.bank.dir:
-        x0 = ensure_x0(Path(cfg.bank.dir), cfg, images, captions, image_set)
+    if not cfg.bank.pairs and pairs_stage.source_of(cfg) != "world":  # `aria-hpc pairs`: latents already
+        x0, captions, image_set = pairs_x0(cfg, store.pool)
     else:
-        x0 = encode_latents(cfg.bank.vae_dir, images, cfg.bank.batch_size) if cfg.bank.vae_dir else images
+        images, captions = paired_images(cfg, store.pool)
+        image_set = image_set_digest(cfg, images, captions)
+        if cfg.bank.dir:
+            x0 = ensure_x0(Path(cfg.bank.dir), cfg, images, captions, image_set)
+        else:
+            x0 = encode_latents(cfg.bank.vae_dir, images, cfg.bank.batch_size) if cfg.bank.vae_dir else images
     unet_cfg = teacher.unet.config
     if tuple(x0.shape[1:]) != (unet_cfg.in_channels, unet_cfg.sample_size, unet_cfg.sample_size):
         raise UserError(f"the paired set has shape {x0.shape[1:]} but the teacher takes "
@@ -104,6 +108,26 @@ def load_context(cfg: Config, *, need_bank_dir: bool = True) -> RunContext:
                               regions.sizes if regions.order is not None else None)
     fingerprint = bank_fingerprint(cfg, teacher, store, regions, image_set)
     return replace(base, conditioning=conditioning, x0=x0, fingerprint=fingerprint)
+
+
+def pairs_x0(cfg: Config, pool):
+    """(x0, captions, image_set) of the paired set `aria-hpc pairs` built: x0 from BANK_DIR/x0.h5
+    (copied a batch at a time), or, without a bank directory, read whole when small enough."""
+    import hashlib
+
+    from aria_hpc.bank.paired import X0_IN_MEMORY, ensure_x0_from_pairs
+
+    pset = pairs_stage.PairedSet(cfg)
+    if len(pset) and int(pset.prompt_ids.max()) >= len(pool):
+        raise UserError(f"the paired set in {cfg.pairs.dir} indexes another prompt pool: run `aria-hpc pairs CONFIG --rebuild`")
+    image_set = hashlib.sha256(f"pairs:{pset.digest}".encode()).hexdigest()
+    if cfg.bank.dir:
+        return ensure_x0_from_pairs(Path(cfg.bank.dir), pset, image_set), pset.prompt_ids[:, None], image_set
+    if len(pset) * int(np.prod(pset.shape)) * 4 > X0_IN_MEMORY:
+        raise UserError(f"the paired set in {cfg.pairs.dir} is too large to hold in memory: set bank.dir "
+                        "(x0 is then read from BANK_DIR/x0.h5 a batch at a time)")
+    x0 = np.concatenate([rows for _, rows in pset.batches(1024)])
+    return x0, pset.prompt_ids[:, None], image_set
 
 
 def conditioning_context(cfg: Config, teacher, store) -> RunContext:

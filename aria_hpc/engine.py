@@ -50,12 +50,26 @@ def lr_lambda(cfg: Config):
     return lambda step: lr_factor(step, t.warmup_steps, t.steps, t.lr_schedule)
 
 
+def skip_shm_comm_build() -> None:
+    """Never build DeepSpeed's CPU shared-memory all-reduce. Its CPU backend JIT-loads that op at every
+    start, inside torch's FileBaton lock (a plain file, TORCH_EXTENSIONS_DIR/deepspeed_shm_comm/lock);
+    a process killed in that window leaves the file behind, and every later DeepSpeed process on the
+    machine then waits for it forever, silently (the fault campaign found it: scripts/fault_campaign.py).
+    Only inference_all_reduce uses the op, never training on gloo, so it is marked incompatible here
+    and build_shm_op returns None."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def initialize(model: torch.nn.Module, cfg: Config, world_size: int):
     """(engine, optimizer, scheduler) for the student. torch AdamW (no JIT-built DeepSpeed ops)."""
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     import deepspeed
 
     on_gpu = torch.cuda.is_available()
+    if not on_gpu:
+        skip_shm_comm_build()
     import torch.distributed as dist
 
     if not dist.is_initialized():  # one process with no launcher: a group of one (no MPI discovery)

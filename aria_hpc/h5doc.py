@@ -40,6 +40,13 @@ FILES = {
         "regions.features=teacher.",
         {"signature": ("random projection of the teacher's x0 estimates on the probes (row r = prompt start + r)",
                        "unitless, float16")}),
+    "paired set": (
+        "Rows [start, stop) of a pipeline teacher's paired set (aria_hpc.pairs): latents the teacher generated for "
+        "pool prompts (attr settings: source, steps, guidance_scale, seed, dtype), or images encoded by its VAE, "
+        "with the pool prompt each was made from.",
+        {"latents": ("the pipeline's latent of each row (the space its UNet denoises; VAE scaling factor applied)",
+                     "latent units, pairs.dtype"),
+         "prompt_ids": ("the prompt each row was made from (its caption)", "row of prompts.h5")}),
     "x0": (
         "The paired set's clean inputs x0 (attr space: pixel, or latent when VAE-encoded) and their captions. "
         "Bank column `image` indexes the rows of `x0`.",

@@ -6,7 +6,7 @@ import yaml
 
 from aria_hpc.cli import build_parser
 
-SUBCOMMANDS = ["simulate", "embed", "signatures", "regions", "bank", "train", "teacher", "eval", "report", "sweep", "demo",
+SUBCOMMANDS = ["simulate", "embed", "signatures", "pairs", "regions", "bank", "train", "teacher", "eval", "report", "sweep", "demo",
                "study"]
 
 

@@ -290,6 +290,29 @@ def test_two_ranks_agree_on_an_incomplete_checkpoint_and_write_nothing(clean_ban
 
 
 @pytest.mark.slow
+def test_a_lock_left_by_a_run_killed_while_deepspeed_loaded_its_ops_does_not_hang_the_next(clean_bank, tiny_world,
+                                                                                            tmp_path):
+    """The fault campaign killed a run inside DeepSpeed's JIT load of its CPU shared-memory op: torch's
+    lock file stayed, and every later run on the machine waited on it without a word. Training never
+    builds that op now (engine.skip_shm_comm_build), so the lock is never waited on."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, cli_env
+
+    lock = tmp_path / "ext" / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("")  # what the killed run left
+    path, _ = tiny_world
+    args = [str(path), f"bank.dir={clean_bank[0]}", "bank.shards=2", f"run.dir={tmp_path / 'run'}", "train.steps=1",
+            "train.policy=rc", *FAST]
+    res = subprocess.run([sys.executable, "-m", "aria_hpc.cli", "train", *args], cwd=ROOT, capture_output=True,
+                         env={**cli_env(), "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert lock.exists()  # left alone: it may be another program's
+
+
+@pytest.mark.slow
 def test_starting_over_never_appends_to_an_old_metrics_log(finished_run, tmp_path, aria_cli):
     """A run killed before its first checkpoint left metrics.jsonl: the new run keeps it aside."""
     run_dir = tmp_path / "run"

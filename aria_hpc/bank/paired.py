@@ -21,6 +21,97 @@ from aria_hpc.integrity import DIGEST_ATTR, data_digest, seal
 from aria_hpc.worlds.shapes import shapes_world
 
 X0_FILE = "x0.h5"
+X0_IN_MEMORY = 1 << 28  # x0 up to this many bytes (as float32) is held whole; a larger one is read by rows
+
+
+class X0Rows:
+    """x0 too large to hold: an HDF5 dataset read a batch at a time (`x0[ids]` -> float32 rows), as
+    the bank's own outputs are. Pickles without its handle (a forked reader opens its own)."""
+
+    def __init__(self, path: Path, name: str = "x0") -> None:
+        self.path, self.name = Path(path), name
+        with h5py.File(self.path, "r", locking=False) as f:
+            self.shape = tuple(f[name].shape)
+        self._ds, self._pid = None, None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getstate__(self):
+        return {**self.__dict__, "_ds": None, "_pid": None}
+
+    def __getitem__(self, ids) -> np.ndarray:
+        import os
+
+        if self._pid != os.getpid():
+            self._ds, self._pid = h5py.File(self.path, "r", locking=False)[self.name], os.getpid()
+        ids = np.asarray(ids, dtype=np.int64)
+        unique, inverse = np.unique(ids, return_inverse=True)  # h5py reads sorted, distinct rows
+        return self._ds[unique].astype(np.float32)[inverse.reshape(ids.shape)]
+
+
+def open_x0(path: Path):
+    """BANK_DIR/x0.h5's x0: whole as float32 when small, else X0Rows."""
+    with h5py.File(path, "r", locking=False) as f:
+        ds = f["x0"]
+        if int(np.prod(ds.shape, dtype=np.int64)) * 4 <= X0_IN_MEMORY:
+            return ds[:].astype(np.float32)
+    return X0Rows(path)
+
+
+def streamed_digest(path: Path, name: str = "x0", rows: int = 1024) -> str:
+    """array_digest of a dataset, read `rows` at a time (the same value as over the whole array)."""
+    h = hashlib.sha256()
+    with h5py.File(path, "r", locking=False) as f:
+        ds = f[name]
+        h.update(f"{ds.dtype.str}{ds.shape}".encode())
+        for a in range(0, ds.shape[0], rows):
+            h.update(np.ascontiguousarray(ds[a:a + rows]).data)
+    return h.hexdigest()
+
+
+def ensure_x0_from_pairs(bank_dir: Path, pairs, image_set: str):
+    """x0 of a built paired set (aria_hpc.pairs.PairedSet: latents already), copied into
+    BANK_DIR/x0.h5 a batch at a time at the set's dtype (the bank stays readable without pairs.dir),
+    and returned as open_x0 gives it. A damaged copy is made again, as for ensure_x0."""
+    path = bank_dir / X0_FILE
+    if path.is_file():
+        try:
+            with h5py.File(path, "r", locking=False) as f:
+                same = f.attrs.get("image_set_digest") == image_set
+            if same and streamed_digest(path) == _attr(path, "x0_digest") and _whole(path):
+                return open_x0(path)
+        except OSError:
+            same = True
+        if same:
+            print(f"aria-hpc: note: {path} is damaged (its data do not hash to their digests); copying it "
+                  "again from the paired set", file=sys.stderr, flush=True)
+    with atomic_h5(path) as f:
+        ds = f.create_dataset("x0", (len(pairs), *pairs.shape), dtype=pairs.dtype,
+                              chunks=(max(1, min(64, len(pairs))), *pairs.shape))
+        for start, rows in pairs.batches(256):
+            ds[start:start + len(rows)] = rows.astype(pairs.dtype)
+        f["captions"] = pairs.prompt_ids[:, None]
+        f.attrs["image_set_digest"] = image_set
+        describe(f, "x0", space="latent")
+        f.flush()
+        h = hashlib.sha256()
+        h.update(f"{ds.dtype.str}{ds.shape}".encode())
+        for a in range(0, ds.shape[0], 1024):
+            h.update(np.ascontiguousarray(ds[a:a + 1024]).data)
+        f.attrs["x0_digest"] = h.hexdigest()
+        seal(f)
+    return open_x0(path)
+
+
+def _attr(path: Path, name: str):
+    with h5py.File(path, "r", locking=False) as f:
+        return f.attrs.get(name)
+
+
+def _whole(path: Path) -> bool:
+    with h5py.File(path, "r", locking=False) as f:
+        return whole(f)
 
 
 def paired_images(cfg: Config, pool) -> tuple[np.ndarray, np.ndarray]:
@@ -101,10 +192,13 @@ def whole(f) -> bool:
     return written is None or data_digest(f) == str(written)
 
 
-def load_x0(bank_dir: Path) -> np.ndarray:
+def load_x0(bank_dir: Path):
+    """BANK_DIR/x0.h5's x0 (open_x0), checked against its digests first (a batch at a time)."""
     fix = "run `aria-hpc bank CONFIG` (it writes x0.h5 again)"
-    with read_h5(bank_dir / X0_FILE, fix) as f:
-        x0 = f["x0"][:]
-        if array_digest(x0) != f.attrs["x0_digest"] or not whole(f):
-            raise UserError(f"{bank_dir / X0_FILE} is corrupt (its data do not hash to its x0_digest): {fix}")
-    return x0
+    path = bank_dir / X0_FILE
+    with read_h5(path, fix) as f:
+        written = f.attrs["x0_digest"]
+        ok = whole(f)
+    if not ok or streamed_digest(path) != written:
+        raise UserError(f"{path} is corrupt (its data do not hash to its x0_digest): {fix}")
+    return open_x0(path)

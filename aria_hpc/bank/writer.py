@@ -226,14 +226,14 @@ def build_shard(ctx: RunContext, index: int, progress: Callable[[int, int, int],
     plan = plan_bank(ctx.conditioning, entries=b.entries, min_per_region=b.min_per_region, seed=ctx.cfg.seed)
     cols = shard_plan(plan, index, b.shards)
     runner = TeacherRunner(ctx, b.features)
-    x0 = torch.from_numpy(ctx.x0)
+    x0 = ctx.x0  # an ndarray, or X0Rows read a batch at a time
     scheduler = ctx.teacher.scheduler
     n = len(cols["entry"])
 
     def batches():
         for start in range(0, n, b.batch_size):
             sl = slice(start, min(n, start + b.batch_size))
-            x_t = noised_inputs(scheduler, x0[cols["image"][sl]], cols["t"][sl], cols["seed"][sl])
+            x_t = noised_inputs(scheduler, torch.from_numpy(x0[cols["image"][sl]]), cols["t"][sl], cols["seed"][sl])
             output, feats = runner(x_t, cols["t"][sl], cols["cond"][sl])
             yield sl.start, sl.stop, output, feats
             if progress:
