@@ -149,3 +149,20 @@ def test_a_killed_pairs_build_resumes_to_the_same_set_and_a_damaged_shard_is_nam
     time.sleep(0.01)
     with pytest.raises(UserError, match=r"paired-set shard .*shard-00000-of-00001.h5 is damaged.*aria-hpc pairs CONFIG"):
         pairs.PairedSet(load_config(path, [f"pairs.dir={tmp_path / 'p'}"]))
+
+
+@pytest.mark.parametrize("chunks", [None, (7, 4, 8, 8)])
+def test_x0_rows_read_by_row_equal_the_stored_rows_in_the_order_asked(chunks, tmp_path):
+    """X0Rows (what training indexes when x0 is large): preads at row offsets for a contiguous dataset,
+    h5py for a chunked one; repeated and unsorted ids come back in the order asked, as float32."""
+    from aria_hpc.bank.paired import X0Rows
+
+    rows = np.random.default_rng(0).standard_normal((100, 4, 8, 8)).astype(np.float16)
+    with h5py.File(tmp_path / "x0.h5", "w") as f:
+        f.create_dataset("x0", data=rows, chunks=chunks)
+    x0 = X0Rows(tmp_path / "x0.h5")
+    assert (x0.offset is None) == (chunks is not None) and len(x0) == 100
+    ids = np.array([[5, 3], [5, 99], [0, 42]])
+    got = x0[ids]
+    assert got.dtype == np.float32 and got.shape == (3, 2, 4, 8, 8)
+    assert np.array_equal(got, rows[ids].astype(np.float32))

@@ -25,29 +25,47 @@ X0_IN_MEMORY = 1 << 28  # x0 up to this many bytes (as float32) is held whole; a
 
 
 class X0Rows:
-    """x0 too large to hold: an HDF5 dataset read a batch at a time (`x0[ids]` -> float32 rows), as
-    the bank's own outputs are. Pickles without its handle (a forked reader opens its own)."""
+    """x0 too large to hold: rows read a batch at a time (`x0[ids]` -> float32 rows). A contiguous,
+    uncompressed dataset (what the bank writes) is read with one pread per distinct row at its offset
+    in the file, so a random batch costs its rows' bytes and no more; any other layout through h5py.
+    Pickles without its handles (a forked reader opens its own)."""
 
     def __init__(self, path: Path, name: str = "x0") -> None:
         self.path, self.name = Path(path), name
         with h5py.File(self.path, "r", locking=False) as f:
-            self.shape = tuple(f[name].shape)
-        self._ds, self._pid = None, None
+            ds = f[name]
+            self.shape, self.dtype = tuple(ds.shape), ds.dtype
+            contiguous = ds.chunks is None and ds.compression is None
+            self.offset = ds.id.get_offset() if contiguous else None
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._fd, self._ds, self._pid = None, None, None
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getstate__(self):
-        return {**self.__dict__, "_ds": None, "_pid": None}
+        return {**self.__dict__, "_fd": None, "_ds": None, "_pid": None}
 
     def __getitem__(self, ids) -> np.ndarray:
         import os
 
         if self._pid != os.getpid():
-            self._ds, self._pid = h5py.File(self.path, "r", locking=False)[self.name], os.getpid()
+            self._pid = os.getpid()
+            if self.offset is not None:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            else:
+                self._ds = h5py.File(self.path, "r", locking=False)[self.name]
         ids = np.asarray(ids, dtype=np.int64)
-        unique, inverse = np.unique(ids, return_inverse=True)  # h5py reads sorted, distinct rows
-        return self._ds[unique].astype(np.float32)[inverse.reshape(ids.shape)]
+        unique, inverse = np.unique(ids, return_inverse=True)
+        if self.offset is None:
+            rows = self._ds[unique]  # h5py reads sorted, distinct rows
+        else:
+            rows = np.empty((len(unique), *self.shape[1:]), self.dtype)
+            flat = rows.reshape(len(unique), -1).view(np.uint8)
+            for k, i in enumerate(unique):
+                if os.preadv(self._fd, [flat[k]], self.offset + int(i) * self.row_bytes) != self.row_bytes:
+                    raise UserError(f"{self.path} is shorter than its x0 dataset: rebuild the bank (aria-hpc bank CONFIG)")
+        return rows.astype(np.float32)[inverse.reshape(ids.shape)]
 
 
 def open_x0(path: Path):
@@ -87,8 +105,7 @@ def ensure_x0_from_pairs(bank_dir: Path, pairs, image_set: str):
             print(f"aria-hpc: note: {path} is damaged (its data do not hash to their digests); copying it "
                   "again from the paired set", file=sys.stderr, flush=True)
     with atomic_h5(path) as f:
-        ds = f.create_dataset("x0", (len(pairs), *pairs.shape), dtype=pairs.dtype,
-                              chunks=(max(1, min(64, len(pairs))), *pairs.shape))
+        ds = f.create_dataset("x0", (len(pairs), *pairs.shape), dtype=pairs.dtype)  # contiguous: X0Rows preads rows
         for start, rows in pairs.batches(256):
             ds[start:start + len(rows)] = rows.astype(pairs.dtype)
         f["captions"] = pairs.prompt_ids[:, None]
