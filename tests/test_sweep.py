@@ -2,6 +2,7 @@
 real SLURM cluster: a sweep with a crashing member and a 2-rank member, and preemption + requeue."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -78,12 +79,18 @@ def test_sweep_plan_status_and_bad_input(tiny_world, tmp_path, aria_cli):
 
 
 @pytest.mark.slow
-def test_local_sweep_finishes_collects_and_skips_finished(tiny_world, sweep_bank, tmp_path, aria_cli):
+def test_local_sweep_finishes_collects_and_skips_finished(tiny_world, sweep_bank, tmp_path, aria_cli, monkeypatch):
     base, _ = tiny_world
     spec = write_sweep(tmp_path, base, overrides=[f"bank.dir={sweep_bank}", "launch.array_parallelism=2"],
                        grid={"train.policy": ["rc", "aria"]})
+    monkeypatch.setenv("ARIA_PROGRESS_EVERY", "1")
     proc = aria_cli("sweep", str(spec), "--executor", "local", timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # while members run: a plain progress line per running member (stdout is a pipe here, as a log file)
+    progress = re.findall(r"^(\S+): (starting|step \d+/\d+, loss \S+, (\d+ samples/s, ETA \S+|evaluating))$",
+                          proc.stdout, re.M)
+    assert {p[0] for p in progress} <= {"000-policy=rc,seed=0", "001-policy=aria,seed=0"} and progress, proc.stdout[-3000:]
+    assert any("samples/s, ETA" in p[1] or "evaluating" in p[1] for p in progress), proc.stdout[-3000:]
     results = (tmp_path / "sweep" / "results.md").read_text()
     rows = [line for line in results.splitlines() if line.startswith("| 00")]
     assert len(rows) == 2 and all("| finished |" in r for r in rows)

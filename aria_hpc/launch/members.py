@@ -8,6 +8,7 @@ runs the same command, and the trainer resumes exactly from RUN_DIR/checkpoints/
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 import submitit
 
 from aria_hpc.config import Config, LaunchConfig, load_config
-from aria_hpc.launch.executor import make_executor
+from aria_hpc.launch.executor import make_executor, tasks_per_node
 
 
 @dataclass
@@ -93,7 +94,6 @@ class MemberStatus:
     def write(self, state: str, **extra) -> None:
         if not self.writer:
             return
-        import json
         import socket
 
         from aria_hpc.fsio import atomic_write_text
@@ -106,8 +106,6 @@ class MemberStatus:
 
     @classmethod
     def read(cls, run_dir: Path) -> dict | None:
-        import json
-
         path = Path(run_dir) / cls.FILE
         try:
             return json.loads(path.read_text())
@@ -133,6 +131,7 @@ def run_members(members: list[Member], launch: LaunchConfig, kind: str, folder: 
         if on_submit:
             on_submit({m.name: {"job_id": j.job_id, "log": str(j.paths.stdout), "stderr": str(j.paths.stderr)}
                        for m, j in zip(batch, jobs)})
+        watch(list(zip(batch, jobs)), log)
         for m, job in zip(batch, jobs):
             entry = {"job_id": job.job_id, "log": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
             try:
@@ -147,3 +146,75 @@ def run_members(members: list[Member], launch: LaunchConfig, kind: str, folder: 
             log(f"{m.name}: {entry['state']}" + (f" ({entry['error']}; log {entry['stderr']})"
                                                  if entry["state"] == "failed" else ""))
     return results
+
+
+# seconds between progress lines while members run, in a log file (ARIA_PROGRESS_EVERY overrides it)
+PROGRESS_EVERY = float(os.environ.get("ARIA_PROGRESS_EVERY", "20"))
+
+
+class MemberProgress:
+    """A running member's progress from its RUN_DIR/metrics.jsonl: the last record's step and loss, its
+    samples/s, and the ETA of the remaining steps at that rate (evaluation once training is done)."""
+
+    def __init__(self, member: Member) -> None:
+        cfg = member.resolve()
+        self.name, self.run_dir, self.total = member.name, Path(cfg.run.dir), cfg.train.steps
+        world = cfg.launch.nodes * tasks_per_node(cfg.launch)
+        self.batch = cfg.train.micro_batch_per_gpu * cfg.train.grad_accum * world
+
+    def last_record(self) -> dict | None:
+        path = self.run_dir / "metrics.jsonl"
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, path.stat().st_size - 65536))
+                lines = [ln for ln in f.read().splitlines() if ln.strip()]
+            return json.loads(lines[-1]) if lines else None
+        except (OSError, ValueError, IndexError):
+            return None  # not started, or a line being written
+
+    def step(self) -> int:
+        rec = self.last_record()
+        return int(rec["step"]) if rec else 0
+
+    def line(self) -> str:
+        rec = self.last_record()
+        if rec is None:
+            return f"{self.name}: starting"
+        step, rate = int(rec["step"]), float(rec.get("samples_per_s") or 0)
+        if step >= self.total:
+            return f"{self.name}: step {step}/{self.total}, loss {rec['loss']:.4g}, evaluating"
+        eta = (self.total - step) * self.batch / rate if rate > 0 else float("nan")
+        eta_text = f"{int(eta // 60)}:{int(eta % 60):02d}" if eta == eta else "?"
+        return (f"{self.name}: step {step}/{self.total}, loss {rec['loss']:.4g}, {rate:.0f} samples/s, "
+                f"ETA {eta_text}")
+
+
+def watch(running: list, log=print, every: float | None = None) -> None:
+    """Until every job of `running` [(member, submitit job)] is done, show each running member's
+    progress: on a terminal a tqdm bar per member (refreshed every second), in a log file a plain line
+    per member every `every` seconds."""
+    import sys
+
+    every = PROGRESS_EVERY if every is None else every
+    progress = {m.name: MemberProgress(m) for m, _ in running}
+    bars = {}
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bars = {m.name: tqdm(total=progress[m.name].total, desc=m.name, unit="step", position=i, leave=False)
+                for i, (m, _) in enumerate(running)}
+    last = time.monotonic()
+    try:
+        while not all(job.done() for _, job in running):
+            time.sleep(min(1.0, every))
+            for name, bar in bars.items():
+                bar.n = progress[name].step()
+                bar.set_postfix_str(progress[name].line().split(": ", 1)[1], refresh=True)
+            if not bars and time.monotonic() - last >= every:
+                last = time.monotonic()
+                for m, job in running:
+                    if not job.done():
+                        log(progress[m.name].line())
+    finally:
+        for bar in bars.values():
+            bar.close()
