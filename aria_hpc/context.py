@@ -126,7 +126,7 @@ def pairs_x0(cfg: Config, pool):
     if len(pset) * int(np.prod(pset.shape)) * 4 > X0_IN_MEMORY:
         raise UserError(f"the paired set in {cfg.pairs.dir} is too large to hold in memory: set bank.dir "
                         "(x0 is then read from BANK_DIR/x0.h5 a batch at a time)")
-    x0 = np.concatenate([rows for _, rows in pset.batches(1024)])
+    x0 = np.concatenate([rows.astype(np.float32) for _, rows in pset.batches(1024)])
     return x0, pset.prompt_ids[:, None], image_set
 
 

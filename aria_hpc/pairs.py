@@ -290,9 +290,10 @@ class PairedSet:
         return int(self.offsets[-1])
 
     def batches(self, rows: int):
-        """(start, latents float32) over the whole set, `rows` at a time (shard boundaries respected)."""
+        """(start, latents at their stored dtype) over the whole set, `rows` at a time (shard boundaries
+        respected); a consumer converts what it uses (a float32 copy of everything would double it)."""
         for s, path in enumerate(self.paths):
             with self._h5.File(path, "r", locking=False) as f:
                 ds = f["latents"]
                 for a in range(0, ds.shape[0], rows):
-                    yield int(self.offsets[s]) + a, ds[a:a + rows].astype(np.float32)
+                    yield int(self.offsets[s]) + a, ds[a:a + rows]

@@ -107,7 +107,7 @@ def ensure_x0_from_pairs(bank_dir: Path, pairs, image_set: str):
     with atomic_h5(path) as f:
         ds = f.create_dataset("x0", (len(pairs), *pairs.shape), dtype=pairs.dtype)  # contiguous: X0Rows preads rows
         for start, rows in pairs.batches(256):
-            ds[start:start + len(rows)] = rows.astype(pairs.dtype)
+            ds[start:start + len(rows)] = rows
         f["captions"] = pairs.prompt_ids[:, None]
         f.attrs["image_set_digest"] = image_set
         describe(f, "x0", space="latent")
