@@ -2,7 +2,7 @@
 tiny pipeline's generation cost per image, and a paper figure for SD-1.5 on one H100.
 
     python benchmarks/bench_pairs.py [--count 100000] [--dir /tmp/aria_bench_pairs] [--repeats 3]
-                                     [--out benchmarks/out/pairs.json]
+                                     [--gen-images 32] [--out benchmarks/out/pairs.json]
 
 - build: `aria_hpc.pairs.build_shard` (write_rows_shard, sealing) of `--count` latents (4, 64, 64) in
   4 shards, each batch made by a seeded normal draw in place of the pipeline (storage is what is
@@ -117,7 +117,7 @@ def phase_read(root: Path, count: int, repeats: int) -> dict:
             "peak_rss_gb": peak_rss_gb()}
 
 
-def phase_generate(root: Path) -> dict:
+def phase_generate(root: Path, images: int) -> dict:
     import yaml
 
     from sd_configs import build_tiny_pipeline  # tests/sd_configs.py: a tiny real SD-1.x pipeline
@@ -134,10 +134,11 @@ def phase_generate(root: Path) -> dict:
                                     "embed": {"dir": str(root / "emb")}, "pairs": {"dir": str(root / "tiny_pairs")}}))
     assert main(["embed", str(path), "--quiet"]) == 0
     maker = Maker(load_config(path))
-    maker.make(0, 8)  # warm-up (first call loads the pipeline)
+    maker.make(0, 1)  # warm-up (the first call loads the pipeline)
     t0 = time.perf_counter()
-    maker.make(8, 40)
-    return {"seconds_per_image": (time.perf_counter() - t0) / 32, "steps": 25, "guidance_scale": 7.5}
+    maker.make(1, 1 + images)
+    return {"seconds_per_image": (time.perf_counter() - t0) / images, "images": images, "steps": 25,
+            "guidance_scale": 7.5}
 
 
 def sd15_paper_figure() -> dict:
@@ -162,6 +163,7 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=100_000)
     ap.add_argument("--dir", default="/tmp/aria_bench_pairs")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--gen-images", type=int, default=32, help="images the tiny pipeline generates, timed")
     ap.add_argument("--out", default="benchmarks/out/pairs.json")
     ap.add_argument("--phase", choices=("build", "copy", "read"), help=argparse.SUPPRESS)  # a child process
     args = ap.parse_args()
@@ -183,7 +185,7 @@ def main() -> int:
             print(res.stderr[-3000:], file=sys.stderr)
             return 1
         result[phase] = json.loads(res.stdout.strip().splitlines()[-1])
-    result["generate_tiny_cpu"] = phase_generate(root)
+    result["generate_tiny_cpu"] = phase_generate(root, args.gen_images)
     result["sd15_h100_paper"] = sd15_paper_figure()
     gb = args.count * int(np.prod(SHAPE)) * 2 / 1e9
     print(f"paired set: {args.count} latents {SHAPE} fp16 ({gb:.2f} GB), {SHARDS} shards")

@@ -58,3 +58,16 @@ def test_bench_checkpoint_writes_its_table(tmp_path):
     assert row["state"].startswith("demo student") and row["bytes"] > 10**6 and row["parameters"] == 1_279_395
     assert all(row[k] > 0 for k in ("save_ratio", "resume_ratio", "hash_gb_per_s"))
     assert not list((tmp_path / "ckpt").iterdir())  # the saved states are removed
+
+
+def test_bench_pairs_writes_its_table(tmp_path):
+    out = tmp_path / "pairs.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_pairs.py"), "--count", "600", "--repeats", "1",
+                          "--gen-images", "1", "--dir", str(tmp_path / "p"), "--out", str(out)], capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["count"] == 600 and all(result[p]["peak_rss_gb"] > 0 for p in ("build", "copy", "read"))
+    assert result["read"]["sequential_vs_raw"] > 0 and result["generate_tiny_cpu"]["seconds_per_image"] > 0
+    assert 700 < result["sd15_h100_paper"]["unet_gflop_per_forward"] < 900  # SD-1.5's UNet: about 0.8 TFLOP
+    assert not (tmp_path / "p").exists()  # the set is removed
