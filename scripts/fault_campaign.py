@@ -183,6 +183,22 @@ def visible_problem(stage: str, ws: Path) -> str | None:
     return None
 
 
+def why_lost(stage: str, ws: Path, res: subprocess.CompletedProcess) -> str:
+    """What a failed rerun said: its last lines of output, and for a sweep its member's state and the
+    end of the member job's own log (the workspace is deleted after the moment)."""
+    said = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip() and not ln.startswith("[")][-6:]
+    out = " | ".join(said)[-1200:]
+    if stage == "sweep":
+        members = list((ws / "sweep" / "members").glob("*/member.json"))
+        if members:
+            out += f" || member.json: {members[0].read_text()[:400]}"
+        logs = sorted((ws / "sweep" / "submitit").rglob("*_log.err"), key=lambda p: p.stat().st_mtime)
+        if logs:
+            tail = [ln for ln in logs[-1].read_text(errors="replace").splitlines() if ln.strip()][-4:]
+            out += f" || {logs[-1].name}: {' | '.join(tail)[-800:]}"
+    return out
+
+
 def prepare(stage: str, base: Path, ws: Path) -> None:
     """A fresh workspace holding what `stage` needs, copied from the base built once."""
     shutil.rmtree(ws, ignore_errors=True)
@@ -252,8 +268,7 @@ def campaign(config: str, overrides: list[str], stages, moments: int, seed: int,
             again = run(command(stage, ws, config, overrides))
             if again.returncode != 0:
                 row["lost"] += 1
-                row["notes"].append(f"moment {m} ({at:.1f}s): rerun exit {again.returncode}: "
-                                    f"{(again.stderr.strip().splitlines() or [''])[-1][:300]}")
+                row["notes"].append(f"moment {m} ({at:.1f}s): rerun exit {again.returncode}: {why_lost(stage, ws, again)}")
             elif outputs(stage, ws) == reference:
                 row["identical"] += 1
             else:
