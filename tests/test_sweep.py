@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -219,3 +220,22 @@ def test_preflight_reads_partitions_and_inputs_without_a_cluster(tiny_world, swe
     assert "lacks" in input_problem(load_config(base, [f"bank.dir={sweep_bank}", f"teacher.dir={tmp_path}"]))
     assert "does not exist" in input_problem(load_config(base, [f"bank.dir={sweep_bank}",
                                                                 f"regions.path={tmp_path / 'r.h5'}"]))
+
+
+def test_a_member_whose_process_is_dead_but_unreaped_is_not_running():
+    """A member job killed with its controller is reparented to PID 1, which in a container may never
+    reap it: kill(pid, 0) still answers, but the member is not running (the fault campaign found a
+    rerun sweep skipping such a member forever)."""
+    from aria_hpc.launch.sweep import _queue_state
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen(["true"])
+    try:
+        _wait_for(lambda: Path(f"/proc/{dead.pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z", 30,
+                  "the child to exit unreaped")
+        assert _queue_state({"executor": "local", "job_id": str(dead.pid)}, {"pid": dead.pid}) == (False, None)
+        assert _queue_state({"executor": "local", "job_id": str(live.pid)}, {"pid": live.pid}) == (True, None)
+    finally:
+        live.kill()
+        live.wait()
+        dead.wait()

@@ -140,7 +140,18 @@ def _queue_state(job: dict, status: dict) -> tuple[bool, str | None]:
         os.kill(int(pid), 0)
     except (TypeError, ValueError, OSError):
         return False, None
-    return True, None
+    return not zombie(int(pid)), None
+
+
+def zombie(pid: int) -> bool:
+    """Whether a process that still answers kill(pid, 0) is dead but unreaped: a member job killed
+    with its controller is reparented to PID 1, which in a container may never reap it (the fault
+    campaign found a killed sweep taking such a member for a running one and never rerunning it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # no /proc: kill(pid, 0) is all there is
+    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
 
 
 def member_state(sweep: Sweep, m: Member, jobs: dict) -> dict:
