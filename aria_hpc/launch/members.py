@@ -131,7 +131,8 @@ def run_members(members: list[Member], launch: LaunchConfig, kind: str, folder: 
         if on_submit:
             on_submit({m.name: {"job_id": j.job_id, "log": str(j.paths.stdout), "stderr": str(j.paths.stderr)}
                        for m, j in zip(batch, jobs)})
-        watch(list(zip(batch, jobs)), log)
+        if kind != "debug":  # a debug job runs in this process when asked for its result: nothing to watch
+            watch(list(zip(batch, jobs)), log)
         for m, job in zip(batch, jobs):
             entry = {"job_id": job.job_id, "log": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
             try:
