@@ -15,6 +15,14 @@ from aria_hpc.errors import UserError
 from aria_hpc.fsio import require_writable
 
 
+def _add_shard_array_args(p: argparse.ArgumentParser, rebuild_help: str) -> None:
+    """CONFIG [key=value ...] --executor --shard i --rebuild: a stage built as one array task per shard."""
+    _add_config_args(p)
+    p.add_argument("--executor", choices=("local", "slurm", "debug"), help="one submitit array task per shard")
+    p.add_argument("--shard", type=int, metavar="i", help="only shard i (a hand-made array task)")
+    p.add_argument("--rebuild", action="store_true", help=rebuild_help)
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config file (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. aria.alpha=0.5")
@@ -400,17 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_embed)
     p = sub.add_parser("signatures", help="teacher signatures of every prompt, the features of "
                        "regions.features=teacher (resumable; --shard i, --executor)")
-    _add_config_args(p)
-    p.add_argument("--executor", choices=("local", "slurm", "debug"), help="one submitit array task per shard")
-    p.add_argument("--shard", type=int, metavar="i", help="only shard i (a hand-made array task)")
-    p.add_argument("--rebuild", action="store_true", help="delete the signatures and compute them again")
+    _add_shard_array_args(p, "delete the signatures and compute them again")
     p.set_defaults(func=cmd_signatures)
     p = sub.add_parser("pairs", help="the paired set of a pipeline teacher: latents the teacher generates "
                        "for pool prompts, or pairs.images encoded (resumable; --shard i, --executor)")
-    _add_config_args(p)
-    p.add_argument("--executor", choices=("local", "slurm", "debug"), help="one submitit array task per shard")
-    p.add_argument("--shard", type=int, metavar="i", help="only shard i (a hand-made array task)")
-    p.add_argument("--rebuild", action="store_true", help="delete pairs.dir and build it again")
+    _add_shard_array_args(p, "delete pairs.dir and build it again")
     p.add_argument("--quiet", action="store_true", help="a progress line every batch")
     p.set_defaults(func=cmd_pairs)
     p = sub.add_parser("regions", help="k-means regions of the conditioning space from the embeddings "

@@ -242,20 +242,10 @@ def build_pairs(cfg, executor: str | None = None, log: Callable[[str], None] = p
     if executor is None:
         maker = Maker(cfg)
         return sum(build_shard(cfg, i, maker, progress) for i in range(cfg.pairs.shards))
-    from aria_hpc.launch.executor import make_executor
+    from aria_hpc.launch.executor import run_array
 
-    ex = make_executor(cfg.launch, executor, Path(cfg.launch.folder) / "pairs", "aria-pairs", ranks=False)
-    indices = list(range(cfg.pairs.shards))
-    jobs = ex.map_array(_shard_job, [cfg] * len(indices), indices)
-    log(f"submitted {len(jobs)} {executor} paired-set tasks; logs in {ex.folder}")
-    made = 0
-    for index, job in zip(indices, jobs):
-        try:
-            made += job.result()
-        except Exception as exc:
-            raise UserError(f"paired-set shard {index} failed in job {job.job_id}: "
-                            f"{str(exc).splitlines()[-1]} (log: {job.paths.stderr})") from None
-    return made
+    return sum(run_array(cfg, executor, _shard_job, list(range(cfg.pairs.shards)), "pairs", "paired-set",
+                         "paired-set shard {index}", log))
 
 
 class PairedSet:

@@ -77,14 +77,12 @@ def open_x0(path: Path):
     return X0Rows(path)
 
 
-def streamed_digest(path: Path, name: str = "x0", rows: int = 1024) -> str:
-    """array_digest of a dataset, read `rows` at a time (the same value as over the whole array)."""
+def streamed_digest(ds, rows: int = 1024) -> str:
+    """array_digest of an h5py dataset, read `rows` at a time (the same value as over the whole array)."""
     h = hashlib.sha256()
-    with h5py.File(path, "r", locking=False) as f:
-        ds = f[name]
-        h.update(f"{ds.dtype.str}{ds.shape}".encode())
-        for a in range(0, ds.shape[0], rows):
-            h.update(np.ascontiguousarray(ds[a:a + rows]).data)
+    h.update(f"{ds.dtype.str}{ds.shape}".encode())
+    for a in range(0, ds.shape[0], rows):
+        h.update(np.ascontiguousarray(ds[a:a + rows]).data)
     return h.hexdigest()
 
 
@@ -97,7 +95,8 @@ def ensure_x0_from_pairs(bank_dir: Path, pairs, image_set: str):
         try:
             with h5py.File(path, "r", locking=False) as f:
                 same = f.attrs.get("image_set_digest") == image_set
-            if same and streamed_digest(path) == _attr(path, "x0_digest") and _whole(path):
+                intact = same and streamed_digest(f["x0"]) == f.attrs.get("x0_digest") and whole(f)
+            if intact:
                 return open_x0(path)
         except OSError:
             same = True
@@ -111,24 +110,9 @@ def ensure_x0_from_pairs(bank_dir: Path, pairs, image_set: str):
         f["captions"] = pairs.prompt_ids[:, None]
         f.attrs["image_set_digest"] = image_set
         describe(f, "x0", space="latent")
-        f.flush()
-        h = hashlib.sha256()
-        h.update(f"{ds.dtype.str}{ds.shape}".encode())
-        for a in range(0, ds.shape[0], 1024):
-            h.update(np.ascontiguousarray(ds[a:a + 1024]).data)
-        f.attrs["x0_digest"] = h.hexdigest()
+        f.attrs["x0_digest"] = streamed_digest(ds)
         seal(f)
     return open_x0(path)
-
-
-def _attr(path: Path, name: str):
-    with h5py.File(path, "r", locking=False) as f:
-        return f.attrs.get(name)
-
-
-def _whole(path: Path) -> bool:
-    with h5py.File(path, "r", locking=False) as f:
-        return whole(f)
 
 
 def paired_images(cfg: Config, pool) -> tuple[np.ndarray, np.ndarray]:
@@ -214,8 +198,7 @@ def load_x0(bank_dir: Path):
     fix = "run `aria-hpc bank CONFIG` (it writes x0.h5 again)"
     path = bank_dir / X0_FILE
     with read_h5(path, fix) as f:
-        written = f.attrs["x0_digest"]
-        ok = whole(f)
-    if not ok or streamed_digest(path) != written:
+        ok = whole(f) and streamed_digest(f["x0"]) == f.attrs["x0_digest"]
+    if not ok:
         raise UserError(f"{path} is corrupt (its data do not hash to its x0_digest): {fix}")
     return open_x0(path)

@@ -253,20 +253,9 @@ def _build_shard_job(cfg, index: int) -> int:
 
 def submit_shards(cfg, indices: list[int], executor: str, log: Callable[[str], None]) -> int:
     """One submitit array task per shard; waits for them; total teacher forwards."""
-    from aria_hpc.launch.executor import make_executor
+    from aria_hpc.launch.executor import run_array
 
-    ex = make_executor(cfg.launch, executor, Path(cfg.launch.folder) / "bank", "aria-bank", ranks=False)
-    jobs = ex.map_array(_build_shard_job, [cfg] * len(indices), indices)
-    log(f"submitted {len(jobs)} {executor} array tasks ({', '.join(j.job_id for j in jobs[:4])}"
-        f"{', ...' if len(jobs) > 4 else ''}); logs in {ex.folder}")
-    forwards = 0
-    for index, job in zip(indices, jobs):
-        try:
-            forwards += job.result()
-        except Exception as exc:  # submitit re-raises the task's failure with its log
-            raise UserError(f"bank shard {index} failed in job {job.job_id}: {str(exc).splitlines()[-1]} "
-                            f"(log: {job.paths.stderr})") from None
-    return forwards
+    return sum(run_array(cfg, executor, _build_shard_job, indices, "bank", "array", "bank shard {index}", log))
 
 
 def check_read_only_bank(cfg, *, verify: bool = False, log: Callable[[str], None] = print) -> dict:

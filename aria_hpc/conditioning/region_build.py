@@ -154,20 +154,11 @@ def build_regions(cfg, executor: str | None = None, log: Callable[[str], None] =
                               train_points=rc.train_points, chunk_rows=rc.chunk_rows)
         save_regions(regions, Path(rc.path), map_attrs(cfg, store))
         return regions
-    from aria_hpc.launch.executor import make_executor
+    from aria_hpc.launch.executor import run_array
 
     save_centroids(cfg, store)
-    ex = make_executor(cfg.launch, executor, Path(cfg.launch.folder) / "regions", "aria-regions", ranks=False)
-    indices = list(range(cfg.embed.shards))
-    jobs = ex.map_array(_assign_job, [cfg] * len(indices), indices)
-    log(f"submitted {len(jobs)} {executor} assignment tasks ({', '.join(j.job_id for j in jobs[:4])}"
-        f"{', ...' if len(jobs) > 4 else ''}); logs in {ex.folder}")
-    for index, job in zip(indices, jobs):
-        try:
-            job.result()
-        except Exception as exc:  # submitit re-raises the task's failure with its log
-            raise UserError(f"region assignment of shard {index} failed in job {job.job_id}: "
-                            f"{str(exc).splitlines()[-1]} (log: {job.paths.stderr})") from None
+    run_array(cfg, executor, _assign_job, list(range(cfg.embed.shards)), "regions", "assignment",
+              "region assignment of shard {index}", log)
     regions = merge_parts(cfg, store)
     save_regions(regions, Path(rc.path), map_attrs(cfg, store))
     shutil.rmtree(parts_dir(cfg), ignore_errors=True)

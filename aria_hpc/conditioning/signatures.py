@@ -182,20 +182,10 @@ def build_signatures(cfg, executor: str | None = None, log: Callable[[str], None
     if executor is None:
         prober = Prober(cfg)
         return sum(build_signature_shard(cfg, i, prober) for i in range(cfg.embed.shards))
-    from aria_hpc.launch.executor import make_executor
+    from aria_hpc.launch.executor import run_array
 
-    ex = make_executor(cfg.launch, executor, Path(cfg.launch.folder) / "signatures", "aria-signatures", ranks=False)
-    indices = list(range(cfg.embed.shards))
-    jobs = ex.map_array(_shard_job, [cfg] * len(indices), indices)
-    log(f"submitted {len(jobs)} {executor} signature tasks; logs in {ex.folder}")
-    total = 0
-    for index, job in zip(indices, jobs):
-        try:
-            total += job.result()
-        except Exception as exc:
-            raise UserError(f"signatures of shard {index} failed in job {job.job_id}: "
-                            f"{str(exc).splitlines()[-1]} (log: {job.paths.stderr})") from None
-    return total
+    return sum(run_array(cfg, executor, _shard_job, list(range(cfg.embed.shards)), "signatures", "signature",
+                         "signatures of shard {index}", log))
 
 
 def signature_rows(cfg):

@@ -44,3 +44,24 @@ def make_executor(launch: LaunchConfig, kind: str, folder: str | Path, name: str
             params.update(nodes=launch.nodes, slurm_signal_delay_s=120)
     ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
     return ex
+
+
+def run_array(cfg, kind: str, fn, indices: list[int], name: str, tasks: str, failed: str, log=print) -> list:
+    """One submitit array task per index (`fn(cfg, index)`, ranks=False, logs in LAUNCH_FOLDER/name),
+    waited for; their results in index order. A failed task is a UserError: `failed` formatted with the
+    index (e.g. "bank shard {index}"), then its job id, last line and log. `tasks` names them in the
+    submitted line ("array", "signature", ...)."""
+    from aria_hpc.errors import UserError
+
+    ex = make_executor(cfg.launch, kind, Path(cfg.launch.folder) / name, f"aria-{name}", ranks=False)
+    jobs = ex.map_array(fn, [cfg] * len(indices), indices)
+    log(f"submitted {len(jobs)} {kind} {tasks} tasks ({', '.join(j.job_id for j in jobs[:4])}"
+        f"{', ...' if len(jobs) > 4 else ''}); logs in {ex.folder}")
+    results = []
+    for index, job in zip(indices, jobs):
+        try:
+            results.append(job.result())
+        except Exception as exc:  # submitit re-raises the task's failure with its log
+            raise UserError(f"{failed.format(index=index)} failed in job {job.job_id}: {str(exc).splitlines()[-1]} "
+                            f"(log: {job.paths.stderr})") from None
+    return results
