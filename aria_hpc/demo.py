@@ -11,6 +11,8 @@ timing line per stage.
 
 from __future__ import annotations
 
+import math
+import threading
 import time
 from pathlib import Path
 
@@ -31,12 +33,16 @@ def demo_overrides(out: Path) -> list[str]:
             f"bank.dir={out / 'bank'}", f"launch.folder={out / 'submitit'}"]
 
 
-def ensure_embeddings(cfg: Config, log) -> str:
+def ensure_embeddings(cfg: Config, log, progress=None) -> str:
+    """progress(text), if given, hears each embedded batch."""
     from aria_hpc.conditioning.embeddings import build_shards, open_pool_and_encoder, stores_tokens
 
     pool, encoder = open_pool_and_encoder(cfg)
+    per_shard = -(-len(pool) // cfg.embed.shards)
+    tell = (lambda index, done: progress(f"shard {index}: {done}/{per_shard} prompts")) if progress else None
     results = list(build_shards(Path(cfg.embed.dir), pool, encoder, range(cfg.embed.shards), cfg.embed.shards,
-                                batch_size=cfg.text_encoder.batch_size, store_tokens=stores_tokens(cfg, pool)))
+                                batch_size=cfg.text_encoder.batch_size, store_tokens=stores_tokens(cfg, pool),
+                                progress=tell))
     built = sum(r.resumed_from < r.rows for r in results)
     return f"{len(pool)} prompts, {built} of {cfg.embed.shards} shard(s) built"
 
@@ -65,6 +71,63 @@ def ensure_regions(cfg: Config, log) -> str:
     return f"{rc.k} {rc.features} regions computed"
 
 
+class Heartbeat:
+    """No stage of the demo stays silent: while one runs, a line every `every` seconds in which nothing
+    else was logged, with the stage's elapsed time and its latest progress (`update`). Lines logged
+    through `log` count as output."""
+
+    def __init__(self, name: str, log, every: float | None = None) -> None:
+        from aria_hpc.launch.members import PROGRESS_EVERY
+
+        self.name, self._log, self.every = name, log, PROGRESS_EVERY if every is None else every
+        self.latest, self.t0 = "", time.monotonic()
+        self._last = self.t0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="demo-heartbeat", daemon=True)
+
+    def log(self, msg: str) -> None:
+        with self._lock:
+            self._last = time.monotonic()
+            self._log(msg)
+
+    def update(self, text: str) -> None:
+        self.latest = text
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(1.0, self.every)):  # (every = inf: never)
+            with self._lock:
+                now = time.monotonic()
+                if now - self._last >= self.every:
+                    self._last = now
+                    self._log(f"{self.name}: {now - self.t0:.0f}s" + (f", {self.latest}" if self.latest else ""))
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def where_the_time_went(result: dict) -> str:
+    """One member's seconds by phase: start-up (imports, the teacher, the bank, DeepSpeed), training
+    steps, learning-curve passes, checkpoints, export, and the evaluation's load / MSE / sampling."""
+    train, ev = result.get("train_timings", {}), result.get("eval_timings", {})
+    parts = [f"train {result['train_s']:.0f}s"]
+    if train:
+        startup = result["train_s"] - sum(train.values())  # before train(): imports, config, the process
+        parts.append("(" + ", ".join(f"{k} {v:.0f}s" for k, v in (
+            ("start-up", startup + train["setup_s"]), ("steps", train["steps_s"]), ("curve", train["curve_s"]),
+            ("checkpoints", train["checkpoint_s"]), ("export", train["export_s"]))) + ")")
+    if "eval_s" in result:
+        parts.append(f"eval {result['eval_s']:.0f}s")
+        if ev:
+            parts.append("(" + ", ".join(f"{k.removesuffix('_s')} {v:.0f}s" for k, v in ev.items()) + ")")
+    return " ".join(parts)
+
+
 def _same(a, b) -> bool:
     return a is not None and (a == b if not isinstance(b, bool) else bool(a) == b)
 
@@ -86,18 +149,20 @@ def run_demo(out: str | Path, *, config: str | Path | None = None, overrides: li
     seeds = (0, 1, 2) if full else (cfg.seed,)
     timings: list[tuple[str, float, str]] = []
 
-    def stage(name: str, fn):
+    def stage(name: str, fn, every: float | None = None):
         t0 = time.perf_counter()
-        detail = fn()
+        with Heartbeat(f"[demo] {name}", log, every) as beat:
+            detail = fn(beat)
         timings.append((name, time.perf_counter() - t0, detail))
         log(f"[demo] {name:<10} {timings[-1][1]:7.1f}s  {detail}")
 
-    stage("embed", lambda: ensure_embeddings(cfg, log))
-    stage("regions", lambda: ensure_regions(cfg, log))
+    stage("embed", lambda beat: ensure_embeddings(cfg, beat.log, beat.update))
+    stage("regions", lambda beat: ensure_regions(cfg, beat.log))
     bank = {}
 
-    def do_bank():
-        bank.update(build_bank(cfg, rebuild=rebuild_bank, log=lambda msg: None))
+    def do_bank(beat):
+        bank.update(build_bank(cfg, rebuild=rebuild_bank, log=lambda msg: None,
+                               progress=lambda index, done, n: beat.update(f"shard {index}: {done}/{n} entries")))
         return f"{bank['manifest']['entries']} entries, teacher forwards: {bank['teacher_forwards']}"
     stage("bank", do_bank)
 
@@ -106,19 +171,21 @@ def run_demo(out: str | Path, *, config: str | Path | None = None, overrides: li
                for s in seeds for p in policies]
     results: dict = {}
 
-    def do_train():
-        results.update(run_members(members, cfg.launch, executor, out / "submitit", log=log))
+    def do_train(beat):
+        results.update(run_members(members, cfg.launch, executor, out / "submitit", log=beat.log))
         failed = [n for n, r in results.items() if r["state"] != "finished"]
         if failed:
             raise UserError(f"demo member(s) {', '.join(failed)} failed; logs: "
                             + "; ".join(results[n]["stderr"] for n in failed))
+        for name, r in results.items():
+            log(f"[demo] {name}: {where_the_time_went(r['result'])}")
         return (f"{len(members)} member(s) ({', '.join(policies)} x seeds {list(seeds)}) trained and evaluated, "
                 f"train {max(r['result']['train_s'] for r in results.values()):.0f}s / "
                 f"eval {max(r['result'].get('eval_s', 0) for r in results.values()):.0f}s per member at most")
-    stage("train+eval", do_train)
+    stage("train+eval", do_train, every=math.inf)  # run_members shows every member's progress itself
     report = {}
 
-    def do_report():
+    def do_report(_beat):
         report.update(write_report([out / "runs" / m.name for m in members], out / "report"))
         return str(report["report"])
     stage("report", do_report)

@@ -1,7 +1,9 @@
 """Evaluation, report and demo: known answers on tiny runs, rendered figures, a tiny demo end to end."""
 
 import json
+import re
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -159,6 +161,7 @@ def test_tiny_demo_end_to_end_and_reuse(tiny_world, tmp_path, aria_cli):
     proc = aria_cli("demo", "--config", str(config), "--out", str(out), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[demo] train+eval" in proc.stdout and "[demo] total" in proc.stdout
+    assert re.search(r"\[demo\] rc-s0: train \d+s \(start-up \d+s, steps \d+s, .*\) eval \d+s \(load", proc.stdout)
     assert "| unseen | output MSE" in proc.stdout
     assert "This run: seed(s) [0], fewer than 3, so not a verdict" in proc.stdout
     assert "No committed study runs this config" in proc.stdout  # a tmp config: no study names it
@@ -173,6 +176,22 @@ def test_tiny_demo_end_to_end_and_reuse(tiny_world, tmp_path, aria_cli):
     bank_line = next(line for line in again.stdout.splitlines() if line.startswith("[demo] bank"))
     assert "teacher forwards: 0" in bank_line
     assert "regions reused" in again.stdout and "0 of 1 shard(s) built" in again.stdout
+
+
+def test_demo_heartbeat_fills_only_silence():
+    from aria_hpc.demo import Heartbeat
+
+    lines = []
+    with Heartbeat("[demo] bank", lines.append, every=0.1) as beat:  # a stage that says nothing itself
+        beat.update("shard 0: 5/10 entries")
+        time.sleep(0.55)
+    assert len(lines) >= 3 and all(re.fullmatch(r"\[demo\] bank: \d+s, shard 0: 5/10 entries", ln) for ln in lines), lines
+    lines.clear()
+    with Heartbeat("[demo] train", lines.append, every=0.3) as beat:  # one that talks: nothing added
+        for _ in range(8):
+            beat.log("member line")
+            time.sleep(0.05)
+    assert lines == ["member line"] * 8
 
 
 def test_learning_curve_series_and_steps_to_the_baseline(tmp_path):

@@ -67,7 +67,7 @@ class TrainMember(submitit.helpers.Checkpointable):
             status.write("failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
             raise
         out = {"state": "finished", "run_dir": str(cfg.run.dir), "loss": result["loss"],
-               "train_s": time.perf_counter() - t0}
+               "train_s": time.perf_counter() - t0, "train_timings": result.get("timings", {})}
         if member.evaluate and rank == 0:
             from aria_hpc.eval.evaluate import evaluate_run
 
@@ -77,7 +77,8 @@ class TrainMember(submitit.helpers.Checkpointable):
             except BaseException as exc:
                 status.write("failed", error=f"evaluation: {type(exc).__name__}: {exc}".splitlines()[0])
                 raise
-            out.update(eval_s=time.perf_counter() - t0, groups=evaluation["groups"])
+            out.update(eval_s=time.perf_counter() - t0, groups=evaluation["groups"],
+                       eval_timings=evaluation.get("timings", {}))
         status.write("finished", loss=result["loss"])
         distributed.shutdown()
         return out

@@ -47,6 +47,8 @@ def train(cfg: Config, log=print) -> dict:
     from aria_hpc.engine import initialize
     from aria_hpc.models.students import build_student
 
+    t_setup = time.perf_counter()
+    timings = {"curve_s": 0.0, "checkpoint_s": 0.0}  # where the member's time goes (the demo prints it)
     info = distributed.init()
     rank, world = info.rank, info.world_size
     run_dir = Path(cfg.run.dir)
@@ -131,6 +133,8 @@ def train(cfg: Config, log=print) -> dict:
     t_last, steps_since = time.perf_counter(), 0
     table_digests = None  # every rank's region table digest after the last sync (world > 1)
     last_loss = float("nan")
+    timings["setup_s"] = time.perf_counter() - t_setup
+    t_loop = time.perf_counter()
     try:
         for step in range(start_step, cfg.train.steps):
             # ---- sample: allocation for this step, then one batch per micro-step -------------
@@ -237,7 +241,9 @@ def train(cfg: Config, log=print) -> dict:
                     if table_digests is not None:  # every rank's table after the last sync (all equal)
                         record["table_digests"] = table_digests
                 if curve is not None and (done % cfg.train.curve_every == 0 or done == cfg.train.steps):
+                    t0 = time.perf_counter()
                     record["curve_mse"] = curve(lambda x, t, c: engine(x, t, c)[0])
+                    timings["curve_s"] += time.perf_counter() - t0
                 if metrics:
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
@@ -254,7 +260,9 @@ def train(cfg: Config, log=print) -> dict:
             # ---- checkpoint (and preemption) ---------------------------------------------------
             preempt = distributed.any_rank(stop["signal"] is not None)
             if checkpoint_due or preempt:
+                t0 = time.perf_counter()
                 path = save(done, f"step{done:08d}")
+                timings["checkpoint_s"] += time.perf_counter() - t0
             if preempt and done < cfg.train.steps:
                 raise Preempted(f"preempted at step {done}: checkpoint {path}; run the same command to resume")
     finally:
@@ -268,14 +276,18 @@ def train(cfg: Config, log=print) -> dict:
             progress.close()
         source.close()
 
+    timings["steps_s"] = time.perf_counter() - t_loop - timings["curve_s"] - timings["checkpoint_s"]
     # ---- export: the EMA student, consolidated, loadable by plain diffusers --------------------
+    t0 = time.perf_counter()
     exported = None
     if cfg.train.export:
         exported = export_student(engine, ema, run_dir / "student", rank)
         if rank == 0 and is_pipeline(cfg.teacher.dir):  # RUN_DIR/pipeline: the teacher's, with this UNet
             export_pipeline(Path(cfg.teacher.dir), run_dir / "student", run_dir / "pipeline", model_card(cfg))
     distributed.barrier()
-    return {"steps": cfg.train.steps, "loss": last_loss, "run_dir": str(run_dir), "student": exported}
+    timings["export_s"] = time.perf_counter() - t0
+    return {"steps": cfg.train.steps, "loss": last_loss, "run_dir": str(run_dir), "student": exported,
+            "timings": {k: round(v, 2) for k, v in timings.items()}}
 
 
 def _region_usage(source, num_regions: int) -> dict:
