@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/*.cpp
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	DS_BUILD_OPS=0 $(PY) -m pip install -q -e '.[test]'
+	DS_BUILD_OPS=0 $(PY) -m pip install -q -e '.[test,fid]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -31,6 +31,16 @@ def test_frechet_distance_known_answers():
     with pytest.raises(ValueError):
         frechet_distance(a[:1], a[:1])
     assert frechet_with_se(a, a)["mean"] == pytest.approx(0.0, abs=1e-9)
+    # fewer samples than features (FID: 2048 features, tens of images): the sample-space form agrees
+    # with the d x d eigendecompositions, and the two paths meet at n = d
+    wide_a, wide_b = rng.standard_normal((40, 300)), rng.standard_normal((30, 300)) * 1.5 + 0.2
+    sa, sb = np.cov(wide_a, rowvar=False), np.cov(wide_b, rowvar=False)
+    w, v = np.linalg.eigh(sa)
+    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root @ sb @ root), 0, None)).sum()
+    mu = wide_a.mean(0) - wide_b.mean(0)
+    assert frechet_distance(wide_a, wide_b) == pytest.approx(mu @ mu + np.trace(sa) + np.trace(sb) - 2 * cross, rel=1e-6)
+    assert frechet_distance(wide_a, wide_a) == pytest.approx(0.0, abs=1e-8)
 
 
 def test_mean_se_and_timesteps():

