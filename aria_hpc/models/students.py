@@ -128,6 +128,67 @@ def narrow(teacher, *, width: float):
     return _unet_from(cfg, block_out_channels=channels)
 
 
+# ---- transformer teachers (SD3-class MMDiT, Flux-class): depth pruning --------------------------------
+TRANSFORMERS = {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"}
+
+
+def transformer_family(model) -> str | None:
+    return TRANSFORMERS.get(type(model).__name__)
+
+
+def depth_pruned(teacher, *, family: str, joint: Callable[[int], list[int]],
+                 single: Callable[[int], list[int]] | None = None):
+    """The teacher with only the transformer blocks `joint(num_layers)` (and, for Flux, the single-stream
+    blocks `single(num_single_layers)`) kept, in order; every kept block and every other tensor
+    (patch and time embeddings, context projections, final norm and projection) is the teacher's.
+    SD3's last joint block differs from the others (it updates only the image stream, context_pre_only),
+    so a student keeps it last; SD3.5's dual-attention blocks keep their kind."""
+    if transformer_family(teacher) != family:
+        raise UserError(f"this student preset prunes a {family.upper()}-class transformer; the teacher is "
+                        f"{type(teacher).__name__}: choose a preset for it (student.preset=...)")
+    cfg = {k: v for k, v in dict(teacher.config).items() if not k.startswith("_")}
+    renames = {"transformer_blocks": _kept(joint, cfg["num_layers"], "joint")}
+    changes = {"num_layers": len(renames["transformer_blocks"])}
+    if family == "sd3":
+        if renames["transformer_blocks"][-1] != cfg["num_layers"] - 1:
+            raise UserError("an SD3 student keeps the teacher's last joint block (context_pre_only) as its last")
+        dual = set(cfg.get("dual_attention_layers") or ())
+        changes["dual_attention_layers"] = tuple(j for j, i in enumerate(renames["transformer_blocks"]) if i in dual)
+    if single is not None:
+        renames["single_transformer_blocks"] = _kept(single, cfg["num_single_layers"], "single-stream")
+        changes["num_single_layers"] = len(renames["single_transformer_blocks"])
+    student = type(teacher).from_config({**cfg, **changes})
+    source = {}  # student tensor name -> teacher tensor name
+    for name in student.state_dict():
+        prefix, _, rest = name.partition(".")
+        if prefix in renames:
+            index, _, rest = rest.partition(".")
+            source[name] = f"{prefix}.{renames[prefix][int(index)]}.{rest}"
+        else:
+            source[name] = name
+    teacher_state, state = teacher.state_dict(), student.state_dict()
+    with torch.no_grad():
+        for name, value in state.items():
+            src = teacher_state[source[name]]
+            if src.shape != value.shape:
+                raise UserError(f"depth pruning: {name} has shape {tuple(value.shape)}, the teacher's "
+                                f"{source[name]} {tuple(src.shape)}")
+            value.copy_(src)
+    return student
+
+
+def _kept(rule: Callable[[int], list[int]], count: int, kind: str) -> list[int]:
+    kept = sorted(set(rule(count)))
+    if not kept or kept[0] < 0 or kept[-1] >= count:
+        raise UserError(f"depth pruning keeps {kind} blocks {kept} of {count}")
+    return kept
+
+
+def every(step: int, *, last: bool = False) -> Callable[[int], list[int]]:
+    """Blocks 0, step, 2 step, ... (and the last one)."""
+    return lambda n: sorted(set(range(0, n, step)) | ({n - 1} if last else set()))
+
+
 PRESETS: dict[str, Callable] = {
     # BK-SDM-Base: one layer fewer per stage; BK-SDM-Small: also no mid-block.
     "bk_base": lambda teacher: block_removed(teacher, drop_layers=1, drop_mid=False),
@@ -140,6 +201,15 @@ PRESETS: dict[str, Callable] = {
     "no_inner_attn": lambda teacher: attention_removed(teacher, stages=[len(teacher.config.down_block_types) - 1]),
     # Same layout, half the widths, random init (a student that cannot copy the teacher).
     "half_width": lambda teacher: narrow(teacher, width=0.5),
+    # SD3-class (MMDiT): every other joint block, the last one kept (SD3-medium: 24 -> 13 blocks).
+    "sd3_half": lambda teacher: depth_pruned(teacher, family="sd3", joint=every(2, last=True)),
+    # SD3-class: the first block, every third, and the last (SD3-medium: 24 -> 9 blocks).
+    "sd3_third": lambda teacher: depth_pruned(teacher, family="sd3", joint=every(3, last=True)),
+    # Flux-class: every double-stream block, every other single-stream block (19 + 38 -> 19 + 19).
+    "flux_half_single": lambda teacher: depth_pruned(teacher, family="flux", joint=lambda n: list(range(n)),
+                                                     single=every(2)),
+    # Flux-class: every other double-stream and single-stream block (19 + 38 -> 10 + 19).
+    "flux_half": lambda teacher: depth_pruned(teacher, family="flux", joint=every(2), single=every(2)),
     # The teacher's own architecture and weights (an upper bound / sanity check).
     "copy": lambda teacher: block_removed(teacher, drop_layers=0, drop_mid=False),
 }

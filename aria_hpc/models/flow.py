@@ -1,0 +1,114 @@
+"""Flow-matching time for a teacher with diffusers' FlowMatchEulerDiscreteScheduler (SD3, Flux, SANA).
+
+The rest of the project indexes time by an integer t in [0, T) (bank entries, the b(t) bins, RC's
+schedule). For a flow teacher, t indexes the scheduler's own training table of noise levels, sorted
+ascending: sigma(t) is the scheduler's `sigmas` (already shifted by its `shift`) read from the clean
+end, so t = 0 is the least noisy and t = T - 1 pure noise, as for DDPM teachers. Then:
+
+- x_t = (1 - sigma) x0 + sigma * noise, and the model is called with timestep sigma * T (what the
+  pipelines pass);
+- the target is the velocity noise - x0 (`prediction_type` "flow" / "v", the scheduler's convention);
+- RC's replacement probability is p(sigma) = exp(-lam (1 - sigma)): RC's exp(-lam (1 - t/T)) with the
+  noise level in place of t/T, so a noisier sample is likelier to have its caption replaced;
+- training time follows the family's density over the unshifted position u = (t + 0.5) / T of the
+  table: SD3's logit-normal (mean 0, std 1; its `shift` is already in the table), or uniform;
+- a caption-replaced sample's t is drawn from density(t) * p(sigma(t)), normalised (exact, over the T
+  table entries), the flow analogue of RC's p(t | replaced);
+- b(t)'s bins are equal widths of sigma.
+
+This is the time half of flow-matching support; the teacher, students and loop that use it are
+described in README's flow-matching section as they land.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from aria_hpc.errors import UserError
+
+DENSITIES = ("logit_normal", "uniform")
+
+
+@dataclass(frozen=True)
+class FlowTime:
+    sigmas: np.ndarray  # (T,) ascending noise levels of the scheduler's training table
+    density: str = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+
+    @classmethod
+    def from_scheduler(cls, scheduler, **density) -> FlowTime:
+        """The training table of a FlowMatchEulerDiscreteScheduler (fresh from its config, so the
+        inference timesteps a pipeline may have set do not leak in)."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+            raise UserError(f"flow time needs a FlowMatchEulerDiscreteScheduler, not {type(scheduler).__name__}")
+        fresh = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config)
+        sigmas = fresh.sigmas.double().numpy()[: fresh.config.num_train_timesteps]
+        return cls(np.sort(sigmas), **density)
+
+    def __post_init__(self) -> None:
+        if self.density not in DENSITIES:
+            raise UserError(f"flow time density '{self.density}': choose one of {', '.join(DENSITIES)}")
+        if self.logit_std <= 0:
+            raise UserError("flow time logit_std must be > 0")
+
+    @property
+    def num_timesteps(self) -> int:
+        return len(self.sigmas)
+
+    def sigma(self, t: np.ndarray) -> np.ndarray:
+        return self.sigmas[np.asarray(t, dtype=np.int64)]
+
+    def model_timestep(self, t: np.ndarray) -> torch.Tensor:
+        """What the transformer is called with: sigma * T, as the pipelines pass it."""
+        return torch.from_numpy(self.sigma(t) * self.num_timesteps).float()
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: np.ndarray) -> torch.Tensor:
+        s = torch.from_numpy(self.sigma(t)).to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
+        return (1 - s) * x0 + s * noise
+
+    @staticmethod
+    def velocity(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The flow-matching target d x_t / d sigma."""
+        return noise - x0
+
+    def weights(self) -> np.ndarray:
+        """(T,) the training density over the table, normalised."""
+        if self.density == "uniform":
+            w = np.ones(self.num_timesteps)
+        else:
+            u = (np.arange(self.num_timesteps) + 0.5) / self.num_timesteps
+            logit = np.log(u / (1 - u))
+            w = np.exp(-0.5 * ((logit - self.logit_mean) / self.logit_std) ** 2) / (u * (1 - u))
+        return w / w.sum()
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """n training timesteps from the density."""
+        return _inverse_cdf(self.weights(), rng, n)
+
+    @staticmethod
+    def replace_probability(sigma: np.ndarray, lam: float) -> np.ndarray:
+        """RC's p(caption replaced | sigma) = exp(-lam (1 - sigma))."""
+        return np.exp(-lam * (1 - np.asarray(sigma, dtype=np.float64)))
+
+    def replaced_weights(self, lam: float) -> np.ndarray:
+        """(T,) p(t | caption replaced), proportional to density(t) * p(sigma(t))."""
+        w = self.weights() * self.replace_probability(self.sigmas, lam)
+        return w / w.sum()
+
+    def sample_replaced(self, rng: np.random.Generator, n: int, lam: float) -> np.ndarray:
+        return _inverse_cdf(self.replaced_weights(lam), rng, n)
+
+    def bins(self, t: np.ndarray, num_bins: int) -> np.ndarray:
+        """b(t)'s bin of each timestep: equal widths of sigma in [0, 1]."""
+        return np.minimum((self.sigma(t) * num_bins).astype(np.int64), num_bins - 1)
+
+
+def _inverse_cdf(weights: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
+    cdf = np.cumsum(weights)
+    return np.minimum(np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right"), len(weights) - 1).astype(np.int64)

@@ -1,0 +1,124 @@
+"""Flow-matching teachers, first half: flow time (aria_hpc/models/flow.py) against diffusers' own
+scheduler and the formulas, and depth-pruned SD3- / Flux-class students on tiny real transformers."""
+
+import numpy as np
+import pytest
+import torch
+
+from aria_hpc.errors import UserError
+from aria_hpc.models.flow import FlowTime
+from aria_hpc.models.students import build_student, depth_pruned
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(shift=3.0)  # SD3's
+
+
+def test_flow_time_is_the_schedulers_table_and_noise(scheduler):
+    ft = FlowTime.from_scheduler(scheduler)
+    assert ft.num_timesteps == 1000 and np.all(np.diff(ft.sigmas) > 0)
+    assert np.allclose(ft.sigmas[::-1], scheduler.sigmas.double().numpy()[:1000])  # the shifted table, ascending
+    scheduler.set_timesteps(28)  # a pipeline's inference steps do not change the training table
+    assert np.array_equal(FlowTime.from_scheduler(scheduler).sigmas, ft.sigmas)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 16, 8, 8, generator=g), torch.randn(4, 16, 8, 8, generator=g)
+    t = np.array([0, 250, 700, 999])
+    s = torch.from_numpy(ft.sigma(t)).float().view(-1, 1, 1, 1)
+    assert torch.allclose(ft.add_noise(x0, noise, t), (1 - s) * x0 + s * noise)
+    fresh = type(scheduler).from_config(scheduler.config)  # diffusers' own forward process at the same timesteps
+    theirs = torch.cat([fresh.scale_noise(x0[i:i + 1], ft.model_timestep(t[i:i + 1]), noise[i:i + 1]) for i in range(4)])
+    assert torch.allclose(ft.add_noise(x0, noise, t), theirs, atol=1e-6)
+    assert torch.equal(FlowTime.velocity(x0, noise), noise - x0)
+    assert np.array_equal(ft.bins(np.array([0, 999]), 10), [0, 9])
+
+
+def test_flow_rc_schedule_matches_its_formula(scheduler):
+    ft = FlowTime.from_scheduler(scheduler)
+    sigma = np.linspace(0, 1, 11)
+    assert np.allclose(FlowTime.replace_probability(sigma, 5.0), np.exp(-5 * (1 - sigma)))
+    assert FlowTime.replace_probability(1.0, 5.0) == 1.0  # pure noise: always replaced
+    w = ft.replaced_weights(5.0)
+    assert np.allclose(w, ft.weights() * np.exp(-5 * (1 - ft.sigmas)) / (ft.weights() * np.exp(-5 * (1 - ft.sigmas))).sum())
+    assert np.allclose(ft.replaced_weights(0.0), ft.weights())  # lam = 0: the training density itself
+    rng = np.random.default_rng(0)
+    t = ft.sample_replaced(rng, 200000, 5.0)
+    hist = np.bincount(t // 100, minlength=10) / len(t)
+    assert np.allclose(hist, w.reshape(10, 100).sum(1), atol=0.005)
+    assert ft.sigma(t).mean() > ft.sigma(ft.sample(rng, 200000)).mean()  # replaced draws are noisier
+
+
+def test_logit_normal_density_is_sd3s():
+    ft = FlowTime(np.linspace(0.001, 1, 1000))
+    u = (np.arange(1000) + 0.5) / 1000
+    mean = (ft.weights() * u).sum()
+    std = np.sqrt((ft.weights() * (u - mean) ** 2).sum())
+    ref = torch.sigmoid(torch.randn(2_000_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    assert mean == pytest.approx(ref.mean().item(), abs=2e-3) and std == pytest.approx(ref.std().item(), abs=2e-3)
+    assert np.allclose(FlowTime(ft.sigmas, density="uniform").weights(), 1 / 1000)
+    with pytest.raises(UserError, match="density"):
+        FlowTime(ft.sigmas, density="cosine")
+
+
+def tiny_sd3(**kw):
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(0)
+    return SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=5, attention_head_dim=8,
+                                 num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16,
+                                 pooled_projection_dim=12, out_channels=4, pos_embed_max_size=8, **kw).eval()
+
+
+def tiny_flux():
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    return FluxTransformer2DModel(patch_size=1, in_channels=8, num_layers=3, num_single_layers=4, attention_head_dim=8,
+                                  num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=12,
+                                  guidance_embeds=True, axes_dims_rope=(2, 2, 4)).eval()
+
+
+def sd3_out(model, g=None):
+    g = torch.Generator().manual_seed(1)
+    x, ctx, pooled = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 5, 16, generator=g), torch.randn(2, 12, generator=g)
+    with torch.no_grad():
+        return model(hidden_states=x, encoder_hidden_states=ctx, pooled_projections=pooled,
+                     timestep=torch.tensor([300.0, 900.0])).sample
+
+
+def test_sd3_depth_pruning_keeps_teacher_blocks():
+    teacher = tiny_sd3(dual_attention_layers=(0, 2))
+    assert torch.equal(sd3_out(depth_pruned(teacher, family="sd3", joint=lambda n: list(range(n)))), sd3_out(teacher))
+    student = build_student("sd3_half", teacher)  # blocks 0, 2, 4 of 5
+    assert student.config.num_layers == 3 and tuple(student.config.dual_attention_layers) == (0, 1)
+    t_state, s_state = teacher.state_dict(), student.state_dict()
+    for j, i in enumerate((0, 2, 4)):
+        block = {k.split(".", 2)[2]: v for k, v in s_state.items() if k.startswith(f"transformer_blocks.{j}.")}
+        assert block and all(torch.equal(v, t_state[f"transformer_blocks.{i}.{k}"]) for k, v in block.items())
+    assert all(torch.equal(v, t_state[k]) for k, v in s_state.items() if not k.startswith("transformer_blocks."))
+    assert sd3_out(student).shape == (2, 4, 8, 8) and not torch.allclose(sd3_out(student), sd3_out(teacher))
+    with pytest.raises(UserError, match="last joint block"):
+        depth_pruned(teacher, family="sd3", joint=lambda n: [0, 1])
+    with pytest.raises(UserError, match="FLUX-class"):
+        build_student("flux_half", teacher)
+
+
+def test_flux_depth_pruning_keeps_teacher_blocks():
+    teacher = tiny_flux()
+    student = build_student("flux_half", teacher)  # double 0, 2 of 3; single 0, 2 of 4
+    assert (student.config.num_layers, student.config.num_single_layers) == (2, 2)
+    t_state, s_state = teacher.state_dict(), student.state_dict()
+    assert torch.equal(s_state["single_transformer_blocks.1.proj_out.weight"], t_state["single_transformer_blocks.2.proj_out.weight"])
+    assert torch.equal(s_state["transformer_blocks.1.ff.net.2.weight"], t_state["transformer_blocks.2.ff.net.2.weight"])
+    assert build_student("flux_half_single", teacher).config.num_layers == 3
+    g = torch.Generator().manual_seed(0)
+    img_ids, txt_ids = torch.zeros(16, 3), torch.zeros(5, 3)
+    with torch.no_grad():
+        out = student(hidden_states=torch.randn(1, 16, 8, generator=g), encoder_hidden_states=torch.randn(1, 5, 16, generator=g),
+                      pooled_projections=torch.randn(1, 12, generator=g), timestep=torch.tensor([0.5]),
+                      img_ids=img_ids, txt_ids=txt_ids, guidance=torch.tensor([3.5])).sample
+    assert out.shape == (1, 16, 8) and torch.isfinite(out).all()
+    with pytest.raises(UserError, match="SD3-class"):
+        build_student("sd3_half", teacher)
