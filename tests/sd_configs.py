@@ -116,6 +116,55 @@ def build_tiny_pipeline(out, kind: str):
     return out
 
 
+def tiny_t5_tokenizer(words):
+    """A T5TokenizerFast over a tiny Unigram vocabulary (the tokenizers library; T5's pad / eos / unk ids
+    0 / 1 / 2 and its Metaspace pre-tokenizer), appending </s> as T5's does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    pieces = sorted({w for text in words for w in text.split()})
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [("\u2581" + w, -1.0) for w in pieces] + [(c, -3.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0)
+
+
+def build_tiny_sd3_pipeline(out, *, t5: bool = True, words=("a", "photo", "of", "red", "blue", "circle", "square")):
+    """Save a tiny real StableDiffusion3Pipeline (two CLIPs with projections, an optional T5, an MMDiT
+    transformer, a 16-channel VAE with a shift factor, SD3's flow scheduler) with save_pretrained."""
+    import torch
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+                           StableDiffusion3Pipeline)
+    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    tokenizer, vocab = tiny_tokenizer(out.parent / f"{out.name}-vocab")
+    tokenizer_2, _ = tiny_tokenizer(out.parent / f"{out.name}-vocab2", pad_token="!")
+    t5_tokenizer = tiny_t5_tokenizer(words)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+                        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 16], layers_per_block=1,
+                        latent_channels=16, norm_num_groups=8, sample_size=PIXELS, scaling_factor=1.5305,
+                        shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False)
+    transformer = SD3Transformer2DModel(sample_size=PIXELS // 2, patch_size=2, in_channels=16, num_layers=3,
+                                        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=48,
+                                        caption_projection_dim=16, pooled_projection_dim=32, out_channels=16,
+                                        pos_embed_max_size=8)
+    t5_model = T5EncoderModel(T5Config(vocab_size=t5_tokenizer.vocab_size, d_model=48, d_kv=8, d_ff=64, num_layers=1,
+                                       num_heads=2, relative_attention_num_buckets=8, pad_token_id=0,
+                                       eos_token_id=1, decoder_start_token_id=0)) if t5 else None
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+        text_encoder=CLIPTextModelWithProjection(tiny_text_config(vocab, projection=16)), tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(tiny_text_config(vocab, width=24, projection=16)),
+        tokenizer_2=tokenizer_2, text_encoder_3=t5_model, tokenizer_3=t5_tokenizer if t5 else None)
+    pipe.save_pretrained(out)
+    return out
+
+
 def tiny_clip_metric_model(out):
     """A tiny transformers CLIPModel with its processor (image processor + tokenizer), saved."""
     import torch

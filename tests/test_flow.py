@@ -122,3 +122,28 @@ def test_flux_depth_pruning_keeps_teacher_blocks():
     assert out.shape == (1, 16, 8) and torch.isfinite(out).all()
     with pytest.raises(UserError, match="SD3-class"):
         build_student("sd3_half", teacher)
+
+
+@pytest.mark.parametrize("t5", [True, False], ids=["clip+t5", "clip-only"])
+def test_sd3_pipeline_conditioning_is_diffusers_encode_prompt(tmp_path, t5):
+    from diffusers import StableDiffusion3Pipeline
+
+    from aria_hpc.conditioning.encoders import open_text_encoder
+    from aria_hpc.models.pipeline import read_layout
+    from sd_configs import build_tiny_sd3_pipeline
+
+    path = build_tiny_sd3_pipeline(tmp_path / "sd3", t5=t5)
+    layout = read_layout(path)
+    assert layout.family == "sd3" and len(layout.text_encoders) == (3 if t5 else 2)
+    prompts = ["a photo of a red circle", "blue square", ""]
+    ours = open_text_encoder(path, None).encode(prompts)
+    pipe = StableDiffusion3Pipeline.from_pretrained(path, **({} if t5 else {"text_encoder_3": None, "tokenizer_3": None}))
+    with torch.no_grad():
+        embeds, _, pooled, _ = pipe.encode_prompt(prompts, prompts, prompts, do_classifier_free_guidance=False)
+    assert ours.tokens.shape == tuple(embeds.shape) and ours.pooled.shape == tuple(pooled.shape)
+    assert np.allclose(ours.tokens, embeds.numpy(), atol=1e-6) and np.allclose(ours.pooled, pooled.numpy(), atol=1e-6)
+    assert ours.mask.all() and not np.allclose(ours.tokens[0], ours.tokens[1])
+    from aria_hpc.models.teacher import load_teacher
+
+    with pytest.raises(UserError, match="flow-matching transformer pipeline.*cannot distil it yet"):
+        load_teacher(path)

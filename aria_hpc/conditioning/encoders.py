@@ -12,6 +12,7 @@ and text encoder(s), used exactly as diffusers' pipelines use them to build `pro
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,13 +119,15 @@ class PipelineTextEncoder:
     are the token states, its pooler output (EOS token) the pooled embedding the regions are built
     from. SDXL: the penultimate hidden states of both encoders, concatenated (768 + 1280 = 2048), and
     `text_encoder_2`'s projected pooled output, which SDXL's UNet takes as `text_embeds`, as the pooled
-    embedding. Masks are all True: Stable Diffusion's UNet attends to the padding tokens too.
+    embedding. SD3 (`StableDiffusion3Pipeline.encode_prompt`): both CLIPs' penultimate hidden states,
+    concatenated and zero-padded to the transformer's joint_attention_dim, then T5's last hidden state
+    (`t5_length` tokens; zeros of that length when the pipeline has no T5) along the sequence; the
+    pooled embedding is both CLIPs' projected pooled outputs, concatenated (`pooled_projections`).
+    Masks are all True: Stable Diffusion's UNet (and SD3's transformer) attends to the padding too.
     """
 
-    def __init__(self, layout, max_length: int | None = None, device: str = "cpu") -> None:
+    def __init__(self, layout, max_length: int | None = None, device: str = "cpu", t5_length: int = 256) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import json
-
         import torch
         import transformers
         from transformers.utils import logging as hf_logging
@@ -132,8 +135,9 @@ class PipelineTextEncoder:
         hf_logging.disable_progress_bar()
         self.layout = layout
         self.model_dir = layout.path
-        self.kind = "sdxl" if layout.xl else "sd"
-        self.max_length = max_length or layout.max_length
+        self.kind = layout.family
+        self.max_length = max_length or layout.max_length  # CLIP tokens
+        self.t5_length = t5_length  # SD3's max_sequence_length (diffusers' default 256)
         self.device = torch.device(device)
         index = json.loads((layout.path / "model_index.json").read_text())
         self.tokenizers, self.models = [], []
@@ -148,6 +152,9 @@ class PipelineTextEncoder:
         self.dim = sum(widths) if layout.xl else widths[0]
         last = self.models[-1].config
         self.pooled_dim = int(getattr(last, "projection_dim", last.hidden_size)) if layout.xl else widths[0]
+        if self.kind == "sd3":
+            self.dim = int(json.loads((layout.path / "transformer" / "config.json").read_text())["joint_attention_dim"])
+            self.pooled_dim = sum(int(m.config.projection_dim) for m in self.models[:2])
 
     @property
     def digest(self) -> str:
@@ -161,12 +168,43 @@ class PipelineTextEncoder:
                                np.zeros((1, self.max_length, self.dim), np.float32), np.ones((1, self.max_length), bool))
         return self.encode([""])
 
+    @property
+    def length(self) -> int:
+        """Tokens per prompt: the CLIP length, plus T5's for SD3."""
+        return self.max_length + (self.t5_length if self.kind == "sd3" else 0)
+
+    def _encode_sd3(self, batch: list[str]):
+        import torch
+
+        hidden, pools = [], []
+        for tokenizer, model in zip(self.tokenizers[:2], self.models[:2]):
+            ids = tokenizer(batch, padding="max_length", truncation=True, max_length=self.max_length,
+                            return_tensors="pt").input_ids.to(self.device)
+            out = model(ids, output_hidden_states=True)
+            hidden.append(out.hidden_states[-2].float())
+            pools.append(out.text_embeds.float())
+        clip = torch.cat(hidden, dim=-1)
+        clip = torch.nn.functional.pad(clip, (0, self.dim - clip.shape[-1]))
+        if len(self.models) == 3:
+            ids = self.tokenizers[2](batch, padding="max_length", truncation=True, max_length=self.t5_length,
+                                     add_special_tokens=True, return_tensors="pt").input_ids.to(self.device)
+            t5 = self.models[2](ids)[0].float()
+        else:
+            t5 = torch.zeros(len(batch), self.t5_length, self.dim)  # as diffusers pads a pipeline without T5
+        return torch.cat([clip, t5], dim=-2), torch.cat(pools, dim=-1)
+
     def encode(self, prompts: list[str], batch_size: int = 256) -> EncodedText:
         import torch
 
         pooled, tokens = [], []
         for start in range(0, len(prompts), batch_size):
             batch = list(prompts[start:start + batch_size])
+            if self.kind == "sd3":
+                with torch.no_grad():
+                    states, pool = self._encode_sd3(batch)
+                tokens.append(states.cpu().numpy())
+                pooled.append(pool.cpu().numpy())
+                continue
             hidden, pool = [], None
             for tokenizer, model in zip(self.tokenizers, self.models):
                 ids = tokenizer(batch, padding="max_length", truncation=True, max_length=self.max_length,
@@ -182,8 +220,9 @@ class PipelineTextEncoder:
             tokens.append(torch.cat(hidden, dim=-1).cpu().numpy())
             pooled.append(pool.cpu().numpy())
         if not pooled:
+            length = self.length or self.max_length
             return EncodedText(np.zeros((0, self.pooled_dim), np.float32),
-                               np.zeros((0, self.max_length, self.dim), np.float32), np.zeros((0, self.max_length), bool))
+                               np.zeros((0, length, self.dim), np.float32), np.zeros((0, length), bool))
         tokens = np.concatenate(tokens)
         return EncodedText(np.concatenate(pooled), tokens, np.ones(tokens.shape[:2], bool))
 

@@ -21,6 +21,7 @@ from aria_hpc.fsio import replaced_dir
 
 INDEX = "model_index.json"
 XL_CLASSES = ("StableDiffusionXLPipeline",)
+SD3_CLASSES = ("StableDiffusion3Pipeline",)  # MMDiT + flow matching: text conditioning so far (README)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class PipelineLayout:
     vae: Path
     xl: bool
     force_zeros_for_empty_prompt: bool  # SDXL: the null text is all zeros (diffusers' default True)
+    family: str = "sd"  # sd (1.x / 2.x), sdxl, or sd3 (two CLIPs + an optional T5, an MMDiT transformer)
 
     @property
     def max_length(self) -> int:
@@ -66,18 +68,24 @@ def read_layout(path: str | Path) -> PipelineLayout:
     index = _json(path / INDEX)
     components = tuple(k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0])
     class_name = str(index.get("_class_name", ""))
-    xl = class_name in XL_CLASSES or "text_encoder_2" in components
-    names = ("text_encoder", "text_encoder_2") if xl else ("text_encoder",)
-    needed = ("unet", "scheduler", "vae", *names, *(n.replace("text_encoder", "tokenizer") for n in names))
+    sd3 = class_name in SD3_CLASSES or "transformer" in components
+    xl = not sd3 and (class_name in XL_CLASSES or "text_encoder_2" in components)
+    names = ("text_encoder", "text_encoder_2") if xl or sd3 else ("text_encoder",)
+    if sd3 and "text_encoder_3" in components:  # T5 is optional, as diffusers allows
+        names += ("text_encoder_3",)
+    needed = ("transformer" if sd3 else "unet", "scheduler", "vae", *names,
+              *(n.replace("text_encoder", "tokenizer") for n in names))
     missing = [n for n in needed if n not in components or not (path / n).is_dir()]
     if missing:
         raise UserError(f"the pipeline {path} ({class_name or 'no _class_name'}) lacks {', '.join(missing)}: "
-                        "a teacher pipeline needs unet, scheduler, vae, text encoder(s) and tokenizer(s)")
+                        f"a teacher pipeline needs {'transformer' if sd3 else 'unet'}, scheduler, vae, text "
+                        "encoder(s) and tokenizer(s)")
     return PipelineLayout(
         path=path, class_name=class_name, components=components,
         text_encoders=tuple(path / n for n in names),
         tokenizers=tuple(path / n.replace("text_encoder", "tokenizer") for n in names),
-        vae=path / "vae", xl=xl, force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", xl)))
+        vae=path / "vae", xl=xl, force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", xl)),
+        family="sd3" if sd3 else "sdxl" if xl else "sd")
 
 
 def _link_or_copy(src: Path, dst: Path) -> str:

@@ -104,6 +104,10 @@ def load_pipeline_teacher(path: Path) -> Teacher:
     from aria_hpc.models.pipeline import read_layout
 
     layout = read_layout(path)
+    if layout.family == "sd3":
+        raise UserError(f"{path} is a flow-matching transformer pipeline ({layout.class_name}): aria_hpc embeds "
+                        "its prompts (aria-hpc embed) but cannot distil it yet; teachers are UNet pipelines "
+                        "(SD-1.x, 2.x, SDXL) or `aria-hpc teacher` directories")
     config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
     # the training schedule only: sampler-specific keys (PNDM's skip_prk_steps, ...) do not apply
     keep = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
