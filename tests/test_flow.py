@@ -147,3 +147,17 @@ def test_sd3_pipeline_conditioning_is_diffusers_encode_prompt(tmp_path, t5):
 
     with pytest.raises(UserError, match="flow-matching transformer pipeline.*cannot distil it yet"):
         load_teacher(path)
+    if t5:  # embed and regions run on it through the CLI, and store exactly that conditioning
+        import h5py
+        import yaml
+
+        from aria_hpc.cli import main
+
+        (tmp_path / "caps.txt").write_text("\n".join(prompts[:2] + ["a photo of a blue circle", "red square"]) + "\n")
+        config = tmp_path / "sd3.yaml"
+        config.write_text(yaml.safe_dump({"teacher": {"dir": str(path)}, "pool": {"files": [str(tmp_path / "caps.txt")]},
+                                          "embed": {"dir": str(tmp_path / "emb")},
+                                          "regions": {"path": str(tmp_path / "emb" / "regions.h5"), "k": 2, "niter": 3}}))
+        assert main(["embed", str(config), "--quiet"]) == 0 and main(["regions", str(config)]) == 0
+        with h5py.File(tmp_path / "emb" / "shard-00000-of-00001.h5", "r") as f:
+            assert np.allclose(f["tokens"][:2], embeds[:2].numpy(), atol=1e-3)  # stored as float16

@@ -87,7 +87,7 @@ def build_shard(embed_dir: Path, pool: PromptPool, encoder, index: int, shards: 
     start, stop = expect["start"], expect["stop"]
     if check_complete_shard(embed_dir, expect, index, shards):
         return ShardResult(index, stop - start, stop - start)
-    n, d, length = stop - start, encoder.dim, encoder.max_length
+    n, d, length = stop - start, encoder.dim, encoder.length
     chunk_rows = max(1, min(batch_size, n))
     datasets = {"pooled": ((n, getattr(encoder, "pooled_dim", d)), np.float16, (chunk_rows, getattr(encoder, "pooled_dim", d)))}
     if store_tokens:

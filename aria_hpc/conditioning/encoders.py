@@ -76,6 +76,11 @@ class TextEncoder:
         self.dim = int(self.model.config.hidden_size)
         self.pooled_dim = self.dim
 
+    @property
+    def length(self) -> int:
+        """Tokens per prompt."""
+        return self.max_length
+
     def null(self) -> EncodedText:
         """The null text (classifier-free guidance, RC's null draws): the empty prompt, encoded."""
         return self.encode([""])

@@ -127,7 +127,7 @@ def resolve_teacher(cfg: Config) -> None:
         layout = read_layout(cfg.teacher.dir)
     except UserError as exc:
         raise ConfigError(f"teacher.dir: {exc}") from None
-    own = {"text_encoder.dir": (cfg.teacher.dir, {layout.path, *layout.text_encoders[:1]} if not layout.xl
+    own = {"text_encoder.dir": (cfg.teacher.dir, {layout.path, *layout.text_encoders[:1]} if layout.family == "sd"
                                 else {layout.path}),
            "bank.vae_dir": (str(layout.vae), {layout.vae})}
     for key, (default, accepted) in own.items():
