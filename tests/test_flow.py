@@ -161,3 +161,27 @@ def test_sd3_pipeline_conditioning_is_diffusers_encode_prompt(tmp_path, t5):
         assert main(["embed", str(config), "--quiet"]) == 0 and main(["regions", str(config)]) == 0
         with h5py.File(tmp_path / "emb" / "shard-00000-of-00001.h5", "r") as f:
             assert np.allclose(f["tokens"][:2], embeds[:2].numpy(), atol=1e-3)  # stored as float16
+
+
+def test_flow_sampler_is_the_sd3_pipelines_own(tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+
+    from aria_hpc.conditioning.encoders import open_text_encoder
+    from aria_hpc.models.flow import flow_sample
+    from sd_configs import build_tiny_sd3_pipeline
+
+    path = build_tiny_sd3_pipeline(tmp_path / "sd3")
+    pipe = StableDiffusion3Pipeline.from_pretrained(path)
+    encoder = open_text_encoder(path, None)
+    prompts = ["a photo of a red circle", "blue square"]
+    text, null = encoder.encode(prompts), encoder.encode([""])
+    size = pipe.transformer.config.sample_size
+    latents = torch.randn(2, 16, size, size, generator=torch.Generator().manual_seed(0))
+    for guidance in (1.0, 7.0):
+        theirs = pipe(prompts, negative_prompt="", num_inference_steps=4, guidance_scale=guidance, latents=latents,
+                      output_type="latent").images
+        ours = flow_sample(pipe.transformer, pipe.scheduler, torch.from_numpy(text.tokens), torch.from_numpy(text.pooled),
+                           latents, steps=4, guidance=guidance, null_tokens=torch.from_numpy(null.tokens),
+                           null_pooled=torch.from_numpy(null.pooled))
+        assert torch.allclose(ours, theirs, atol=1e-5), (guidance, (ours - theirs).abs().max())
+    assert not torch.allclose(ours, latents)

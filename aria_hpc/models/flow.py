@@ -112,3 +112,33 @@ class FlowTime:
 def _inverse_cdf(weights: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
     cdf = np.cumsum(weights)
     return np.minimum(np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right"), len(weights) - 1).astype(np.int64)
+
+
+@torch.no_grad()
+def flow_sample(transformer, scheduler, tokens: torch.Tensor, pooled: torch.Tensor, latents: torch.Tensor, *,
+                steps: int, guidance: float = 1.0, null_tokens: torch.Tensor | None = None,
+                null_pooled: torch.Tensor | None = None) -> torch.Tensor:
+    """Latents sampled from an SD3-class transformer with the pipeline's own flow scheduler (a fresh copy
+    of its config, `steps` Euler steps) from the given initial latents, with classifier-free guidance
+    uncond + guidance * (cond - uncond) on the null text's (1, L, D) / (1, P) rows, the order and
+    arithmetic of StableDiffusion3Pipeline.__call__."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    sched = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config)
+    sched.set_timesteps(steps)
+    n, guided = len(latents), guidance > 1.0
+    if guided and (null_tokens is None or null_pooled is None):
+        raise ValueError("classifier-free guidance needs the null text's tokens and pooled embedding")
+    if guided:
+        tokens = torch.cat([null_tokens.expand(n, *null_tokens.shape[1:]), tokens])
+        pooled = torch.cat([null_pooled.expand(n, *null_pooled.shape[1:]), pooled])
+    x = latents
+    for t in sched.timesteps:
+        inp = torch.cat([x, x]) if guided else x
+        v = transformer(hidden_states=inp, timestep=t.expand(len(inp)), encoder_hidden_states=tokens,
+                        pooled_projections=pooled, return_dict=False)[0]
+        if guided:
+            uncond, cond = v.chunk(2)
+            v = uncond + guidance * (cond - uncond)
+        x = sched.step(v, t, x, return_dict=False)[0]
+    return x
