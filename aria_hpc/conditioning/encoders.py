@@ -154,12 +154,14 @@ class PipelineTextEncoder:
             self.tokenizers.append(transformers.AutoTokenizer.from_pretrained(tok_dir, local_files_only=True))
             self.models.append(cls.from_pretrained(enc_dir, local_files_only=True).to(self.device).eval())
         widths = [int(m.config.hidden_size) for m in self.models]
-        self.dim = sum(widths) if layout.xl else widths[0]
         last = self.models[-1].config
-        self.pooled_dim = int(getattr(last, "projection_dim", last.hidden_size)) if layout.xl else widths[0]
-        if self.kind == "sd3":
+        if self.kind == "sd3":  # token states padded to the transformer's width; both CLIPs' projections
             self.dim = int(json.loads((layout.path / "transformer" / "config.json").read_text())["joint_attention_dim"])
             self.pooled_dim = sum(int(m.config.projection_dim) for m in self.models[:2])
+        elif layout.xl:
+            self.dim, self.pooled_dim = sum(widths), int(getattr(last, "projection_dim", last.hidden_size))
+        else:
+            self.dim = self.pooled_dim = widths[0]
 
     @property
     def digest(self) -> str:
@@ -225,9 +227,8 @@ class PipelineTextEncoder:
             tokens.append(torch.cat(hidden, dim=-1).cpu().numpy())
             pooled.append(pool.cpu().numpy())
         if not pooled:
-            length = self.length or self.max_length
             return EncodedText(np.zeros((0, self.pooled_dim), np.float32),
-                               np.zeros((0, length, self.dim), np.float32), np.zeros((0, length), bool))
+                               np.zeros((0, self.length, self.dim), np.float32), np.zeros((0, self.length), bool))
         tokens = np.concatenate(tokens)
         return EncodedText(np.concatenate(pooled), tokens, np.ones(tokens.shape[:2], bool))
 

@@ -32,9 +32,12 @@ class PipelineLayout:
     text_encoders: tuple[Path, ...]  # text_encoder[, text_encoder_2]
     tokenizers: tuple[Path, ...]
     vae: Path
-    xl: bool
     force_zeros_for_empty_prompt: bool  # SDXL: the null text is all zeros (diffusers' default True)
     family: str = "sd"  # sd (1.x / 2.x), sdxl, or sd3 (two CLIPs + an optional T5, an MMDiT transformer)
+
+    @property
+    def xl(self) -> bool:
+        return self.family == "sdxl"
 
     @property
     def max_length(self) -> int:
@@ -84,7 +87,7 @@ def read_layout(path: str | Path) -> PipelineLayout:
         path=path, class_name=class_name, components=components,
         text_encoders=tuple(path / n for n in names),
         tokenizers=tuple(path / n.replace("text_encoder", "tokenizer") for n in names),
-        vae=path / "vae", xl=xl, force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", xl)),
+        vae=path / "vae", force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", xl)),
         family="sd3" if sd3 else "sdxl" if xl else "sd")
 
 
