@@ -95,7 +95,7 @@ class Heartbeat:
         self.latest = text
 
     def _run(self) -> None:
-        while not self._stop.wait(min(1.0, self.every)):  # (every = inf: never)
+        while not self._stop.wait(min(1.0, self.every)):
             with self._lock:
                 now = time.monotonic()
                 if now - self._last >= self.every:
@@ -103,12 +103,14 @@ class Heartbeat:
                     self._log(f"{self.name}: {now - self.t0:.0f}s" + (f", {self.latest}" if self.latest else ""))
 
     def __enter__(self) -> "Heartbeat":
-        self._thread.start()
+        if math.isfinite(self.every):  # every = inf: the stage shows its own progress, no thread
+            self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
 
 def where_the_time_went(result: dict) -> str:
