@@ -32,8 +32,8 @@ class RunContext:
     null_tokens: np.ndarray  # (1, L, D) float16
     null_mask: np.ndarray  # (1, L) bool
     fingerprint: dict
-    null_pooled: np.ndarray | None = None  # (1, P) float16: SDXL's text_embeds of the null text
-    pixels: int = 0  # SDXL: the image side its size conditioning (time_ids) names
+    null_pooled: np.ndarray | None = None  # (1, P) float16: SDXL's text_embeds (SD3's pooled) of the null text
+    pixels: int = 0  # SDXL: the image side its size conditioning (time_ids) names; 0: no time_ids
     encoder: object = None  # the text encoder: encodes prompts on the fly when the store holds no tokens
 
     def cond(self, cond: np.ndarray) -> UNetCond:
@@ -54,7 +54,8 @@ class RunContext:
             pooled = np.broadcast_to(self.null_pooled, (n, self.null_pooled.shape[1])).copy()
             if len(real):
                 pooled[real] = self.store.pooled_of(cond[real]) if fresh is None else fresh.pooled.astype(np.float16)
-            out.pooled, out.time_ids = torch.from_numpy(pooled).float(), sdxl_time_ids(n, self.pixels)
+            out.pooled = torch.from_numpy(pooled).float()
+            out.time_ids = sdxl_time_ids(n, self.pixels) if self.pixels else None
         return out
 
     def null_cond(self) -> UNetCond:
@@ -81,7 +82,7 @@ def load_context(cfg: Config, *, need_bank_dir: bool = True) -> RunContext:
 
     if need_bank_dir and not cfg.bank.dir:
         raise UserError("bank.dir is not set: give the directory the bank lives in (bank.dir=runs/bank)")
-    teacher = load_teacher(cfg.teacher.dir)
+    teacher = load_teacher(cfg.teacher.dir, cfg.teacher.time_settings())
     store = EmbeddingStore(cfg.embed.dir, cfg.embed.shards)
     regions = load_matching_regions(cfg, store)
     teacher_encoder = teacher.meta.get("text_encoder", {}).get("digest")
@@ -103,9 +104,8 @@ def load_context(cfg: Config, *, need_bank_dir: bool = True) -> RunContext:
         raise UserError(f"the paired set has shape {x0.shape[1:]} but the teacher takes "
                         f"({unet_cfg.in_channels}, {unet_cfg.sample_size}, {unet_cfg.sample_size}): "
                         "set bank.vae_dir for a latent teacher, or use a pixel teacher of that resolution")
-    conditioning = RCSchedule(captions, regions.region, teacher.scheduler.config.num_train_timesteps,
-                              cfg.rc.lam, cfg.rc.null_text_prob, regions.order,
-                              regions.sizes if regions.order is not None else None)
+    conditioning = RCSchedule(captions, regions.region, teacher.num_timesteps, cfg.rc.lam, cfg.rc.null_text_prob,
+                              regions.order, regions.sizes if regions.order is not None else None, teacher.time)
     fingerprint = bank_fingerprint(cfg, teacher, store, regions, image_set)
     return replace(base, conditioning=conditioning, x0=x0, fingerprint=fingerprint)
 
@@ -142,6 +142,7 @@ def conditioning_context(cfg: Config, teacher, store) -> RunContext:
         raise UserError(f"text_encoder.dir is not the encoder {cfg.embed.dir} was embedded with: set it to that one")
     null = encoder.null()
     xl = teacher.unet.config.get("addition_embed_type") == "text_time"
+    pooled = xl or teacher.time is not None  # SDXL's text_embeds, SD3's pooled projections
     return RunContext(cfg, teacher, store, None, None, null.tokens.astype(np.float16), null.mask, {},
-                      null.pooled.astype(np.float16) if xl else None,
-                      teacher.unet.config.sample_size * teacher.meta.get("vae_scale_factor", 1), encoder)
+                      null.pooled.astype(np.float16) if pooled else None,
+                      teacher.unet.config.sample_size * teacher.meta.get("vae_scale_factor", 1) if xl else 0, encoder)

@@ -104,10 +104,14 @@ class Maker:
             self._pipe.set_progress_bar_config(disable=True)
         return self._pipe
 
+    @property
+    def denoiser(self):
+        """The pipeline's UNet, or an SD3-class pipeline's transformer."""
+        return getattr(self.pipe, "unet", None) or self.pipe.transformer
+
     def latent_shape(self) -> tuple[int, int, int]:
-        pipe = self.pipe
-        side = pipe.unet.config.sample_size
-        return (pipe.unet.config.in_channels, side, side)
+        config = self.denoiser.config
+        return (config.in_channels, config.sample_size, config.sample_size)
 
     def make(self, start: int, stop: int) -> np.ndarray:
         """Latents of rows [start, stop) of the chosen rows, float32."""
@@ -115,18 +119,20 @@ class Maker:
         ids = self.ids[start:stop]
         if self.source == "teacher":
             gens = [torch.Generator().manual_seed(row_seed(self.cfg.seed, int(i))) for i in ids]
-            side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+            side = self.denoiser.config.sample_size * pipe.vae_scale_factor
             noise = torch.stack([torch.randn(self.latent_shape(), generator=g) for g in gens])
             with torch.no_grad():
                 out = pipe(self.pool.text(ids), num_inference_steps=self.cfg.pairs.steps,
                            guidance_scale=self.cfg.pairs.guidance_scale, height=side, width=side,
-                           latents=noise.to(pipe.device, pipe.unet.dtype), output_type="latent")
+                           latents=noise.to(pipe.device, self.denoiser.dtype), output_type="latent")
             return out.images.float().cpu().numpy()
         pixels = np.stack([load_image(p, self.latent_shape()[1] * pipe.vae_scale_factor)
                            for p in self.images[start:stop]])
+        from aria_hpc.bank.paired import to_latent
+
         with torch.no_grad():
             x = torch.from_numpy(pixels).to(pipe.device, pipe.vae.dtype)
-            return (pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor).float().cpu().numpy()
+            return to_latent(pipe.vae, x).float().cpu().numpy()
 
 
 def row_seed(seed: int, prompt_id: int) -> int:

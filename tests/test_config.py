@@ -104,7 +104,8 @@ def _numeric_keys():
     return out
 
 
-SIGNED = {"simulate.drift_per_step"}  # the only numeric fields where a negative value means something
+# the only numeric fields where a negative value means something
+SIGNED = {"simulate.drift_per_step", "teacher.logit_mean"}
 
 
 @pytest.mark.parametrize("key", _numeric_keys())

@@ -1,5 +1,7 @@
-"""Flow-matching teachers, first half: flow time (aria_hpc/models/flow.py) against diffusers' own
-scheduler and the formulas, and depth-pruned SD3- / Flux-class students on tiny real transformers."""
+"""Flow-matching teachers: flow time (aria_hpc/models/flow.py) against diffusers' own scheduler and the
+formulas, the bank's RC schedule in flow time, the SD3 teacher's conditioning and denoiser against
+diffusers', and depth-pruned SD3- / Flux-class students on tiny real transformers. The whole path
+from an SD3 pipeline directory to an exported student is test_sd_pipelines.py's."""
 
 import numpy as np
 import pytest
@@ -48,6 +50,24 @@ def test_flow_rc_schedule_matches_its_formula(scheduler):
     hist = np.bincount(t // 100, minlength=10) / len(t)
     assert np.allclose(hist, w.reshape(10, 100).sum(1), atol=0.005)
     assert ft.sigma(t).mean() > ft.sigma(ft.sample(rng, 200000)).mean()  # replaced draws are noisier
+
+
+def test_a_flow_teachers_bank_follows_rc_in_flow_time(scheduler):
+    """The bank plan in flow time: t from the training density, a caption replaced with probability
+    exp(-lam (1 - sigma(t))) (binned over sigma, against the formula), top-ups from p(t | replaced)."""
+    from aria_hpc.bank.plan import RCSchedule, draw_entries, plan_bank
+
+    ft = FlowTime.from_scheduler(scheduler)
+    cond = RCSchedule(np.arange(50)[:, None], np.arange(400) % 8, 1000, 5.0, 0.0, time=ft)
+    cols = draw_entries(cond, np.random.default_rng(0), 200000)
+    bins = ft.bins(cols["t"], 10)
+    replaced = np.array([(~cols["paired"][bins == b]).mean() for b in range(10)])
+    expected = np.array([ft.replace_probability(ft.sigma(cols["t"][bins == b]), 5.0).mean() for b in range(10)])
+    assert np.allclose(replaced, expected, atol=0.01) and replaced[-1] > 0.6 and replaced[0] < 0.03
+    hist = np.bincount(cols["t"] // 100, minlength=10) / len(cols["t"])
+    assert np.allclose(hist, ft.weights().reshape(10, 100).sum(1), atol=0.005)  # logit-normal over the table
+    plan = plan_bank(cond, entries=100, min_per_region=30, seed=0)  # mostly top-ups: p(t | replaced)
+    assert ft.sigma(plan["t"][~plan["paired"]]).mean() > ft.sigma(plan["t"][plan["paired"]]).mean()
 
 
 def test_logit_normal_density_is_sd3s():
@@ -145,8 +165,16 @@ def test_sd3_pipeline_conditioning_is_diffusers_encode_prompt(tmp_path, t5):
     assert ours.mask.all() and not np.allclose(ours.tokens[0], ours.tokens[1])
     from aria_hpc.models.teacher import load_teacher
 
-    with pytest.raises(UserError, match="flow-matching transformer pipeline.*cannot distil it yet"):
-        load_teacher(path)
+    teacher = load_teacher(path, {"density": "uniform"})  # the denoiser: the transformer at sigma(t) * T
+    assert teacher.component == "transformer" and teacher.time.density == "uniform"
+    assert teacher.time.sigmas[-1] == 1.0 and teacher.scheduler.config.shift == 3.0
+    x, t = torch.randn(2, 16, 8, 8), np.array([10, 900])
+    tokens, pooled = torch.from_numpy(ours.tokens[:2]), torch.from_numpy(ours.pooled[:2])
+    with torch.no_grad():
+        got = teacher.unet(x, torch.from_numpy(t), tokens, added_cond_kwargs={"text_embeds": pooled}).sample
+        want = pipe.transformer(hidden_states=x, timestep=torch.from_numpy(teacher.time.sigma(t) * 1000).float(),
+                                encoder_hidden_states=tokens, pooled_projections=pooled).sample
+    assert torch.allclose(got, want, atol=1e-6)
     if t5:  # embed and regions run on it through the CLI, and store exactly that conditioning
         import h5py
         import yaml

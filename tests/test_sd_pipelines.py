@@ -13,7 +13,7 @@ import yaml
 
 from aria_hpc.config import load_config
 from aria_hpc.errors import ConfigError
-from sd_configs import PIXELS, build_tiny_pipeline, tiny_clip_metric_model, tiny_inception
+from sd_configs import PIXELS, build_tiny_pipeline, build_tiny_sd3_pipeline, tiny_clip_metric_model, tiny_inception
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,8 @@ def write_world(root, kind, *, metrics=True):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pipe = build_tiny_pipeline(root / kind, kind)
+    pipe = (build_tiny_sd3_pipeline(root / kind, words=CAPTIONS) if kind == "sd3"
+            else build_tiny_pipeline(root / kind, kind))
     (root / "pool").mkdir(exist_ok=True)
     half = len(CAPTIONS) // 2
     pq.write_table(pa.table({"caption": CAPTIONS[:half], "url": [f"u{i}" for i in range(half)]}),
@@ -43,7 +44,7 @@ def write_world(root, kind, *, metrics=True):
            "embed": {"dir": str(root / "emb")}, "regions": {"path": str(root / "emb" / "regions.h5"), "k": 4, "niter": 5},
            "bank": {"dir": str(root / "bank"), "entries": 64, "shards": 2, "batch_size": 32, "min_per_region": 2,
                     "pairs": str(root / "pairs.h5")},
-           "student": {"preset": "bk_tiny" if kind != "sdxl" else "sdxl_tiny"},
+           "student": {"preset": {"sdxl": "sdxl_tiny", "sd3": "sd3_half"}.get(kind, "bk_tiny")},
            "train": {"steps": 4, "micro_batch_per_gpu": 8, "log_every": 1, "checkpoint_every": 2, "lr": 1e-3},
            "aria": {"warmup_steps": 1, "sync_every": 2},
            "eval": {"per_region": 2, "per_group": 6, "per_split_group": 8, "sample_steps": 2, "batch_size": 16, "grid": 4},
@@ -227,3 +228,69 @@ def test_clip_score_is_the_models_own_image_text_similarity(tmp_path):
     cos = torch.diagonal(logits).double() / model.logit_scale.detach().exp().double()
     assert np.allclose(ours, (100 * cos.clamp(min=0)).numpy(), atol=1e-3)
     assert (ours >= 0).all() and (ours <= 100).all()
+
+
+def test_sd3_flow_pipeline_from_its_directory_to_an_exported_student(tmp_path, aria_cli):
+    """An SD3-class pipeline (two CLIPs, T5, MMDiT, flow scheduler with shift 3, a VAE with a shift factor)
+    through the commands an SD-1.5 user runs: embed, regions, bank, train (rc; aria with alpha = 0 draws
+    and trains exactly as rc; aria on two ranks through the deepspeed launcher), eval, and the exported
+    pipeline loaded and sampled by plain diffusers in a fresh process."""
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+    from test_hybrid import metrics
+    from test_train import run_module
+
+    from aria_hpc.bank.reader import Bank
+
+    path, pipe = write_world(tmp_path, "sd3", metrics=False)
+    for command in ("embed", "regions", "bank"):
+        ok(aria_cli(command, str(path), *(["--quiet"] if command != "regions" else [])))
+    bank = Bank(tmp_path / "bank")
+    cols = bank.columns
+    assert bank.fingerprint["sampling"]["time"] == {"density": "logit_normal", "logit_mean": 0.0, "logit_std": 1.0}
+    assert json.loads(bank.fingerprint["scheduler_config"])["shift"] == 3.0
+    # the banked outputs are the transformer's at timestep sigma * T, on x_t = (1 - sigma) x0 + sigma noise
+    from aria_hpc.bank.noise import entry_noise
+    from aria_hpc.config import load_config
+    from aria_hpc.context import load_context
+
+    ctx = load_context(load_config(path))
+    row = int(np.flatnonzero(cols["cond"] >= 0)[0])
+    sigma = ctx.teacher.time.sigma(cols["t"][row:row + 1])
+    x0 = torch.from_numpy(ctx.x0[cols["image"][row:row + 1]]).float()
+    x_t = (1 - float(sigma[0])) * x0 + float(sigma[0]) * entry_noise(cols["seed"][row:row + 1], tuple(x0.shape[1:]))
+    c = ctx.cond(cols["cond"][row:row + 1])
+    with torch.no_grad():
+        want = ctx.teacher.unet.transformer(hidden_states=x_t, timestep=torch.tensor(sigma * 1000, dtype=torch.float32),
+                                            encoder_hidden_states=c.tokens, pooled_projections=c.pooled).sample
+    got = torch.from_numpy(bank.read_outputs(np.array([row])).astype(np.float32))
+    assert torch.allclose(got, want, atol=2e-3), (got - want).abs().max()
+
+    runs = {}
+    for name, args in (("rc", ["train.policy=rc"]), ("alpha0", ["train.policy=aria", "aria.alpha=0.0"])):
+        runs[name] = tmp_path / name
+        ok(aria_cli("train", str(path), *args, f"run.dir={runs[name]}"))
+    assert [r["loss"] for r in metrics(runs["rc"])] == [r["loss"] for r in metrics(runs["alpha0"])]
+    runs["aria"] = tmp_path / "aria"
+    ok(run_module([str(path), "train.policy=aria", f"run.dir={runs['aria']}"], world=2))
+    exported = runs["aria"] / "pipeline"
+    assert json.loads((exported / "transformer" / "config.json").read_text())["num_layers"] == 2  # sd3_half of 3
+    assert (exported / "vae" / "config.json").stat().st_ino == (pipe / "vae" / "config.json").stat().st_ino
+    assert "student transformer" in (exported / "README.md").read_text()
+
+    ok(aria_cli("eval", str(runs["rc"]), str(runs["aria"]), timeout=600))
+    result = json.loads((runs["aria"] / "eval.json").read_text())
+    assert result["eval"]["guidance_scale"] == 7.0  # StableDiffusion3Pipeline's default
+    assert np.isfinite(result["groups"]["all"]["mse"]["mean"]) and np.isfinite(result["groups"]["unlabelled"]["pixel_mse"]["mean"])
+    assert "flow Euler steps" in (exported / "README.md").read_text()
+
+    code = ("import sys, numpy as np\nfrom diffusers import DiffusionPipeline\n"
+            "pipe = DiffusionPipeline.from_pretrained(sys.argv[1])\n"
+            f"out = pipe('a photo of a red star', num_inference_steps=2, height={PIXELS}, width={PIXELS}, output_type='np')\n"
+            "img = out.images[0]\nassert img.shape == (16, 16, 3) and np.isfinite(img).all(), img.shape\n"
+            "print(type(pipe).__name__, pipe.transformer.config.num_layers)\n")
+    res = ok(subprocess.run([sys.executable, "-c", code, str(exported)], env={**cli_env(), "HF_HUB_OFFLINE": "1"},
+                            capture_output=True, text=True, timeout=300))
+    assert res.stdout.split() == ["StableDiffusion3Pipeline", "2"]

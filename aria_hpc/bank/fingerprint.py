@@ -37,16 +37,19 @@ def bank_fingerprint(cfg, teacher, store, regions, image_set: str) -> dict:
     from aria_hpc.conditioning.encoders import directory_digest
 
     b = cfg.bank
+    sampling = {"entries": b.entries, "shards": b.shards, "seed": cfg.seed, "lam": cfg.rc.lam,
+                "null_text_prob": cfg.rc.null_text_prob, "min_per_region": b.min_per_region,
+                "features": list(b.features), "space": "latent" if b.vae_dir else "pixel"}
+    if teacher.time is not None:  # a flow teacher's training density decides the banked timesteps
+        sampling["time"] = cfg.teacher.time_settings()
     return {
         "schema_version": SCHEMA_VERSION,
-        "teacher_digest": directory_digest(teacher.path / "unet"),
+        "teacher_digest": directory_digest(teacher.path / teacher.component),
         "scheduler_config": scheduler_fingerprint(teacher.scheduler),
         "text_encoder_digest": store.encoder_digest,
         "image_set_digest": image_set,
         "prompt_pool_digest": store.pool.digest,
         "regions_digest": array_digest(regions.region),
         "dtype": "float16",
-        "sampling": {"entries": b.entries, "shards": b.shards, "seed": cfg.seed, "lam": cfg.rc.lam,
-                     "null_text_prob": cfg.rc.null_text_prob, "min_per_region": b.min_per_region,
-                     "features": list(b.features), "space": "latent" if b.vae_dir else "pixel"},
+        "sampling": sampling,
     }

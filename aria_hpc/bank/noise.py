@@ -14,6 +14,7 @@ def entry_noise(seeds: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def noised_inputs(scheduler, x0: torch.Tensor, t: np.ndarray, seeds: np.ndarray) -> torch.Tensor:
-    """x_t of each entry, regenerated from (x0, t, seed) exactly as the bank writer made it."""
+    """x_t of each entry, regenerated from (x0, t, seed) exactly as the bank writer made it. scheduler:
+    anything with add_noise(x0, noise, t), the teacher's noise_schedule (a DDPMScheduler or a FlowTime)."""
     noise = entry_noise(seeds, tuple(x0.shape[1:]))
     return scheduler.add_noise(x0, noise, torch.from_numpy(np.asarray(t, dtype=np.int64)))

@@ -148,8 +148,20 @@ def image_set_digest(cfg: Config, images: np.ndarray, captions: np.ndarray) -> s
     return hashlib.sha256(f"{array_digest(images, captions)}:{vae}".encode()).hexdigest()
 
 
+def to_latent(vae, x: torch.Tensor) -> torch.Tensor:
+    """Model-space latents of images in [-1, 1]: (posterior mean - shift_factor) * scaling_factor, as the
+    pipelines scale them (SD3's VAE has a shift factor, SD's none)."""
+    shift = vae.config.get("shift_factor") or 0.0
+    return (vae.encode(x).latent_dist.mean - shift) * vae.config.scaling_factor
+
+
+def from_latent(vae, z: torch.Tensor) -> torch.Tensor:
+    """Images of model-space latents (to_latent's inverse before decoding)."""
+    return vae.decode(z / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0.0)).sample
+
+
 def encode_latents(vae_dir: str, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """VAE posterior means times the VAE's scaling factor (deterministic), float32."""
+    """VAE posterior means in model space (to_latent; deterministic), float32."""
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(vae_dir, low_cpu_mem_usage=False).eval()
@@ -157,7 +169,7 @@ def encode_latents(vae_dir: str, images: np.ndarray, batch_size: int) -> np.ndar
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             x = torch.from_numpy(images[start:start + batch_size])
-            out.append(vae.encode(x).latent_dist.mean * vae.config.scaling_factor)
+            out.append(to_latent(vae, x))
     return torch.cat(out).numpy().astype(np.float32)
 
 

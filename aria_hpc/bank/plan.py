@@ -5,6 +5,10 @@ probability ``p_rc(t) = exp(-lam (1 - t/T))`` its caption replaced by a prompt d
 the pool; then null-text dropout. A top-up then gives every non-empty region at least
 ``min_per_region`` random-conditioned entries (timesteps drawn from RC's p(t | replaced)), so ARIA
 can draw from any region. The noise of an entry is never stored: it is regenerated from its seed.
+
+For a flow-matching teacher (`time`, a models.flow.FlowTime) the same schedule runs in flow time: t
+from the teacher family's training density, p_rc(sigma) = exp(-lam (1 - sigma)), and p(t | replaced)
+proportional to their product.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class RCSchedule:
     null_text_prob: float
     order: np.ndarray | None = None  # prompts grouped by region, as regions.h5 stores it (else computed)
     sizes: np.ndarray | None = None  # prompts per region, as regions.h5 stores it (else counted)
+    time: object = None  # models.flow.FlowTime of a flow-matching teacher; None: t ~ U[0, T)
 
     def __post_init__(self) -> None:
         if not np.issubdtype(np.asarray(self.region_of_prompt[:0]).dtype, np.integer):
@@ -50,8 +55,21 @@ class RCSchedule:
         """One prompt uniformly inside each given region (regions must be non-empty)."""
         return self.index.pick(regions, rng.random(len(regions)))
 
+    def timesteps(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """n training timesteps: uniform on [0, T), or the flow teacher's density."""
+        return rng.integers(0, self.num_timesteps, n) if self.time is None else self.time.sample(rng, n)
+
+    def replace_probability(self, t: np.ndarray) -> np.ndarray:
+        """RC's p(caption replaced | t): exp(-lam (1 - t/T)), or exp(-lam (1 - sigma(t))) in flow time."""
+        if self.time is None:
+            return rc_replace_probability(t, self.num_timesteps, self.lam)
+        return self.time.replace_probability(self.time.sigma(t), self.lam)
+
     def rc_timesteps(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """t from p(t | caption replaced) ~ exp(lam t / T) on [0, T) (inverse CDF; uniform at lam = 0)."""
+        """t from p(t | caption replaced) ~ exp(lam t / T) on [0, T) (inverse CDF; uniform at lam = 0),
+        or, in flow time, from density(t) * p_rc(sigma(t)) normalised."""
+        if self.time is not None:
+            return self.time.sample_replaced(rng, n, self.lam)
         u, T, lam = rng.random(n), self.num_timesteps, self.lam
         if lam == 0:
             return np.minimum((u * T).astype(np.int64), T - 1)
@@ -63,8 +81,8 @@ def draw_entries(cond: RCSchedule, rng: np.random.Generator, n: int) -> dict[str
     """n tuples following RC's schedule (no entry ids or seeds yet)."""
     n_images, n_captions = cond.captions.shape
     image = rng.integers(0, n_images, n)
-    t = rng.integers(0, cond.num_timesteps, n)
-    replaced = rng.random(n) < rc_replace_probability(t, cond.num_timesteps, cond.lam)
+    t = cond.timesteps(rng, n)
+    replaced = rng.random(n) < cond.replace_probability(t)
     prompt = cond.captions[image, rng.integers(0, n_captions, n)].astype(np.int64)
     prompt[replaced] = rng.integers(0, len(cond.region_of_prompt), int(replaced.sum()))
     prompt[rng.random(n) < cond.null_text_prob] = NULL

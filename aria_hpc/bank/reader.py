@@ -127,11 +127,19 @@ class Bank:
         return np.diff(self.region_bounds)
 
     @property
-    def scheduler(self):
+    def noise_schedule(self):
+        """What made the bank's x_t (add_noise(x0, noise, t)), from the scheduler config it was built with:
+        a DDPMScheduler, or a flow teacher's table (models.flow.FlowTime)."""
         if self._scheduler is None:
-            from diffusers import DDPMScheduler
+            from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
-            self._scheduler = DDPMScheduler.from_config(json.loads(self.fingerprint["scheduler_config"]))
+            config = json.loads(self.fingerprint["scheduler_config"])
+            if config.get("_class_name") == FlowMatchEulerDiscreteScheduler.__name__:
+                from aria_hpc.models.flow import FlowTime
+
+                self._scheduler = FlowTime.from_scheduler(FlowMatchEulerDiscreteScheduler.from_config(config))
+            else:
+                self._scheduler = DDPMScheduler.from_config(config)
         return self._scheduler
 
     def _handles(self, shard: int):
@@ -232,6 +240,6 @@ class Bank:
         x_t = None
         if noised:
             x0 = torch.from_numpy(self.x0()[c["image"]])
-            x_t = noised_inputs(self.scheduler, x0, c["t"], c["seed"])
+            x_t = noised_inputs(self.noise_schedule, x0, c["t"], c["seed"])
         return BankBatch(rows, c["entry"], c["image"], c["cond"], c["region"], c["t"], c["seed"], c["paired"],
                          output, features, x_t)

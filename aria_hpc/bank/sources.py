@@ -269,7 +269,7 @@ class LiveTeacher:
         entry = LIVE_ENTRY_BASE + (self.stream << 32) + self.counter + np.arange(n)
         self.counter += n
         cols = finish(self.ctx.conditioning, cols, entry, self.ctx.cfg.seed)
-        x_t = noised_inputs(self.ctx.teacher.scheduler, torch.from_numpy(self.x0[cols["image"]]), cols["t"], cols["seed"])
+        x_t = noised_inputs(self.ctx.teacher.noise_schedule, torch.from_numpy(self.x0[cols["image"]]), cols["t"], cols["seed"])
         output, feats = self.runner(x_t, cols["t"], cols["cond"])
         random = ~cols["paired"] & (cols["cond"] != NULL)
         np.add.at(self.fresh_per_region, cols["region"][random], 1)

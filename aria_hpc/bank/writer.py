@@ -227,7 +227,7 @@ def build_shard(ctx: RunContext, index: int, progress: Callable[[int, int, int],
     cols = shard_plan(plan, index, b.shards)
     runner = TeacherRunner(ctx, b.features)
     x0 = ctx.x0  # an ndarray, or X0Rows read a batch at a time
-    scheduler = ctx.teacher.scheduler
+    scheduler = ctx.teacher.noise_schedule
     n = len(cols["entry"])
 
     def batches():

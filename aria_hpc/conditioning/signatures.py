@@ -67,6 +67,9 @@ class Prober:
         from aria_hpc.models.teacher import load_teacher
 
         self.teacher = load_teacher(cfg.teacher.dir)
+        if self.teacher.time is not None:
+            raise UserError(f"regions.features=teacher probes a DDPM teacher's clean-image estimates; {cfg.teacher.dir} is "
+                            "a flow-matching teacher: use regions.features=text")
         self.store = EmbeddingStore(cfg.embed.dir, cfg.embed.shards)
         self.ctx = conditioning_context(cfg, self.teacher, self.store)
         settings = probe_settings(cfg)

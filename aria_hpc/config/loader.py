@@ -138,7 +138,8 @@ def resolve_teacher(cfg: Config) -> None:
                               f"{cfg.teacher.dir}): unset {key}, or use a teacher whose pipeline holds {value}")
         setattr(getattr(cfg, section), name, default)
     te.max_length = layout.max_length if te.max_length is None else te.max_length
-    e.guidance_scale = 7.5 if e.guidance_scale is None else e.guidance_scale
+    # the pipelines' own defaults: 7.5 for SD-1.x / 2.x / SDXL, 7.0 for SD3
+    e.guidance_scale = (7.0 if layout.family == "sd3" else 7.5) if e.guidance_scale is None else e.guidance_scale
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

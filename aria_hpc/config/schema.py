@@ -486,6 +486,20 @@ class TeacherConfig(Section):
     """a teacher directory (`aria-hpc teacher`'s layout) or a Stable Diffusion pipeline directory
     (model_index.json, unet/, scheduler/, vae/, text_encoder/, tokenizer/, ...: its encoders, VAE,
     prediction type, noise schedule and sample size are then the pipeline's); None = the shipped one"""
+    time_density: Literal["logit_normal", "uniform"] = "logit_normal"
+    """flow-matching teachers (SD3-class): the training density of time over the scheduler's table
+    (SD3's logit-normal; the scheduler's shift is already in the table); DDPM teachers draw t uniformly"""
+    logit_mean: float = 0.0
+    """flow-matching teachers: the logit-normal density's mean (SD3 trains with 0)"""
+    logit_std: float = 1.0
+    """flow-matching teachers: the logit-normal density's standard deviation (SD3 trains with 1)"""
+
+    def validate(self) -> None:
+        _first_failed([(self.logit_std > 0, "teacher.logit_std must be > 0")])
+
+    def time_settings(self) -> dict:
+        """A flow teacher's FlowTime density settings (models.flow.FlowTime)."""
+        return {"density": self.time_density, "logit_mean": self.logit_mean, "logit_std": self.logit_std}
 
 
 @dataclass

@@ -29,7 +29,6 @@ from aria_hpc.config import EVAL_OVERRIDES, Config, load_config, matches
 from aria_hpc.errors import UserError
 from aria_hpc.eval.metrics import frechet_with_se, grouped, mean_se, stratified_timesteps
 from aria_hpc.fsio import atomic_path, atomic_write_text, require_writable
-from aria_hpc.regions.allocation import timestep_bins
 from aria_hpc.splits import SPLIT_GROUPS
 
 EVAL_STREAM = 0xE7A1
@@ -89,13 +88,12 @@ class HeldoutCurve:
     def __init__(self, cfg: Config, ctx, device=None) -> None:
         from aria_hpc.bank.noise import noised_inputs
 
-        scheduler = ctx.teacher.scheduler
         tup = group_tuples(cfg, group_of(ctx.store.pool.split), ctx.conditioning.region_of_prompt, len(ctx.x0),
-                           scheduler.config.num_train_timesteps)
+                           ctx.teacher.num_timesteps)
         self.group, self.t = tup["group"], tup["t"]
         self.batch_size = cfg.eval.batch_size
         self.device = device or torch.device("cpu")
-        self.x_t = noised_inputs(scheduler, torch.from_numpy(ctx.x0[tup["image"]]).float(), tup["t"], tup["seed"])
+        self.x_t = noised_inputs(ctx.teacher.noise_schedule, torch.from_numpy(ctx.x0[tup["image"]]).float(), tup["t"], tup["seed"])
         self.cond = ctx.cond(tup["cond"])
         self.teacher = predictions(ctx.teacher.unet, self.x_t, self.t, self.cond, self.batch_size)
 
@@ -148,19 +146,30 @@ def predictions(unet, x_t: torch.Tensor, t: np.ndarray, cond, batch_size: int) -
 
 
 def load_student(run_dir: Path):
-    from diffusers import UNet2DConditionModel
+    """The exported student: a UNet2DConditionModel, or a flow transformer (its config's _class_name);
+    `on_teacher` then puts a flow student behind the teacher's FlowDenoiser."""
+    import diffusers
+
+    from aria_hpc.models.students import TRANSFORMERS
 
     student_dir = run_dir / "student"
     if not (student_dir / "config.json").is_file():
         raise UserError(f"{run_dir} has no exported student ({student_dir}): let `aria-hpc train` finish "
                         "(train.export=true; running the same train command again resumes it)")
     try:
-        student = UNet2DConditionModel.from_pretrained(student_dir, low_cpu_mem_usage=False)
+        name = json.loads((student_dir / "config.json").read_text()).get("_class_name", "UNet2DConditionModel")
+        cls = getattr(diffusers, name if name in TRANSFORMERS else "UNet2DConditionModel")
+        student = cls.from_pretrained(student_dir, low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError) as exc:  # a truncated or missing weights file
         cause = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise UserError(f"the student in {student_dir} cannot be loaded ({cause}): run the same `aria-hpc train` "
                         "command again; it resumes from the last checkpoint and exports the student anew") from None
     return student.eval().requires_grad_(False)
+
+
+def on_teacher(student, teacher):
+    """The student as the teacher's stages call it: a flow transformer behind the teacher's FlowDenoiser."""
+    return student if teacher.time is None else teacher.unet.around(student)
 
 
 def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -176,12 +185,18 @@ def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) 
 
 
 def sample(cfg: Config, ctx, unet, prompts: np.ndarray) -> torch.Tensor:
-    """DDIM samples of a UNet for prompt ids, the same noise for every UNet (eval.seed), with
-    classifier-free guidance at eval.guidance_scale."""
+    """Samples of a denoiser for prompt ids, the same noise for every one (eval.seed), with
+    classifier-free guidance at eval.guidance_scale: DDIM for a UNet, the pipeline's own flow
+    scheduler for a flow transformer."""
     from aria_hpc.models.sampling import ddim_sample
 
     e = cfg.eval
     null = ctx.null_cond() if e.guidance_scale != 1.0 else None
+    if ctx.teacher.time is not None:
+        from aria_hpc.models.flow import flow_samples
+
+        return flow_samples(unet, ctx.teacher.scheduler, ctx.cond(prompts), steps=e.sample_steps, seed=e.seed,
+                            guidance=e.guidance_scale, null=null, batch_size=e.batch_size)
     return ddim_sample(unet, ctx.teacher.scheduler, ctx.cond(prompts), steps=e.sample_steps, seed=e.seed,
                        guidance=e.guidance_scale, null=null, batch_size=e.batch_size, pixels=not cfg.bank.vae_dir)
 
@@ -219,8 +234,8 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
     timings = {}
     t0 = time.perf_counter()
     ctx = load_context(cfg, need_bank_dir=False)
-    teacher, scheduler = ctx.teacher.unet, ctx.teacher.scheduler
-    num_timesteps = scheduler.config.num_train_timesteps
+    teacher, student = ctx.teacher.unet, on_teacher(student, ctx.teacher)
+    num_timesteps = ctx.teacher.num_timesteps
     pool, index = ctx.store.pool, ctx.conditioning.index
     e = cfg.eval
     timings["load_s"] = time.perf_counter() - t0
@@ -228,12 +243,13 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
     # ---- output MSE on the held-out tuples ----------------------------------------------------
     t0 = time.perf_counter()
     tup = heldout_tuples(cfg, index, len(ctx.x0), num_timesteps)
-    x_t = noised_inputs(scheduler, torch.from_numpy(ctx.x0[tup["image"]]).float(), tup["t"], tup["seed"])
+    x_t = noised_inputs(ctx.teacher.noise_schedule, torch.from_numpy(ctx.x0[tup["image"]]).float(), tup["t"],
+                        tup["seed"])
     cond = ctx.cond(tup["cond"])
     diff = (predictions(student, x_t, tup["t"], cond, e.batch_size)
             - predictions(teacher, x_t, tup["t"], cond, e.batch_size))
     mse = diff.pow(2).flatten(1).mean(1).double().numpy()
-    bins = timestep_bins(tup["t"], num_timesteps, e.timestep_bins)
+    bins = ctx.teacher.bins(tup["t"], e.timestep_bins)
     per_region = grouped(mse, tup["region"], index.num_regions)
     result = {
         "run_dir": str(run_dir), "policy": cfg.train.policy, "seed": cfg.seed, "steps": cfg.train.steps,
@@ -247,7 +263,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
     # per split group: its own quota of held-out tuples (eval.per_split_group), the set the curves use
     curve = HeldoutCurve(cfg, ctx)
     group_mse = curve.per_sample(lambda x, t, c: student(x, t, **c.kwargs()).sample)
-    gbins = timestep_bins(curve.t, num_timesteps, e.timestep_bins)
+    gbins = ctx.teacher.bins(curve.t, e.timestep_bins)
     for g in np.unique(curve.group):
         sel = curve.group == g
         result["groups"][SPLIT_GROUPS[g]] = {

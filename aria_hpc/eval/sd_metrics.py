@@ -33,7 +33,7 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 class LatentDecoder:
-    """The pipeline's AutoencoderKL: latents (scaled by its scaling_factor) -> images in [-1, 1]."""
+    """The pipeline's AutoencoderKL: model-space latents (bank.paired.to_latent) -> images in [-1, 1]."""
 
     def __init__(self, vae_dir: str | Path, batch_size: int = 16) -> None:
         from diffusers import AutoencoderKL
@@ -43,10 +43,11 @@ class LatentDecoder:
 
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        from aria_hpc.bank.paired import from_latent
+
         out = []
         for s in range(0, len(latents), self.batch_size):
-            z = latents[s:s + self.batch_size].float() / self.vae.config.scaling_factor
-            out.append(self.vae.decode(z).sample.clamp(-1, 1))
+            out.append(from_latent(self.vae, latents[s:s + self.batch_size].float()).clamp(-1, 1))
         return torch.cat(out)
 
 

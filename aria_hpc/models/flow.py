@@ -16,8 +16,9 @@ end, so t = 0 is the least noisy and t = T - 1 pure noise, as for DDPM teachers.
   table entries), the flow analogue of RC's p(t | replaced);
 - b(t)'s bins are equal widths of sigma.
 
-This is the time half of flow-matching support; the teacher, students and loop that use it are
-described in README's flow-matching section as they land.
+`FlowDenoiser` puts an SD3-class transformer behind the call the bank, the loop and eval make to a
+denoiser, (x_t, t, **UNetCond.kwargs()) -> .sample, so the rest of the project indexes time and
+conditions the same way for every teacher (README, "Flow-matching teachers").
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from aria_hpc.errors import UserError
 
@@ -68,9 +70,15 @@ class FlowTime:
         """What the transformer is called with: sigma * T, as the pipelines pass it."""
         return torch.from_numpy(self.sigma(t) * self.num_timesteps).float()
 
-    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: np.ndarray) -> torch.Tensor:
-        s = torch.from_numpy(self.sigma(t)).to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
+        """x_t = (1 - sigma) x0 + sigma noise, for table indices t (an array or a CPU tensor)."""
+        s = torch.from_numpy(self.sigma(np.asarray(t))).to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
         return (1 - s) * x0 + s * noise
+
+    def task_target(self, x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The true velocity noise - x0 of x_t = (1 - sigma) x0 + sigma noise: (x_t - x0) / sigma."""
+        s = torch.from_numpy(self.sigma(t.cpu().numpy())).to(x_t.device, x_t.dtype).view(-1, *([1] * (x_t.dim() - 1)))
+        return (x_t - x0) / s
 
     @staticmethod
     def velocity(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -109,6 +117,37 @@ class FlowTime:
         return np.minimum((self.sigma(t) * num_bins).astype(np.int64), num_bins - 1)
 
 
+class FlowDenoiser(nn.Module):
+    """An SD3-class transformer called as every stage calls a denoiser: forward(x_t, t, encoder_hidden_states,
+    encoder_attention_mask, added_cond_kwargs) with t an index into the flow table, returning `.sample`
+    (the velocity). The table index becomes sigma * T, what the pipelines pass as the timestep; the pooled
+    text embedding (UNetCond.pooled) becomes pooled_projections; SD3 attends to every token, so the mask
+    is unused. Its parameters are the transformer's, so ZeRO, the EMA and checkpoints see only those."""
+
+    def __init__(self, transformer, sigmas: np.ndarray) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.sigmas = np.asarray(sigmas, dtype=np.float64)
+
+    @property
+    def config(self):
+        return self.transformer.config
+
+    def around(self, transformer) -> FlowDenoiser:
+        """Another transformer (a student) on the same flow table."""
+        return FlowDenoiser(transformer, self.sigmas)
+
+    def forward(self, sample, timestep, encoder_hidden_states, encoder_attention_mask=None, added_cond_kwargs=None):
+        from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+        index = torch.as_tensor(timestep).long().cpu().numpy().reshape(-1)
+        t = torch.from_numpy(self.sigmas[index] * len(self.sigmas)).to(sample.device, sample.dtype)
+        out = self.transformer(hidden_states=sample, timestep=t.expand(len(sample)),
+                               encoder_hidden_states=encoder_hidden_states,
+                               pooled_projections=added_cond_kwargs["text_embeds"], return_dict=False)[0]
+        return UNet2DConditionOutput(sample=out)
+
+
 def _inverse_cdf(weights: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
     cdf = np.cumsum(weights)
     return np.minimum(np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right"), len(weights) - 1).astype(np.int64)
@@ -142,3 +181,21 @@ def flow_sample(transformer, scheduler, tokens: torch.Tensor, pooled: torch.Tens
             v = uncond + guidance * (cond - uncond)
         x = sched.step(v, t, x, return_dict=False)[0]
     return x
+
+
+def flow_samples(denoiser: FlowDenoiser, scheduler, cond, *, steps: int, seed: int, guidance: float = 1.0,
+                 null=None, batch_size: int = 256) -> torch.Tensor:
+    """Latents (B, C, H, W) for a UNetCond of B prompts, `flow_sample` a batch at a time from noise drawn
+    in order from one generator seeded with `seed` (the same noise for every denoiser of that shape)."""
+    cfg = denoiser.config
+    gen = torch.Generator().manual_seed(seed)
+    if guidance > 1.0 and null is None:
+        raise ValueError("classifier-free guidance needs the null text's condition")
+    out = []
+    for start in range(0, len(cond), batch_size):
+        c = cond[start:start + batch_size]
+        latents = torch.randn((len(c), cfg.in_channels, cfg.sample_size, cfg.sample_size), generator=gen)
+        out.append(flow_sample(denoiser.transformer, scheduler, c.tokens, c.pooled, latents, steps=steps,
+                               guidance=guidance, null_tokens=None if null is None else null.tokens,
+                               null_pooled=None if null is None else null.pooled))
+    return torch.cat(out)

@@ -21,7 +21,7 @@ from aria_hpc.fsio import replaced_dir
 
 INDEX = "model_index.json"
 XL_CLASSES = ("StableDiffusionXLPipeline",)
-SD3_CLASSES = ("StableDiffusion3Pipeline",)  # MMDiT + flow matching: text conditioning so far (README)
+SD3_CLASSES = ("StableDiffusion3Pipeline",)  # MMDiT + flow matching (models/flow.py)
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,11 @@ class PipelineLayout:
     @property
     def xl(self) -> bool:
         return self.family == "sdxl"
+
+    @property
+    def denoiser(self) -> str:
+        """The component a student replaces: the UNet, or an SD3-class pipeline's transformer."""
+        return "transformer" if self.family == "sd3" else "unet"
 
     @property
     def max_length(self) -> int:
@@ -73,6 +78,9 @@ def read_layout(path: str | Path) -> PipelineLayout:
     class_name = str(index.get("_class_name", ""))
     sd3 = class_name in SD3_CLASSES or "transformer" in components
     xl = not sd3 and (class_name in XL_CLASSES or "text_encoder_2" in components)
+    if sd3 and class_name not in SD3_CLASSES:
+        raise UserError(f"the pipeline {path} is a {class_name or 'transformer pipeline'}: flow-matching teachers "
+                        f"are SD3-class ({', '.join(SD3_CLASSES)}) so far; Flux-class ones wait (README)")
     names = ("text_encoder", "text_encoder_2") if xl or sd3 else ("text_encoder",)
     if sd3 and "text_encoder_3" in components:  # T5 is optional, as diffusers allows
         names += ("text_encoder_3",)
@@ -107,7 +115,7 @@ def _link_or_copy(src: Path, dst: Path) -> str:
 
 
 def export_pipeline(teacher_dir: Path, student_dir: Path, out_dir: Path, card: str) -> dict[str, str]:
-    """RUN_DIR/pipeline: the teacher pipeline's components with the student UNet in place of its own.
+    """RUN_DIR/pipeline: the teacher pipeline's components with the student in place of its UNet (or transformer).
     Written under a temporary name and renamed, so a reader never loads a half-written pipeline.
     Returns how each component got there (linked / copied)."""
     layout = read_layout(teacher_dir)
@@ -116,18 +124,20 @@ def export_pipeline(teacher_dir: Path, student_dir: Path, out_dir: Path, card: s
         shutil.copy2(layout.path / INDEX, tmp / INDEX)
         for name in layout.components:
             if (layout.path / name).is_dir():
-                how[name] = _link_or_copy(student_dir if name == "unet" else layout.path / name, tmp / name)
+                how[name] = _link_or_copy(student_dir if name == layout.denoiser else layout.path / name, tmp / name)
         (tmp / "README.md").write_text(card)
     return how
 
 
 def model_card(cfg, result: dict | None = None) -> str:
-    """RUN_DIR/pipeline/README.md: where the UNet came from, and (after `aria-hpc eval`) its eval table."""
+    """RUN_DIR/pipeline/README.md: where the student came from, and (after `aria-hpc eval`) its eval table."""
+    flow = read_layout(cfg.teacher.dir).family == "sd3"
+    denoiser, sampler = ("transformer", "flow Euler") if flow else ("UNet", "DDIM")
     lines = [
         "---", "library_name: diffusers", f"base_model: {Path(cfg.teacher.dir).name}",
         "tags: [stable-diffusion, distillation, aria_hpc]", "---", "",
         f"# {Path(cfg.teacher.dir).name}, distilled ({cfg.student.preset}, {cfg.train.policy})", "",
-        f"A `{cfg.student.preset}` student UNet distilled from the teacher pipeline `{cfg.teacher.dir}` by "
+        f"A `{cfg.student.preset}` student {denoiser} distilled from the teacher pipeline `{cfg.teacher.dir}` by "
         f"aria_hpc with the `{cfg.train.policy}` policy for {cfg.train.steps} steps (seed {cfg.seed}); every other "
         "component is the teacher's, hard-linked (copied across file systems).", "",
         "```python", "from diffusers import DiffusionPipeline",
@@ -144,7 +154,7 @@ def model_card(cfg, result: dict | None = None) -> str:
         return f"{value['mean']:.{digits}g} ± {value['se']:.2g}" if isinstance(value, dict) else f"{value:.{digits}g}"
 
     lines += [f"## Evaluation (`aria-hpc eval`, eval.seed {result['eval']['seed']}, guidance "
-              f"{result['eval'].get('guidance_scale', 1.0)}, {result['eval']['sample_steps']} DDIM steps)", "",
+              f"{result['eval'].get('guidance_scale', 1.0)}, {result['eval']['sample_steps']} {sampler} steps)", "",
               "| group | output MSE vs teacher | student CLIP score | teacher CLIP score | FID student vs teacher |",
               "|---|---|---|---|---|"]
     for name, entry in result["groups"].items():

@@ -215,7 +215,22 @@ PRESETS: dict[str, Callable] = {
 }
 
 
+# The presets that prune a transformer teacher; every other one reshapes a UNet.
+TRANSFORMER_PRESETS = ("sd3_half", "sd3_third", "flux_half_single", "flux_half")
+
+
 def build_student(preset: str, teacher):
+    """The student of a preset, from the teacher's denoiser: a UNet2DConditionModel, a transformer, or a
+    flow teacher's models.flow.FlowDenoiser (the pruned transformer then comes behind one on the same table)."""
+    from aria_hpc.models.flow import FlowDenoiser
+
     if preset not in PRESETS:
         raise UserError(f"unknown student preset '{preset}': choose one of {', '.join(PRESETS)} (student.preset=...)")
-    return PRESETS[preset](teacher)
+    model = teacher.transformer if isinstance(teacher, FlowDenoiser) else teacher
+    transformer = transformer_family(model) is not None
+    if transformer != (preset in TRANSFORMER_PRESETS):
+        fits = TRANSFORMER_PRESETS if transformer else [p for p in PRESETS if p not in TRANSFORMER_PRESETS]
+        raise UserError(f"student preset '{preset}' does not fit a {type(model).__name__} teacher: choose one of "
+                        f"{', '.join(fits)} (student.preset=...)")
+    student = PRESETS[preset](model)
+    return teacher.around(student) if model is not teacher else student

@@ -27,7 +27,7 @@ from aria_hpc import distributed
 from aria_hpc.config import Config, flatten, save_resolved
 from aria_hpc.errors import AgreedError, Preempted, UserError
 from aria_hpc.fsio import require_writable
-from aria_hpc.regions.allocation import group_view, normalise_by_baseline, sample_weights, timestep_bins
+from aria_hpc.regions.allocation import group_view, normalise_by_baseline, sample_weights
 from aria_hpc.regions.rng import derive_key
 from aria_hpc.regions.sampler import REGION_STREAM, update_allocation
 from aria_hpc.regions.sync import sync_and_fold
@@ -62,6 +62,9 @@ def train(cfg: Config, log=print) -> dict:
         source = open_source(cfg, ctx, rank=rank, world=world, run_dir=run_dir)
         if cfg.loss.feature_kd > 0:
             have = source.feature_names
+            if ctx.teacher.time is not None:
+                raise UserError("loss.feature_kd: feature distillation matches UNet block outputs; a flow transformer "
+                                "teacher distils on its outputs only: set loss.feature_kd=0")
             missing = [b for b in cfg.loss.feature_blocks if b not in have]
             if missing:
                 raise UserError(f"loss.feature_kd needs teacher features {missing}: build the bank with "
@@ -70,8 +73,6 @@ def train(cfg: Config, log=print) -> dict:
         problem = str(exc)
     distributed.agree(problem)
     policy = cfg.train.policy
-    scheduler = ctx.teacher.scheduler
-    num_timesteps = scheduler.config.num_train_timesteps
     index = ctx.conditioning.index
     table = RegionTable(index.num_regions, base=index.base, init_estimate=cfg.aria.init_estimate)
     baseline = RegionTable(cfg.aria.timestep_bins)  # b(t) per timestep bin: the same EMA machinery
@@ -164,7 +165,7 @@ def train(cfg: Config, log=print) -> dict:
                 task_term = None
                 if cfg.loss.task > 0:
                     x0 = torch.from_numpy(ctx.x0[batch.image]).to(device)
-                    target = losses.task_target(scheduler, batch.x_t.to(device), x0, t)
+                    target = losses.task_target(ctx.teacher, batch.x_t.to(device), x0, t)
                     task_term = losses.task_loss(student_out, target, torch.from_numpy(batch.paired).to(device))
                 importance = None
                 if policy == "aria" and cfg.aria.importance and step >= cfg.aria.warmup_steps:
@@ -188,7 +189,7 @@ def train(cfg: Config, log=print) -> dict:
 
                 # ---- track: d_i = l_i / b(t_i) into the region table, l_i into b(t) ------------
                 l_np = per_sample.detach().double().cpu().numpy()
-                bins = timestep_bins(batch.t, num_timesteps, cfg.aria.timestep_bins)
+                bins = ctx.teacher.bins(batch.t, cfg.aria.timestep_bins)
                 seen = baseline.stats()["ema_weight"] > 0
                 d, ok = normalise_by_baseline(l_np, bins, baseline.estimate(), seen)
                 tracked = ok & (batch.cond >= 0)

@@ -29,9 +29,13 @@ def task_loss(student_out: torch.Tensor, target: torch.Tensor, paired: torch.Ten
     return per_sample_mse(student_out, target) * paired.float()
 
 
-def task_target(scheduler, x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The true denoising target of x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise under a diffusers
-    scheduler: the noise (epsilon prediction) or the velocity (v-prediction)."""
+def task_target(teacher, x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The true denoising target of x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise under the teacher's
+    diffusers scheduler: the noise (epsilon prediction) or the velocity (v-prediction); for a flow
+    teacher, the flow velocity (models.flow.FlowTime.task_target)."""
+    if teacher.time is not None:
+        return teacher.time.task_target(x_t, x0, t)
+    scheduler = teacher.scheduler
     abar = scheduler.alphas_cumprod.to(x0.device)[t].float()
     shape = (-1, *([1] * (x0.dim() - 1)))
     noise = (x_t - abar.sqrt().view(shape) * x0) / (1 - abar).sqrt().view(shape)

@@ -124,9 +124,9 @@ def export_student(engine, ema: StudentEMA, out_dir: Path, rank: int) -> Path:
 
 
 def _save_unet(unet, out_dir: Path) -> None:
-    from diffusers import UNet2DConditionModel
-
-    copy = UNet2DConditionModel.from_config(unet.config)
-    copy.load_state_dict({k: v.detach().float().cpu() for k, v in unet.state_dict().items()})
+    """save_pretrained the student in float32: the UNet, or a FlowDenoiser's transformer."""
+    model = getattr(unet, "transformer", unet)
+    copy = type(model).from_config(model.config)
+    copy.load_state_dict({k: v.detach().float().cpu() for k, v in model.state_dict().items()})
     with replaced_dir(out_dir) as tmp:
         copy.save_pretrained(tmp, safe_serialization=True)
