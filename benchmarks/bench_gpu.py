@@ -2,6 +2,8 @@
 
     python benchmarks/bench_gpu.py [--out DIR]        # on a GPU: K in {16, 256, 65536}, n up to 16M
     python benchmarks/bench_gpu.py --tiny             # anywhere (CPU: the host table stands in)
+    python benchmarks/bench_gpu.py --flow [--tiny]    # benchmarks/bench_flow.py: an SD3-medium teacher's
+                                                      # forward vs its sd3_half student's step, peak memory
 
 Every method computes the same (sum, sum of squares, count) per region into a (3, K) float64
 block from float32 per-sample values; times are medians over repeats (CUDA events on a GPU).
@@ -16,6 +18,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -85,7 +88,13 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="small sizes (default on a machine with no GPU)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/out"))
+    parser.add_argument("--flow", action="store_true", help="the flow-matching teacher / student benchmark instead")
     args = parser.parse_args()
+    if args.flow:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_flow
+
+        return bench_flow.main([*(["--tiny"] if args.tiny else []), "--repeats", str(args.repeats), "--out", args.out])
     gpu = torch.cuda.is_available() and cuda_compiled()
     device = torch.device("cuda" if gpu else "cpu")
     tiny = args.tiny or not gpu

@@ -5,6 +5,13 @@ configs, built on the meta device (no weights, nothing downloaded), with the tea
 
 The configs are the `transformer/config.json` of stabilityai/stable-diffusion-3-medium-diffusers and
 black-forest-labs/FLUX.1-dev, written out below.
+
+It also prints the memory of the model states per GPU when a student trains under DeepSpeed ZeRO-2 with
+bf16 mixed precision and AdamW, from the parameter counts (the ZeRO paper's accounting): bf16 weights
+2 B/param on every rank; bf16 gradients 2 B and fp32 master weights + Adam moments 12 B partitioned over
+the N ranks; our fp32 EMA of the student, 4 B, whole on every rank under ZeRO-2 (train/student.py
+StudentEMA); the frozen bf16 teacher, 2 B/param, only where the teacher runs during training (live or
+hybrid bank). Activations, the CUDA context and allocator slack come on top and are not counted.
 """
 
 from __future__ import annotations
@@ -29,6 +36,11 @@ def count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def zero2_states_gb(params: int, ranks: int) -> float:
+    """Model-state bytes per rank of a student trained under ZeRO-2 (bf16, AdamW, fp32 EMA), in GB."""
+    return (2 + (2 + 12) / ranks + 4) * params / 1e9
+
+
 def main() -> int:
     import diffusers
 
@@ -47,13 +59,18 @@ def main() -> int:
                 student = build_student(preset, teacher)
                 rows.append({"teacher": name, "model": preset, "params": count(student),
                              "blocks": [student.config.num_layers, student.config.get("num_single_layers")]})
-    print("| teacher | model | joint / double blocks | single blocks | parameters | of the teacher |")
-    print("|---|---|---|---|---|---|")
+    print("| teacher | model | joint / double blocks | single blocks | parameters | of the teacher | "
+          "ZeRO-2 states, 1 GPU | 8 GPUs | + bf16 teacher |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         base = next(x["params"] for x in rows if x["teacher"] == r["teacher"] and x["model"] == "teacher")
         single = "-" if r["blocks"][1] is None else r["blocks"][1]
+        r["zero2_states_gb"] = {str(n): zero2_states_gb(r["params"], n) for n in (1, 8)}
+        r["teacher_bf16_gb"] = 2 * base / 1e9
+        memory = ("- | - | -" if r["model"] == "teacher" else f"{r['zero2_states_gb']['1']:.1f} GB | "
+                  f"{r['zero2_states_gb']['8']:.1f} GB | {r['teacher_bf16_gb']:.1f} GB")
         print(f"| {r['teacher']} | {r['model']} | {r['blocks'][0]} | {single} | {r['params'] / 1e9:.3f}B | "
-              f"{r['params'] / base:.0%} |")
+              f"{r['params'] / base:.0%} | {memory} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=1))
     return 0

@@ -213,3 +213,17 @@ def test_flow_sampler_is_the_sd3_pipelines_own(tmp_path):
                            null_pooled=torch.from_numpy(null.pooled))
         assert torch.allclose(ours, theirs, atol=1e-5), (guidance, (ours - theirs).abs().max())
     assert not torch.allclose(ours, latents)
+
+
+def test_a_flux_pipeline_directory_is_refused_in_one_line(tmp_path):
+    """Flux-class pipelines wait (README section 8): reading one names the reason, not a traceback."""
+    import json
+
+    from aria_hpc.models.pipeline import read_layout
+
+    (tmp_path / "model_index.json").write_text(json.dumps({
+        "_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"], "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "T5EncoderModel"]}))
+    with pytest.raises(UserError, match="FluxPipeline: flow-matching teachers are SD3-class .* Flux-class ones wait"):
+        read_layout(tmp_path)

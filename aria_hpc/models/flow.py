@@ -18,7 +18,7 @@ end, so t = 0 is the least noisy and t = T - 1 pure noise, as for DDPM teachers.
 
 `FlowDenoiser` puts an SD3-class transformer behind the call the bank, the loop and eval make to a
 denoiser, (x_t, t, **UNetCond.kwargs()) -> .sample, so the rest of the project indexes time and
-conditions the same way for every teacher (README, "Flow-matching teachers").
+conditions the same way for every teacher (README, section 8 of "User paths").
 """
 
 from __future__ import annotations
