@@ -71,3 +71,14 @@ def test_bench_pairs_writes_its_table(tmp_path):
     assert result["read"]["sequential_vs_raw"] > 0 and result["generate_tiny_cpu"]["seconds_per_image"] > 0
     assert 700 < result["sd15_h100_paper"]["unet_gflop_per_forward"] < 900  # SD-1.5's UNet: about 0.8 TFLOP
     assert not (tmp_path / "p").exists()  # the set is removed
+
+
+def test_bench_flow_writes_its_table(tmp_path):
+    """bench_gpu.py --flow on a machine without a GPU: the tiny SD3-class teacher and its sd3_half student."""
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--flow", "--repeats", "2",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "teacher forward / student step" in res.stdout
+    result = json.loads((tmp_path / "bench_flow.json").read_text())
+    assert result["config"] == "tiny SD3-class" and result["student_params"] < result["teacher_params"]
+    assert result["teacher_forward_s"] > 0 and result["student_step_s"] > 0 and result["forward_over_step"] > 0

@@ -34,6 +34,8 @@ def test_flow_time_is_the_schedulers_table_and_noise(scheduler):
     theirs = torch.cat([fresh.scale_noise(x0[i:i + 1], ft.model_timestep(t[i:i + 1]), noise[i:i + 1]) for i in range(4)])
     assert torch.allclose(ft.add_noise(x0, noise, t), theirs, atol=1e-6)
     assert torch.equal(FlowTime.velocity(x0, noise), noise - x0)
+    t_mid = torch.tensor([5, 250, 700, 999])  # loss.task's target recovers the velocity from x_t
+    assert torch.allclose(ft.task_target(ft.add_noise(x0, noise, t_mid), x0, t_mid), noise - x0, atol=1e-3)
     assert np.array_equal(ft.bins(np.array([0, 999]), 10), [0, 9])
 
 
