@@ -44,7 +44,7 @@ FILES = {
         "Rows [start, stop) of a pipeline teacher's paired set (aria_hpc.pairs): latents the teacher generated for "
         "pool prompts (attr settings: source, steps, guidance_scale, seed, dtype), or images encoded by its VAE, "
         "with the pool prompt each was made from.",
-        {"latents": ("the pipeline's latent of each row (the space its UNet denoises; VAE scaling factor applied)",
+        {"latents": ("the pipeline's latent of each row (the space its UNet or transformer denoises; VAE shift and scaling factors applied)",
                      "latent units, pairs.dtype"),
          "prompt_ids": ("the prompt each row was made from (its caption)", "row of prompts.h5")}),
     "x0": (
@@ -58,7 +58,9 @@ FILES = {
         "One shard of the teacher-output bank: one row per tuple (image, cond, t, seed) and the teacher's "
         "output on it. x_t is not stored: it is regenerated exactly as "
         "x_t = scheduler.add_noise(x0[image], randn(shape of x0, torch generator seeded with `seed`), t) "
-        "(aria_hpc.bank.noise.noised_inputs). Attr digest: sha256 over the columns and outputs "
+        "(aria_hpc.bank.noise.noised_inputs; for a flow-matching teacher, x_t = (1 - sigma(t)) x0 + sigma(t) noise "
+        "with sigma its scheduler's ascending training table, aria_hpc.models.flow.FlowTime). Attr digest: "
+        "sha256 over the columns and outputs "
         "(aria_hpc.bank.integrity.shard_digest); fingerprint: the teacher, scheduler, encoder, pool and "
         "image set the rows belong to.",
         {"entry": ("global id of the tuple (unique across the bank's shards)", None),
@@ -66,7 +68,8 @@ FILES = {
          "cond": ("prompt index the teacher was conditioned on; -1 = the null (empty) text, i.e. unconditional",
                   None),
          "region": ("ARIA region of cond (-1 when cond is -1)", None),
-         "t": ("diffusion timestep of x_t", "scheduler timesteps, 0 .. num_train_timesteps - 1"),
+         "t": ("diffusion timestep of x_t (a flow-matching teacher: the index of its noise level sigma in the "
+               "scheduler's training table, ascending)", "scheduler timesteps, 0 .. num_train_timesteps - 1"),
          "seed": ("seed of the noise of x_t (see the file's description for how x_t is regenerated)", None),
          "paired": ("true when cond is the image's own caption (paired), false for random conditioning", None),
          "output": ("teacher prediction on (x_t, t, cond); its meaning is the attr prediction_type", "float16"),
@@ -94,8 +97,12 @@ def describe(f, kind: str, **attrs) -> None:
 
 
 def prediction_type(fingerprint: dict) -> str:
-    """The teacher scheduler's prediction type (epsilon, v_prediction, sample) from a bank fingerprint."""
+    """The teacher scheduler's prediction type (epsilon, v_prediction, sample; flow = the velocity
+    noise - x0 of a flow-matching teacher) from a bank fingerprint."""
     try:
-        return str(json.loads(fingerprint.get("scheduler_config", "{}")).get("prediction_type", "unknown"))
+        config = json.loads(fingerprint.get("scheduler_config", "{}"))
+        if config.get("_class_name") == "FlowMatchEulerDiscreteScheduler":
+            return "flow"
+        return str(config.get("prediction_type", "unknown"))
     except (TypeError, ValueError):
         return "unknown"

@@ -258,6 +258,8 @@ def test_sd3_flow_pipeline_from_its_directory_to_an_exported_student(tmp_path, a
     cols = bank.columns
     assert bank.fingerprint["sampling"]["time"] == {"density": "logit_normal", "logit_mean": 0.0, "logit_std": 1.0}
     assert json.loads(bank.fingerprint["scheduler_config"])["shift"] == 3.0
+    with h5py.File(next((tmp_path / "bank").glob("shard-*.h5")), "r") as f:  # self-described: velocity outputs
+        assert f["output"].attrs["prediction_type"] == "flow"
     # the banked outputs are the transformer's at timestep sigma * T, on x_t = (1 - sigma) x0 + sigma noise
     from aria_hpc.bank.noise import entry_noise
     from aria_hpc.context import load_context
