@@ -1,4 +1,4 @@
-"""The one caller of deepspeed.initialize (STYLE rule 7). The DeepSpeed dict is derived from the typed
+"""The one caller of deepspeed.initialize. The DeepSpeed dict is derived from the typed
 config, never kept as a second hand-edited JSON, with the batch invariant asserted."""
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ recording n samples each into one table at once, from a pool of
 persistent threads), against np.bincount(weights=...) and
 torch.index_add_ computing the per-region sum alone (one statistic: the strictest baseline), and
 np.bincount computing all three statistics. sample: alias-table draws/s against
-numpy.random.Generator.choice(K, p=q). Targets (DESIGN/issue 2): record_1t >= 1.0x bincount at every
+numpy.random.Generator.choice(K, p=q). Targets (issue 2): record_1t >= 1.0x bincount at every
 K; record_2t >= 1.6x record_1t; alias sampling >= 10x Generator.choice.
 
 Every record ratio is the median over repeats of (baseline time / time) with the two timed back to

@@ -1,4 +1,4 @@
-// Region statistics table for ARIA (DESIGN.md sections 3 and 5).
+// Region statistics table for ARIA (docs/design.md section 4).
 //
 // K regions of the conditioning space. Between syncs, every rank accumulates per-region
 // (sum d, sum d^2, count) of the timestep-normalised discrepancy d_i into one contiguous float64

@@ -1,4 +1,4 @@
-"""The teacher bank: teacher outputs cached in HDF5 shards (DESIGN.md section 6).
+"""The teacher bank: teacher outputs cached in HDF5 shards (docs/design.md section 5).
 
 Importing the package imports nothing: `plan` is pure NumPy; `reader`, `writer` and `sources` bring
 h5py and torch. The names below load their module on first use (PEP 562)."""

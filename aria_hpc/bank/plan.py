@@ -1,6 +1,6 @@
 """Which (image, condition, timestep, noise) tuples a bank holds: pure NumPy, deterministic for a seed.
 
-Every entry follows Random RCSchedule's schedule: a paired image, a timestep t ~ U[0, T), and with
+Every entry follows Random Conditioning's schedule: a paired image, a timestep t ~ U[0, T), and with
 probability ``p_rc(t) = exp(-lam (1 - t/T))`` its caption replaced by a prompt drawn uniformly from
 the pool; then null-text dropout. A top-up then gives every non-empty region at least
 ``min_per_region`` random-conditioned entries (timesteps drawn from RC's p(t | replaced)), so ARIA
@@ -27,7 +27,7 @@ COLUMNS = ("entry", "image", "cond", "region", "t", "seed", "paired")
 
 @dataclass
 class RCSchedule:
-    """Random RCSchedule's schedule over one paired set and pool: what entries are drawn from (the
+    """Random Conditioning's schedule over one paired set and pool: what entries are drawn from (the
     paired set's captions, the pool's region map) and how (p_rc(t), null-text dropout)."""
 
     captions: np.ndarray  # (n_images, c) prompt ids of each paired image's captions

@@ -1,4 +1,4 @@
-"""One typed config tree (STYLE rules 1-3): the schema (schema.py), building it from YAML and
+"""One typed config tree: the schema (schema.py), building it from YAML and
 overrides (loader.py), and flat views with the keys that may differ between two configs (keys.py).
 
 Defaults live in the dataclasses; a YAML file and dotted ``a.b=c`` overrides only change them.

@@ -1,4 +1,4 @@
-"""The config schema (STYLE rules 1-3): one dataclass per section with its defaults, a docstring per
+"""The config schema: one dataclass per section with its defaults, a docstring per
 field, and the section's own checks (``validate``). ``Config.validate`` runs every section's checks and
 the few that span sections; the loader (config/loader.py) calls it once the config is built.
 """

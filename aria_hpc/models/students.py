@@ -1,4 +1,4 @@
-"""Students: named presets (a dict of factories, STYLE rule 4), built from the teacher's UNet config.
+"""Students: named presets (a dict of factories), built from the teacher's UNet config.
 
 BK-SDM-style block removal (Kim et al. 2023): keep the teacher's stages and widths, drop resnet /
 attention layers inside each stage and optionally the mid-block, and initialise every parameter

@@ -1,4 +1,4 @@
-"""Region statistics, allocation and sampling for ARIA (DESIGN.md sections 3 and 5).
+"""Region statistics, allocation and sampling for ARIA (docs/design.md section 4).
 
 Importing the package imports nothing: `allocation` is pure NumPy; `table` wraps the C++ core's
 region table (through aria_hpc/native.py, the one importer of aria_hpc._C); `sync` and `sampler`

@@ -1,4 +1,4 @@
-"""ARIA's pure math (DESIGN.md section 3): statistics update, allocation, alias sampling, weights.
+"""ARIA's pure math (docs/design.md section 4): statistics update, allocation, alias sampling, weights.
 
 Functions take arrays and numbers and return arrays: no I/O, no torch.distributed, no config.
 Notation follows the design: pi_k is the share of the prompt pool in region k (what RC samples

@@ -2,7 +2,7 @@
 
 A draw is a pure function of (key, counter): ``splitmix64(key + (counter + 1) * GOLDEN)``. Keys come
 from integer tuples such as (seed, rank, step, stream), never from ``hash()`` of strings, so a
-resumed run makes exactly the draws an uninterrupted one would (STYLE rule 8).
+resumed run makes exactly the draws an uninterrupted one would.
 """
 
 from __future__ import annotations

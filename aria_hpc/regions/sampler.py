@@ -57,7 +57,7 @@ class RegionIndex:
 def update_allocation(table: RegionTable, *, step: int, policy: str, alpha: float, eps: float,
                       warmup_steps: int, base_gamma: float = 0.0) -> np.ndarray:
     """Set the table's allocation for this step: pi for RC and during warm-up, else ARIA's q (over
-    the base pi, or with base_gamma > 0 over the flatter base pi^(1 - gamma), DESIGN section 3)."""
+    the base pi, or with base_gamma > 0 over the flatter base pi^(1 - gamma), docs/design.md section 4.4)."""
     if policy == "rc" or step < warmup_steps:
         table.set_probabilities(table.base)
         return table.base

@@ -12,7 +12,7 @@ _STATS = ("ema_mean", "ema_sq", "ema_weight", "age", "observations")
 
 
 class RegionTable:
-    """K regions' discrepancy statistics (DESIGN.md sections 3 and 5).
+    """K regions' discrepancy statistics (docs/design.md section 4).
 
     ``record`` is lock-free and thread-safe (the GIL is released); reading ``accumulators``,
     ``settle``, ``fold``, ``probabilities`` and ``load_state_dict`` must not run concurrently with

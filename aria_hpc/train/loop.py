@@ -1,9 +1,9 @@
-"""The distillation loop (STYLE rule 5): one function, phases marked setup / resume / sample /
+"""The distillation loop: one function, phases marked setup / resume / sample /
 forward / backward / track / sync / log / checkpoint.
 
 Every rank draws its own batch with seeds from (seed, rank, step, micro-step), records the
 timestep-normalised per-sample discrepancy in its region table, and every `aria.sync_every` steps
-the raw sums are all-reduced and folded identically everywhere (DESIGN section 3). Resume is the
+the raw sums are all-reduced and folded identically everywhere (docs/design.md section 4.3). Resume is the
 default: the same command continues from RUN_DIR/checkpoints/latest and reproduces the
 uninterrupted run step for step.
 """

@@ -1,4 +1,4 @@
-"""Distillation losses, pure (STYLE rule 6): tensors in, per-sample losses out (reduction="none").
+"""Distillation losses, pure: tensors in, per-sample losses out (reduction="none").
 
 Shapes: outputs (B, C, H, W); features (B, C_f, H_f, W_f); per-sample losses (B,).
 """

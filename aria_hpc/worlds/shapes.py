@@ -1,4 +1,4 @@
-"""The embedded "shapes" world (DESIGN.md section 8): a conditioning space small enough for a CPU.
+"""The embedded "shapes" world (docs/design.md section 2): a conditioning space small enough for a CPU.
 
 Combinations of shape x colour x position x size x background are rendered deterministically with
 NumPy (4x supersampled, so small shapes keep their outline at 16x16) and described by many
