@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from aria_hpc.config import load_config
+from aria_hpc.config import AriaConfig, load_config
 from aria_hpc.regions import RegionIndex, RegionTable, draw_conditions, update_allocation
 from aria_hpc.regions import allocation as A
 from aria_hpc.regions.simulate import make_landscape, predicted_tracking_error, run_simulation
@@ -85,7 +85,7 @@ def _uniform_pool_draws(region_of_prompt, k, n, seed, steps):
         rng = np.random.default_rng(1)
         draws = []
         for step in range(steps):
-            update_allocation(table, step=step, policy=policy, alpha=alpha, eps=0.1, warmup_steps=0)
+            update_allocation(table, AriaConfig(alpha=alpha, eps=0.1, warmup_steps=0), step=step, policy=policy)
             regions, prompts = draw_conditions(table, index, n, seed=seed, rank=0, step=step)
             draws.append(prompts)
             # ARIA's estimates move (rc ignores them): alpha = 0 must still draw as RC does.
@@ -199,3 +199,21 @@ def test_flattened_base_of_the_allocation():
     assert q[2] > 1 / 3 and np.isclose(q.sum(), 1)
     with pytest.raises(ValueError):
         flattened_base(pi, 1.5)
+
+
+def test_simulate_honours_every_allocation_field():
+    """aria-hpc simulate allocates as training does, from the whole aria section: base_gamma flattens
+    its base (it was ignored), warmup_steps holds q = pi, and alpha / eps tilt it."""
+    from aria_hpc.regions.allocation import allocate, flattened_base
+
+    over = ["train.steps=40", "train.log_every=20", "aria.warmup_steps=20", "aria.sync_every=7"]
+    runs = {g: list(run_simulation(load_config(None, [*over, f"aria.base_gamma={g}"]))) for g in (0.0, 1.0)}
+    cfg = load_config(None, over)
+    base = make_landscape(cfg).index.base
+    for g, records in runs.items():
+        np.testing.assert_allclose(records[0]["allocation"], base)  # step 20: still warming up (q = pi)
+        last = records[-1]
+        want = allocate(np.array(last["estimate"]), flattened_base(base, g), cfg.aria.alpha, cfg.aria.eps)
+        # the last step's allocation, from the estimates it logs (no fold since: 40 is not a multiple of 7)
+        np.testing.assert_allclose(last["allocation"], want, atol=1e-12)
+    assert runs[1.0][-1]["planted_share_q"] > runs[0.0][-1]["planted_share_q"]  # planted regions are the rarest

@@ -54,25 +54,36 @@ class RegionIndex:
         return self.order[self.offsets[regions] + within].astype(np.int64)
 
 
-def update_allocation(table: RegionTable, *, step: int, policy: str, alpha: float, eps: float,
-                      warmup_steps: int, base_gamma: float = 0.0) -> np.ndarray:
-    """Set the table's allocation for this step: pi for RC and during warm-up, else ARIA's q (over
-    the base pi, or with base_gamma > 0 over the flatter base pi^(1 - gamma), docs/design.md section 4.4)."""
-    if policy == "rc" or step < warmup_steps:
+def allocating(aria, policy: str, step: int) -> bool:
+    """Whether ARIA's q (rather than pi) allocates this step: policy aria, past aria.warmup_steps."""
+    return policy == "aria" and step >= aria.warmup_steps
+
+
+def update_allocation(table: RegionTable, aria, *, step: int, policy: str) -> np.ndarray:
+    """Set the table's allocation for this step from the config's `aria` section (config.AriaConfig):
+    pi for RC and during warm-up, else ARIA's q (over the base pi, or with aria.base_gamma > 0 over
+    the flatter base pi^(1 - gamma), docs/design.md section 4.4)."""
+    if policy not in ("rc", "aria"):
+        raise ValueError(f"no random-condition allocation for policy '{policy}'")
+    if not allocating(aria, policy, step):
         table.set_probabilities(table.base)
         return table.base
-    if policy != "aria":
-        raise ValueError(f"no random-condition allocation for policy '{policy}'")
-    if base_gamma == 0.0:
-        return table.probabilities(alpha, eps)
-    q = allocate(table.estimate(), flattened_base(table.base, base_gamma), alpha, eps)
+    if aria.base_gamma == 0.0:
+        return table.probabilities(aria.alpha, aria.eps)
+    q = allocate(table.estimate(), flattened_base(table.base, aria.base_gamma), aria.alpha, aria.eps)
     table.set_probabilities(q)
     return q
 
 
+def region_key(seed: int, rank: int, step: int, micro: int = 0) -> int:
+    """The key of a micro-step's region draws (training and simulate draw with the same one)."""
+    return derive_key(seed, rank, step, micro, REGION_STREAM)
+
+
 def draw_conditions(table: RegionTable, index: RegionIndex, n: int, *, seed: int, rank: int,
-                    step: int) -> tuple[np.ndarray, np.ndarray]:
-    """n (region, prompt) draws for (seed, rank, step) from the table's current allocation."""
-    regions = table.sample(n, derive_key(seed, rank, step, REGION_STREAM))
-    prompts = index.prompts_in(regions, derive_key(seed, rank, step, PROMPT_STREAM))
+                    step: int, micro: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n (region, prompt) draws for (seed, rank, step, micro) from the table's current allocation:
+    the regions training draws at that micro-step, and a prompt uniformly inside each."""
+    regions = table.sample(n, region_key(seed, rank, step, micro))
+    prompts = index.prompts_in(regions, derive_key(seed, rank, step, micro, PROMPT_STREAM))
     return regions, prompts

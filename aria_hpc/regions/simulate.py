@@ -67,8 +67,7 @@ def run_simulation(cfg: Config) -> Iterator[dict]:
     truth = land.truth.copy()
     batch = cfg.train.micro_batch_per_gpu
     for step in range(cfg.train.steps):
-        q = update_allocation(table, step=step, policy=cfg.train.policy, alpha=a.alpha, eps=a.eps,
-                              warmup_steps=a.warmup_steps)
+        q = update_allocation(table, a, step=step, policy=cfg.train.policy)
         regions, _prompts = draw_conditions(table, land.index, batch, seed=cfg.seed, rank=0, step=step)
         z = np.random.default_rng(derive_key(cfg.seed, 0, step, NOISE_STREAM)).standard_normal(batch)
         d = truth[regions] * np.exp(s.noise * z - 0.5 * s.noise**2)

@@ -29,7 +29,7 @@ from aria_hpc.errors import AgreedError, Preempted, UserError
 from aria_hpc.fsio import require_writable
 from aria_hpc.regions.allocation import group_view, normalise_by_baseline, sample_weights
 from aria_hpc.regions.rng import derive_key
-from aria_hpc.regions.sampler import REGION_STREAM, update_allocation
+from aria_hpc.regions.sampler import allocating, region_key, update_allocation
 from aria_hpc.regions.sync import sync_and_fold
 from aria_hpc.regions.table import RegionTable, table_digest
 from aria_hpc.train import checkpoint, losses
@@ -140,12 +140,11 @@ def train(cfg: Config, log=print) -> dict:
         for step in range(start_step, cfg.train.steps):
             # ---- sample: allocation for this step, then one batch per micro-step -------------
             if policy != "paired":
-                q = update_allocation(table, step=step, policy=policy, alpha=cfg.aria.alpha, eps=cfg.aria.eps,
-                                      warmup_steps=cfg.aria.warmup_steps, base_gamma=cfg.aria.base_gamma)
+                q = update_allocation(table, cfg.aria, step=step, policy=policy)
             step_loss = 0.0
             for micro in range(cfg.train.grad_accum):
                 rng = np.random.default_rng([cfg.seed, rank, step, micro])
-                key = derive_key(cfg.seed, rank, step, micro, REGION_STREAM)
+                key = region_key(cfg.seed, rank, step, micro)
                 # RC draws its random conditions as region ~ pi, then uniformly inside the region (the
                 # same distribution as uniform over the pool), so ARIA with alpha = 0 is RC draw for draw.
                 # (a second stream, for the draws SteeredDraws steers by q: its own key, the same q)
@@ -168,7 +167,7 @@ def train(cfg: Config, log=print) -> dict:
                     target = losses.task_target(ctx.teacher, batch.x_t.to(device), x0, t)
                     task_term = losses.task_loss(student_out, target, torch.from_numpy(batch.paired).to(device))
                 importance = None
-                if policy == "aria" and cfg.aria.importance and step >= cfg.aria.warmup_steps:
+                if cfg.aria.importance and allocating(cfg.aria, policy, step):
                     w = sample_weights(batch.region, ~batch.paired & (batch.cond >= 0), table.base, q)
                     importance = torch.from_numpy(w).to(device).float()
                 loss = losses.combine(per_sample, weights, feature_term, task_term, importance)
