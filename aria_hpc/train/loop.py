@@ -224,7 +224,7 @@ def train(cfg: Config, log=print) -> dict:
                 t_last, steps_since = time.perf_counter(), 0
                 record = {"step": done, "loss": loss_sum / world, "lr": step_lr, "samples_per_s": rate,
                           "teacher_forwards": int(forwards), "bank_hits": int(hits),
-                          "fresh_forwards": int(forwards), "written_back": int(written), "policy": policy}
+                          "written_back": int(written), "policy": policy}
                 if done % cfg.train.region_log_every == 0 or done == cfg.train.steps:
                     record["region_estimate"] = table.estimate().round(6).tolist()
                     record["allocation"] = table.q.round(6).tolist()
