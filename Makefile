@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test tsan bench clean
+.PHONY: install demo test lint tsan bench clean
 
 $(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.hpp csrc/cuda/*)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff (pyproject.toml [tool.ruff]): pyflakes, pycodestyle, import order, bugbear.
+lint: install
+	$(VENV)/bin/ruff check .
 
 tsan: install
 	scripts/tsan_check.sh $(PY)

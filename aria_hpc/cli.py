@@ -95,8 +95,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
         shutil.rmtree(embed_dir)
     save_resolved(cfg, embed_dir / "runs" / f"embed-{'all' if args.shard is None else args.shard.replace('/', 'of')}")
     pool, encoder = open_pool_and_encoder(cfg)
-    print(f"pool: {len(pool)} prompts (dropped {pool.dropped['empty']} empty and {pool.dropped['duplicate']} duplicate), "
-          f"digest {pool.digest[:16]}; encoder {encoder.model_dir} ({encoder.dim}-d)", flush=True)
+    print(f"pool: {len(pool)} prompts (dropped {pool.dropped['empty']} empty and {pool.dropped['duplicate']} "
+          f"duplicate), digest {pool.digest[:16]}; encoder {encoder.model_dir} ({encoder.dim}-d)", flush=True)
     bars: dict[int, tqdm] = {}
 
     def progress(index: int, done: int) -> None:
@@ -109,8 +109,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
         if args.quiet:
             print(f"shard {index}: {done}/{stop - start} rows", flush=True)
 
-    for result in build_shards(embed_dir, pool, encoder, shards, cfg.embed.shards, batch_size=cfg.text_encoder.batch_size,
-                               store_tokens=stores_tokens(cfg, pool), progress=progress):
+    for result in build_shards(embed_dir, pool, encoder, shards, cfg.embed.shards,
+                               batch_size=cfg.text_encoder.batch_size, store_tokens=stores_tokens(cfg, pool),
+                               progress=progress):
         if result.index in bars:
             bars.pop(result.index).close()
         state = ("already complete" if result.resumed_from == result.rows else
@@ -212,7 +213,8 @@ def cmd_regions(args: argparse.Namespace) -> int:
     save_resolved(cfg, Path(rc.path).parent / "runs" / "regions")
     comp = composition(regions.region, store.pool.split, rc.k)
     reps = store.pool.text(regions.representatives[:, 0][regions.representatives[:, 0] >= 0])
-    print(f"k-means ({rc.features} features): {len(store.pool)} x {regions.centroids.shape[1]} into {rc.k} regions in {elapsed:.1f}s "
+    print(f"k-means ({rc.features} features): {len(store.pool)} x {regions.centroids.shape[1]} into {rc.k} regions "
+          f"in {elapsed:.1f}s "
           f"(trained on {regions.attrs['train_points']}) "
           f"(objective {regions.attrs['objective']:.4g})")
     labelled = comp[:, 3].sum() == 0
@@ -438,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "any command)")
     p.add_argument("--quiet", action="store_true", help="progress as plain lines instead of bars")
     p.add_argument("--status", action="store_true",
-                   help="print entries, regions covered and bytes per shard kind (planned / written back); builds nothing")
+                   help="print entries, regions covered and bytes per shard kind (planned / written back); "
+                        "builds nothing")
     p.set_defaults(func=cmd_bank)
     p = sub.add_parser("train", help="distil a student (RC / ARIA / paired) on DeepSpeed; resumes by default")
     _add_config_args(p)
@@ -473,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace a bank under --out built with another configuration (e.g. after changing regions.k)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the demo config")
     p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("study", help="policies x seeds on each world regime; committed summaries and a report (resumable)")
+    p = sub.add_parser("study", help="policies x seeds on each world regime; committed summaries and a report "
+                                     "(resumable)")
     p.add_argument("study", help="study YAML (e.g. configs/studies/select.yaml)")
     p.add_argument("--executor", choices=("local", "slurm", "debug"), default="local",
                    help="submitit executor for the members (local: launch.array_parallelism at a time)")

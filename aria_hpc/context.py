@@ -119,7 +119,8 @@ def pairs_x0(cfg: Config, pool):
 
     pset = pairs_stage.PairedSet(cfg)
     if len(pset) and int(pset.prompt_ids.max()) >= len(pool):
-        raise UserError(f"the paired set in {cfg.pairs.dir} indexes another prompt pool: run `aria-hpc pairs CONFIG --rebuild`")
+        raise UserError(f"the paired set in {cfg.pairs.dir} indexes another prompt pool: run `aria-hpc pairs CONFIG "
+                        "--rebuild`")
     image_set = hashlib.sha256(f"pairs:{pset.digest}".encode()).hexdigest()
     if cfg.bank.dir:
         return ensure_x0_from_pairs(Path(cfg.bank.dir), pset, image_set), pset.prompt_ids[:, None], image_set

@@ -65,7 +65,8 @@ def ensure_regions(cfg: Config, log) -> str:
         want["train_points"] = min(rc.train_points, len(store.pool))
     if path.is_file():
         with h5py.File(path, "r", locking=False) as f:
-            if all(_same(f.attrs.get(k), v) for k, v in want.items()) and f.attrs.get("features", "text") == rc.features:
+            same = all(_same(f.attrs.get(k), v) for k, v in want.items())
+            if same and f.attrs.get("features", "text") == rc.features:
                 return f"{rc.k} {rc.features} regions reused"
     build_regions(cfg, log=log)
     return f"{rc.k} {rc.features} regions computed"

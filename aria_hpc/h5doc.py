@@ -44,7 +44,8 @@ FILES = {
         "Rows [start, stop) of a pipeline teacher's paired set (aria_hpc.pairs): latents the teacher generated for "
         "pool prompts (attr settings: source, steps, guidance_scale, seed, dtype), or images encoded by its VAE, "
         "with the pool prompt each was made from.",
-        {"latents": ("the pipeline's latent of each row (the space its UNet or transformer denoises; VAE shift and scaling factors applied)",
+        {"latents": ("the pipeline's latent of each row (the space its UNet or transformer denoises; VAE shift "
+                     "and scaling factors applied)",
                      "latent units, pairs.dtype"),
          "prompt_ids": ("the prompt each row was made from (its caption)", "row of prompts.h5")}),
     "x0": (

@@ -195,7 +195,8 @@ def read_rows(path: Path, image_column: str, caption_column: str) -> list[tuple[
                 rec = json.loads(line)
                 rows.append((rec[image_column], rec[caption_column]))
             except (ValueError, KeyError, TypeError):
-                raise UserError(f"{path}:{n} is not a JSON object with '{image_column}' and '{caption_column}'") from None
+                raise UserError(f"{path}:{n} is not a JSON object with '{image_column}' and "
+                                f"'{caption_column}'") from None
     return rows
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timing import median_seconds
 
 from aria_hpc.bank import Bank
 from aria_hpc.bank.fingerprint import SCHEMA_VERSION
@@ -40,7 +41,6 @@ from aria_hpc.bank.paired import X0_FILE
 from aria_hpc.bank.plan import RCSchedule, plan_bank, shard_plan
 from aria_hpc.bank.writer import shard_name, update_manifest, write_shard
 from aria_hpc.fsio import array_digest
-from timing import median_seconds
 
 ENTRY_SHAPE = (4, 64, 64)
 BATCH = 256

@@ -39,10 +39,10 @@ TINY_SD3 = {"sample_size": 8, "patch_size": 2, "in_channels": 16, "num_layers": 
 
 def run(tiny: bool, preset: str, batch: int, repeats: int) -> dict:
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformer_students import SD3_MEDIUM
 
     from aria_hpc.models.flow import FlowDenoiser, FlowTime
     from aria_hpc.models.students import build_student
-    from transformer_students import SD3_MEDIUM
 
     gpu = torch.cuda.is_available() and not tiny
     device = torch.device("cuda" if gpu else "cpu")

@@ -119,7 +119,6 @@ def phase_read(root: Path, count: int, repeats: int) -> dict:
 
 def phase_generate(root: Path, images: int) -> dict:
     import yaml
-
     from sd_configs import build_tiny_pipeline  # tests/sd_configs.py: a tiny real SD-1.x pipeline
 
     from aria_hpc.cli import main

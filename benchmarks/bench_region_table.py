@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timing import median_seconds, paired_ratio
 
 from aria_hpc.regions import RegionTable
-from timing import median_seconds, paired_ratio
 
 K_VALUES = (16, 256, 65536)
 BYTES_PER_SAMPLE = 16  # an int64 id and a float64 value
@@ -78,7 +78,7 @@ def bench_k(k: int, n: int, repeats: int) -> dict:
 
     def record_fresh():
         table.record(ids, values)
-        table.accumulators  # settles: the block now holds the samples
+        _ = table.accumulators  # settles: the block now holds the samples
 
     def numpy_sum():
         np.bincount(ids, values, minlength=k)

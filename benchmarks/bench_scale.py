@@ -175,10 +175,10 @@ def child(stage: str, n: int, work: Path, k: int, niter: int) -> dict:
 
 def encoder_throughput(repeats: int) -> dict:
     import torch
+    from timing import paired_ratio
     from transformers import AutoModel, AutoTokenizer
 
     from aria_hpc.conditioning.encoders import TextEncoder
-    from timing import paired_ratio
 
     torch.set_num_threads(1)
     prompts = [f"a watercolour painting of a {w} number {i}" for i, w in enumerate(["fox", "barn", "cloud", "kite"] * 256)]
@@ -202,12 +202,12 @@ def encoder_throughput(repeats: int) -> dict:
 def encode_vs_step(batch: int, repeats: int) -> dict:
     """Encoding a batch's prompts (MiniLM, 2 threads) against one optimizer step of the demo's student."""
     import torch
+    from timing import median_seconds
 
     from aria_hpc.conditioning.encoders import TextEncoder
     from aria_hpc.conditioning.unet_input import UNetCond
     from aria_hpc.models.students import build_student
     from aria_hpc.models.teacher import load_teacher
-    from timing import median_seconds
 
     torch.set_num_threads(2)
     enc = TextEncoder(max_length=24)

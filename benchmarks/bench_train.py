@@ -36,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timing import median_seconds
 
 from aria_hpc.config import load_config
-from timing import median_seconds
 
 TARGET_ARIA_OVERHEAD = 1.03
 TARGET_BANK_FRACTION = 0.8

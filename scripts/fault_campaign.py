@@ -131,8 +131,9 @@ def run(cmd: list[str], timeout: float = 1800) -> subprocess.CompletedProcess:
 
 def outputs(stage: str, ws: Path) -> dict:
     """What the stage produced, in the form two runs are compared by."""
-    from aria_hpc.integrity import data_digest
     import h5py
+
+    from aria_hpc.integrity import data_digest
 
     def h5(path: Path) -> str | None:
         if not path.is_file():
@@ -337,8 +338,9 @@ def flip_byte(path: Path, rng) -> str:
 
 
 def h5_digest(path: Path) -> str:
-    from aria_hpc.integrity import data_digest
     import h5py
+
+    from aria_hpc.integrity import data_digest
 
     with h5py.File(path, "r", locking=False) as f:
         return data_digest(f)

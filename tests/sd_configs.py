@@ -80,8 +80,14 @@ def tiny_vae():
 def build_tiny_pipeline(out, kind: str):
     """Save a tiny real pipeline of `kind` (sd15, sd21 or sdxl) with save_pretrained; returns its path."""
     import torch
-    from diffusers import (DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
-                           StableDiffusionXLPipeline, UNet2DConditionModel)
+    from diffusers import (
+        DDIMScheduler,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(0)
@@ -137,8 +143,12 @@ def build_tiny_sd3_pipeline(out, *, t5: bool = True, words=("a", "photo", "of", 
     """Save a tiny real StableDiffusion3Pipeline (two CLIPs with projections, an optional T5, an MMDiT
     transformer, a 16-channel VAE with a shift factor, SD3's flow scheduler) with save_pretrained."""
     import torch
-    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
-                           StableDiffusion3Pipeline)
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
     from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     torch.manual_seed(0)

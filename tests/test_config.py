@@ -4,10 +4,10 @@
 
 import pytest
 import yaml
+from conftest import ROOT
 
 from aria_hpc.config import MOVED, Config, all_keys, changed_keys, dump_yaml, flatten, load_config, save_resolved
 from aria_hpc.errors import ConfigError
-from conftest import ROOT
 
 PRESETS = sorted(p for p in (ROOT / "configs").glob("**/*.yaml") if not {"sweeps", "studies"} & set(p.parts))
 SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
@@ -154,6 +154,22 @@ def test_moved_keys_still_load_and_say_where_they_went(tmp_path, capfd):
     assert changed_keys(flatten(Config()), then) == ["teacher_recipe.steps"]
     with pytest.raises(ConfigError, match="unknown config key 'teacher.stepz'"):
         load_config(None, ["teacher.stepz=1"])
+
+
+def test_removed_keys_still_load_with_a_note(tmp_path, capfd):
+    """bank.prefetch was removed (no code read it): a file, an override and a checkpoint's flat config
+    that still hold it load, the key ignored; a user's file and an override get one note line each."""
+    old = tmp_path / "old.yaml"
+    old.write_text("bank:\n  prefetch: 4\n  entries: 123\n")
+    cfg = load_config(old)
+    note = capfd.readouterr().err.strip().splitlines()
+    assert len(note) == 1 and "bank.prefetch no longer exists (no code read it" in note[0] and "ignored" in note[0]
+    assert cfg.bank.entries == 123 and not hasattr(cfg.bank, "prefetch")
+    assert load_config(old, stored=True) == cfg and capfd.readouterr().err == ""
+    assert load_config(None, ["bank.prefetch=3"]) == load_config(None)
+    assert "override: bank.prefetch no longer exists" in capfd.readouterr().err
+    then = {**flatten(Config()), "bank.prefetch": 2}
+    assert changed_keys(flatten(Config()), then) == []  # a checkpoint written with it resumes
 
 
 def test_cli_unknown_key_is_one_line_and_exit_2(aria_cli, tmp_path):

@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 
 from aria_hpc.regions import RegionTable
 from aria_hpc.regions.table import DeviceRegionStats, cuda_compiled
-from conftest import ROOT
 
 needs_gpu = pytest.mark.skipif(not (torch.cuda.is_available() and cuda_compiled()),
                                reason="needs a CUDA device and aria_hpc._C built with CUDA")

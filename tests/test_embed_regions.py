@@ -9,13 +9,13 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from conftest import ROOT, cli_env
 
 from aria_hpc.conditioning.embeddings import EmbeddingStore
 from aria_hpc.conditioning.encoders import TextEncoder
 from aria_hpc.conditioning.kmeans import load_regions
 from aria_hpc.conditioning.pool import PromptPool, materialise_pool
 from aria_hpc.errors import UserError
-from conftest import ROOT, cli_env
 
 
 def write_pool_files(tmp_path, n=300):

@@ -6,7 +6,6 @@ refused by the next command in one line naming the file, or repaired to the data
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))

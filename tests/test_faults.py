@@ -12,7 +12,6 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-
 from test_train import FAST
 
 

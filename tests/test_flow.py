@@ -149,10 +149,10 @@ def test_flux_depth_pruning_keeps_teacher_blocks():
 @pytest.mark.parametrize("t5", [True, False], ids=["clip+t5", "clip-only"])
 def test_sd3_pipeline_conditioning_is_diffusers_encode_prompt(tmp_path, t5):
     from diffusers import StableDiffusion3Pipeline
+    from sd_configs import build_tiny_sd3_pipeline
 
     from aria_hpc.conditioning.encoders import open_text_encoder
     from aria_hpc.models.pipeline import read_layout
-    from sd_configs import build_tiny_sd3_pipeline
 
     path = build_tiny_sd3_pipeline(tmp_path / "sd3", t5=t5)
     layout = read_layout(path)
@@ -195,10 +195,10 @@ def test_sd3_pipeline_conditioning_is_diffusers_encode_prompt(tmp_path, t5):
 
 def test_flow_sampler_is_the_sd3_pipelines_own(tmp_path):
     from diffusers import StableDiffusion3Pipeline
+    from sd_configs import build_tiny_sd3_pipeline
 
     from aria_hpc.conditioning.encoders import open_text_encoder
     from aria_hpc.models.flow import flow_sample
-    from sd_configs import build_tiny_sd3_pipeline
 
     path = build_tiny_sd3_pipeline(tmp_path / "sd3")
     pipe = StableDiffusion3Pipeline.from_pretrained(path)

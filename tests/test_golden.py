@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, cli_env
 
 GOLDEN = ROOT / "tests" / "golden"

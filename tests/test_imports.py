@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, cli_env
 
 HEAVY = ("h5py", "aria_hpc._C", "aria_hpc.distributed", "torch.distributed", "torch", "deepspeed")

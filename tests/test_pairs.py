@@ -11,10 +11,10 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-
-from aria_hpc.eval import sd_metrics
 from conftest import ROOT, cli_env
 from sd_configs import PIXELS, build_tiny_pipeline
+
+from aria_hpc.eval import sd_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -146,9 +146,9 @@ def test_a_killed_pairs_build_resumes_to_the_same_set_and_a_damaged_shard_is_nam
     # one byte of the latents flipped: the next reader names the shard and the command that rebuilds it
     from test_faults import flip_dataset_bytes
 
+    from aria_hpc import pairs
     from aria_hpc.config import load_config
     from aria_hpc.errors import UserError
-    from aria_hpc import pairs
 
     flip_dataset_bytes(tmp_path / "p" / "shard-00000-of-00001.h5", "latents")
     time.sleep(0.01)

@@ -128,7 +128,7 @@ def test_bad_samples_raise_and_record_nothing(ids, values, match, repeat, settle
     for t in (table, twin):
         t.record(np.array([2, 3]), np.array([1.0, 0.1]))
     if settled:
-        table.accumulators
+        _ = table.accumulators  # reading the block settles the pending samples
     # One bad sample, before or after 2 * repeat - 1 good ones (all added by then on the fast paths).
     bad = next(i for i, (r, v) in enumerate(zip(ids, values)) if not (0 <= r < 5 and np.isfinite(v)))
     bad_ids, bad_values = [ids[1 - bad]] * (2 * repeat - 1), [values[1 - bad]] * (2 * repeat - 1)
@@ -162,7 +162,7 @@ def test_bad_construction_and_arguments():
 def test_state_dict_round_trip_resumes_exactly():
     rng = np.random.default_rng(0)
     a, b = RegionTable(20, rng.random(20) + 0.1), None
-    for step in range(5):
+    for _ in range(5):
         a.record(*_batch(rng, 20, 100))
         a.fold(0.2)
     a.probabilities(1.5, 0.1)

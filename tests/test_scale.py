@@ -140,9 +140,9 @@ def test_external_dedup_gives_the_in_memory_pool(tmp_path, threshold, batch, mon
 def test_a_pool_without_stored_tokens_is_encoded_on_the_fly(tiny_world, tmp_path):
     """Above embed.store_tokens_max the shards hold no token states; the bank and training get the
     same conditioning by encoding each batch's prompts (fp16, as stored)."""
-    from aria_hpc.context import load_context
     from aria_hpc.cli import main
     from aria_hpc.config import load_config
+    from aria_hpc.context import load_context
 
     path, root = tiny_world
     bare = [f"embed.dir={tmp_path / 'emb'}", "embed.store_tokens_max=100"]

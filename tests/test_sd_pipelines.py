@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from sd_configs import PIXELS, build_tiny_pipeline, build_tiny_sd3_pipeline, tiny_clip_metric_model, tiny_inception
 
 from aria_hpc.config import load_config
 from aria_hpc.errors import ConfigError
-from sd_configs import PIXELS, build_tiny_pipeline, build_tiny_sd3_pipeline, tiny_clip_metric_model, tiny_inception
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,9 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from test_embed_regions import write_pool_files
 
 from aria_hpc.cli import main
-from test_embed_regions import write_pool_files
 
 SMALL = {"k": 4, "niter": 5, "features": "teacher", "signature_dim": 16, "signature_batch_size": 32,
          "probe_timesteps": [0.9, 0.5], "probe_noises": 1}

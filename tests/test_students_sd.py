@@ -3,9 +3,9 @@ weights, no memory): the parameter counts BK-SDM publishes (Kim et al. 2023, Tab
 
 import pytest
 import torch
+from sd_configs import SD15_UNET, SDXL_UNET
 
 from aria_hpc.models.students import build_student
-from sd_configs import SD15_UNET, SDXL_UNET
 
 
 def millions(model) -> float:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT, cli_env
+from test_bank import slurm_up
 
 from aria_hpc.bank import build_bank
 from aria_hpc.config import load_config
-from conftest import ROOT, cli_env
-from test_bank import slurm_up
 
 TINY = {"train.steps": 3, "train.micro_batch_per_gpu": 8, "train.log_every": 1, "train.region_log_every": 1,
         "aria.warmup_steps": 1, "aria.sync_every": 1, "eval.per_region": 4, "eval.per_group": 2,

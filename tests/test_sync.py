@@ -6,10 +6,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT, cli_env, free_port
+from dist_worker import BETA, ROUNDS, K, rank_batch
 
 from aria_hpc.regions import RegionTable
-from conftest import ROOT, cli_env, free_port
-from dist_worker import BETA, K, ROUNDS, rank_batch
 
 
 @pytest.mark.multiproc

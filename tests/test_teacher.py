@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 
+from aria_hpc.conditioning.unet_input import UNetCond
 from aria_hpc.config import load_config, move_keys, to_dict
 from aria_hpc.errors import UserError
-from conftest import ROOT
-from aria_hpc.conditioning.unet_input import UNetCond
 from aria_hpc.models.sampling import ddim_sample
 from aria_hpc.models.teacher import load_teacher, shipped_teacher_dir
 from aria_hpc.worlds.judge import load_judge

@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, cli_env, free_port
 
 from aria_hpc.bank import build_bank
 from aria_hpc.config import load_config
 from aria_hpc.train import losses
-from conftest import ROOT, cli_env, free_port
 
 FAST = ["train.micro_batch_per_gpu=8", "train.log_every=1", "train.region_log_every=2", "aria.warmup_steps=2",
         "aria.sync_every=2", "train.lr=1e-3"]

@@ -2,12 +2,20 @@
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from aria_hpc.config import load_config
 from aria_hpc.errors import ConfigError
-from conftest import ROOT
-from aria_hpc.worlds.shapes import (ALL_COMBINATIONS, ATTRIBUTES, SPLITS, TEMPLATES, ShapesWorld, prompts_for,
-                                    render, shapes_world)
+from aria_hpc.worlds.shapes import (
+    ALL_COMBINATIONS,
+    ATTRIBUTES,
+    SPLITS,
+    TEMPLATES,
+    ShapesWorld,
+    prompts_for,
+    render,
+    shapes_world,
+)
 
 
 def test_world_size_meets_the_spec():

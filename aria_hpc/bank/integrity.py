@@ -55,7 +55,8 @@ def hash_shard(path: Path, listed: str | None = None) -> str:
             own = str(f.attrs.get("digest", ""))
             digest = shard_digest(f)
     except OSError as exc:
-        raise ShardFault(path, f"cannot be read as HDF5 (truncated or overwritten? {str(exc).splitlines()[0]})") from None
+        cause = str(exc).splitlines()[0]
+        raise ShardFault(path, f"cannot be read as HDF5 (truncated or overwritten? {cause})") from None
     if listed is not None and own != listed:
         raise ShardFault(path, f"is not the shard the manifest lists (digest {own[:12]}, manifest {listed[:12]})")
     if digest != own:

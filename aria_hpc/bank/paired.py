@@ -64,7 +64,8 @@ class X0Rows:
             flat = rows.reshape(len(unique), -1).view(np.uint8)
             for k, i in enumerate(unique):
                 if os.preadv(self._fd, [flat[k]], self.offset + int(i) * self.row_bytes) != self.row_bytes:
-                    raise UserError(f"{self.path} is shorter than its x0 dataset: rebuild the bank (aria-hpc bank CONFIG)")
+                    raise UserError(f"{self.path} is shorter than its x0 dataset: rebuild the bank "
+                                    "(aria-hpc bank CONFIG)")
         return rows.astype(np.float32)[inverse.reshape(ids.shape)]
 
 

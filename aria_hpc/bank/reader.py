@@ -1,4 +1,4 @@
-"""Reading a bank: fingerprint-checked, digest-verified, region-indexed, lazily opened per process, prefetched.
+"""Reading a bank: fingerprint-checked, digest-verified, region-indexed, lazily opened per process.
 
 Entries are drawn the way RC draws them (uniformly over the bank, which follows RC's schedule); an
 optional region sampler (ARIA) re-draws the random-conditioned ones by region: region k ~ q, then an

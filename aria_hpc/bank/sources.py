@@ -12,7 +12,6 @@ cursor in ``state_dict`` for exact resume, and flushes pending write-back at che
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -68,11 +67,7 @@ def concat_batches(parts: list[BankBatch]) -> BankBatch:
 class BankSource:
     """Cached outputs, drawn through a ledger (bank/ledger.py) that records what each entry served.
     With `live` (hybrid mode), the ledger retires an entry after `max_reuse` draws and a region with
-    nothing left gets fresh tuples from the live teacher: the same schedule, the region asked for.
-
-    `prefetch` draws a batch's rows now (in the caller's thread, so the region sampler sees the
-    current allocation) and reads them in a background thread: the C++ gather and the noise
-    regeneration release the GIL, so the read overlaps the training step."""
+    nothing left gets fresh tuples from the live teacher: the same schedule, the region asked for."""
 
     def __init__(self, bank: Bank, *, num_regions: int | None = None, live: LiveTeacher | None = None,
                  max_reuse: int | None = None, rank: int = 0, world: int = 1) -> None:
@@ -82,7 +77,6 @@ class BankSource:
         self.ledger = bank.ledger(self.num_regions, max_reuse if live is not None else None, rank, world)
         self.bank_hits = 0
         self._rank, self._world = rank, world
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bank-read")
 
     @property
     def teacher_forwards(self) -> int:
@@ -106,16 +100,6 @@ class BankSource:
         if len(fresh):
             parts.append(self.live.fresh(fresh, rng))
         return concat_batches(parts)
-
-    def prefetch(self, n: int, rng: np.random.Generator, region_sampler: RegionSampler | None = None,
-                 *, paired_only: bool = False) -> Future[BankBatch]:
-        if self.live is not None:  # fresh tuples run the teacher in the caller's thread
-            done: Future[BankBatch] = Future()
-            done.set_result(self.draw(n, rng, region_sampler, paired_only=paired_only))
-            return done
-        rows = self.bank.draw_served(n, rng, region_sampler, paired_only=paired_only, ledger=self.ledger)[0]
-        self.bank_hits += n
-        return self._reader.submit(self.bank.read, rows)
 
     def region_usage(self, num_regions: int) -> dict[str, np.ndarray]:
         return self.ledger.region_usage()
@@ -141,7 +125,7 @@ class BankSource:
             self.live.load_state_dict(state["live"])
 
     def close(self) -> None:
-        self._reader.shutdown(wait=True)
+        pass
 
 
 class Writeback:
@@ -269,7 +253,8 @@ class LiveTeacher:
         entry = LIVE_ENTRY_BASE + (self.stream << 32) + self.counter + np.arange(n)
         self.counter += n
         cols = finish(self.ctx.conditioning, cols, entry, self.ctx.cfg.seed)
-        x_t = noised_inputs(self.ctx.teacher.noise_schedule, torch.from_numpy(self.x0[cols["image"]]), cols["t"], cols["seed"])
+        x_t = noised_inputs(self.ctx.teacher.noise_schedule, torch.from_numpy(self.x0[cols["image"]]), cols["t"],
+                            cols["seed"])
         output, feats = self.runner(x_t, cols["t"], cols["cond"])
         random = ~cols["paired"] & (cols["cond"] != NULL)
         np.add.at(self.fresh_per_region, cols["region"][random], 1)
@@ -322,7 +307,8 @@ class SteeredDraws:
     Each sample is steered with probability `share` (the count per batch is binomial), so the share of
     all samples it moves is `share`, not a share of the ~20% that RC replaces."""
 
-    def __init__(self, inner: TeacherSource, live: LiveTeacher, share: float, prompts: np.ndarray | None = None) -> None:
+    def __init__(self, inner: TeacherSource, live: LiveTeacher, share: float,
+                 prompts: np.ndarray | None = None) -> None:
         self.inner, self.live, self.share, self.prompts = inner, live, share, prompts
 
     @property
@@ -385,7 +371,6 @@ def steered(cfg, ctx: RunContext, source: TeacherSource, rank: int) -> TeacherSo
     prompts = None
     if cfg.rc.oracle_share:
         from aria_hpc.errors import UserError
-
         from aria_hpc.splits import SPLITS
 
         prompts = np.flatnonzero(np.asarray(ctx.store.pool.split) == SPLITS.index("unseen"))  # the held-out group

@@ -204,8 +204,8 @@ def check_shards(bank_dir: Path, *, force: bool = False) -> list[ShardFault]:
     if (bank_dir / MANIFEST).is_file():
         listed = {m["name"]: m["digest"] for m in json.loads((bank_dir / MANIFEST).read_text()).get("shards", [])}
     bad: list[ShardFault] = []
-    verify_shards(bank_dir, [{"name": p.name, "digest": listed.get(p.name)} for p in sorted(bank_dir.glob("shard-*.h5"))],
-                  force=force, faults=bad)
+    shards = [{"name": p.name, "digest": listed.get(p.name)} for p in sorted(bank_dir.glob("shard-*.h5"))]
+    verify_shards(bank_dir, shards, force=force, faults=bad)
     for fault in bad:
         set_aside(fault.path)
     return bad
@@ -262,8 +262,8 @@ def check_read_only_bank(cfg, *, verify: bool = False, log: Callable[[str], None
     """`aria-hpc bank` on a bank this user cannot write: check it for this config and write nothing
     (no manifest update, no verified cache, no shard set aside)."""
     from aria_hpc.bank.paired import X0_FILE
-    from aria_hpc.context import load_context
     from aria_hpc.bank.reader import read_manifest
+    from aria_hpc.context import load_context
 
     bank_dir = Path(cfg.bank.dir)
     fix = f"make {bank_dir} writable (or copy it elsewhere and point bank.dir there), then run `aria-hpc bank`"
@@ -273,7 +273,8 @@ def check_read_only_bank(cfg, *, verify: bool = False, log: Callable[[str], None
     ctx = load_context(cfg)
     check_fingerprint(str(bank_dir / MANIFEST), manifest["fingerprint"], ctx.fingerprint)
     if not manifest["complete"]:
-        raise UserError(f"bank {bank_dir} is read-only and incomplete (missing shards {manifest['missing'][:8]}): {fix}")
+        raise UserError(f"bank {bank_dir} is read-only and incomplete (missing shards {manifest['missing'][:8]}): "
+                        f"{fix}")
     try:
         hashed = verify_shards(bank_dir, manifest["shards"], force=verify)
     except ShardFault as fault:
@@ -298,7 +299,8 @@ def build_bank(cfg, *, shards: list[int] | None = None, rebuild: bool = False, e
     indices = list(range(cfg.bank.shards)) if shards is None else shards
     bad = [i for i in indices if not 0 <= i < cfg.bank.shards]
     if bad:
-        raise UserError(f"--shard {bad[0]}: bank.shards is {cfg.bank.shards}, so a shard index is 0..{cfg.bank.shards - 1}")
+        raise UserError(f"--shard {bad[0]}: bank.shards is {cfg.bank.shards}, so a shard index is "
+                        f"0..{cfg.bank.shards - 1}")
     for bad_shard in check_shards(bank_dir, force=verify):
         log(f"bank {bank_dir}: {bad_shard.path.name} {bad_shard.why}; set aside as {bad_shard.path.name}.bad")
     todo = [i for i in indices if not shard_is_complete(bank_dir, i, ctx.fingerprint)]

@@ -22,11 +22,11 @@ import numpy as np
 from aria_hpc.conditioning.pool import PromptPool, materialise_pool
 from aria_hpc.errors import UserError
 from aria_hpc.fsio import fsync_path, read_h5
+from aria_hpc.h5doc import describe
 from aria_hpc.integrity import remember, seal, verify
+from aria_hpc.worlds.shapes import shapes_world
 
 EMBED_FIX = "run `aria-hpc embed CONFIG`: it sets a damaged shard aside and rebuilds it"
-from aria_hpc.h5doc import describe
-from aria_hpc.worlds.shapes import shapes_world
 
 
 def shard_range(count: int, index: int, shards: int) -> tuple[int, int]:
@@ -89,7 +89,8 @@ def build_shard(embed_dir: Path, pool: PromptPool, encoder, index: int, shards: 
         return ShardResult(index, stop - start, stop - start)
     n, d, length = stop - start, encoder.dim, encoder.length
     chunk_rows = max(1, min(batch_size, n))
-    datasets = {"pooled": ((n, getattr(encoder, "pooled_dim", d)), np.float16, (chunk_rows, getattr(encoder, "pooled_dim", d)))}
+    pooled_dim = getattr(encoder, "pooled_dim", d)
+    datasets = {"pooled": ((n, pooled_dim), np.float16, (chunk_rows, pooled_dim))}
     if store_tokens:
         datasets["tokens"] = ((n, length, d), np.float16, (1, length, d))
         datasets["mask"] = ((n, length), bool, (chunk_rows, length))

@@ -112,8 +112,8 @@ class TextEncoder:
             tokens.append(hidden.cpu().numpy())
             masks.append(mask.cpu().numpy())
         if not pooled:
-            d, l = self.dim, self.max_length
-            return EncodedText(np.zeros((0, d), np.float32), np.zeros((0, l, d), np.float32), np.zeros((0, l), bool))
+            d, n = self.dim, self.max_length
+            return EncodedText(np.zeros((0, d), np.float32), np.zeros((0, n, d), np.float32), np.zeros((0, n), bool))
         return EncodedText(np.concatenate(pooled), np.concatenate(tokens), np.concatenate(masks))
 
 
@@ -172,7 +172,8 @@ class PipelineTextEncoder:
     def null(self) -> EncodedText:
         if self.layout.force_zeros_for_empty_prompt:  # SDXL's default: zeros, not the encoded ""
             return EncodedText(np.zeros((1, self.pooled_dim), np.float32),
-                               np.zeros((1, self.max_length, self.dim), np.float32), np.ones((1, self.max_length), bool))
+                               np.zeros((1, self.max_length, self.dim), np.float32),
+                               np.ones((1, self.max_length), bool))
         return self.encode([""])
 
     @property

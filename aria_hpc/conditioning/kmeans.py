@@ -140,7 +140,8 @@ def kmeans_rows(source, k: int, *, niter: int, seed: int, spherical: bool, threa
     return merge_assignments(centroids, attrs, [part], len(source))
 
 
-def _keep_nearest(best_d: np.ndarray, best_i: np.ndarray, region: np.ndarray, dist: np.ndarray, ids: np.ndarray) -> None:
+def _keep_nearest(best_d: np.ndarray, best_i: np.ndarray, region: np.ndarray, dist: np.ndarray,
+                  ids: np.ndarray) -> None:
     """Merge a chunk's (region, distance, id) into the per-region R nearest, in place (ties: lower id)."""
     k, r = best_d.shape
     all_region = np.concatenate([np.repeat(np.arange(k), r), region])

@@ -3,8 +3,8 @@
 A pool is materialised once into `prompts.h5` (a chunked variable-length UTF-8 dataset): prompts are
 streamed from the sources and written in chunks, and de-duplicated through a set of 16-byte digests,
 so a pool of millions of prompts is never held twice in Python memory; above
-pool.dedup_memory_max the digests go to partition files on disk instead (`external_duplicates`). Ids are positions in that
-file (first occurrence wins), stable for the same sources. The embedded shapes world is a source
+pool.dedup_memory_max the digests go to partition files on disk instead (`external_duplicates`). Ids
+are positions in that file (first occurrence wins), stable for the same sources. The embedded shapes world is a source
 too, with per-prompt split and combination labels.
 
 Parquet files (LAION-style metadata, `pool.column` = caption) are streamed in row batches with
@@ -92,7 +92,8 @@ def iter_parquet_prompts(path: Path, column: str, dropped: dict[str, int] | None
                     continue
                 yield line
     except (pa.ArrowException, OSError) as exc:
-        raise UserError(f"{path} cannot be read to the end ({str(exc).splitlines()[0][:160]}): write it again") from None
+        cause = str(exc).splitlines()[0][:160]
+        raise UserError(f"{path} cannot be read to the end ({cause}): write it again") from None
 
 
 def expand_files(files: list[str]) -> list[str]:

@@ -19,8 +19,14 @@ from typing import Callable
 
 import numpy as np
 
-from aria_hpc.conditioning.kmeans import (Assignment, RegionMap, assign_chunks, merge_assignments, save_regions,
-                                          train_centroids)
+from aria_hpc.conditioning.kmeans import (
+    Assignment,
+    RegionMap,
+    assign_chunks,
+    merge_assignments,
+    save_regions,
+    train_centroids,
+)
 from aria_hpc.errors import UserError
 from aria_hpc.fsio import atomic_h5, read_h5
 
@@ -84,8 +90,8 @@ def load_centroids(cfg, store) -> tuple[np.ndarray, dict]:
         raise UserError(f"{path} does not exist: {fix}")
     with read_h5(path, fix) as f:
         centroids, attrs = f["centroids"][:], dict(f.attrs)
-    if (attrs.get("pool_digest") != store.pool.digest or attrs.get("k") != cfg.regions.k or attrs.get("seed") != cfg.seed
-            or attrs.get("features", "text") != cfg.regions.features):
+    if (attrs.get("pool_digest") != store.pool.digest or attrs.get("k") != cfg.regions.k
+            or attrs.get("seed") != cfg.seed or attrs.get("features", "text") != cfg.regions.features):
         raise UserError(f"{path} was trained for another pool, regions.k, regions.features or seed: run `aria-hpc "
                         "regions CONFIG --centroids` again")
     extra = map_attrs(cfg, store)
@@ -102,8 +108,9 @@ def assign_shard(cfg, index: int) -> Path:
     centroids, attrs = load_centroids(cfg, store)
     rc = cfg.regions
     start, stop = shard_range(len(store.pool), index, cfg.embed.shards)
-    part = assign_chunks(centroids, feature_rows(cfg, store).shard_chunks(index, rc.chunk_rows), spherical=bool(attrs["spherical"]),
-                         threads=rc.threads, representatives=rc.representatives, start=start, stop=stop)
+    part = assign_chunks(centroids, feature_rows(cfg, store).shard_chunks(index, rc.chunk_rows),
+                         spherical=bool(attrs["spherical"]), threads=rc.threads, representatives=rc.representatives,
+                         start=start, stop=stop)
     path = parts_dir(cfg) / part_name(index, cfg.embed.shards)
     with atomic_h5(path) as f:
         f["region"], f["best_d"], f["best_i"] = part.region, part.best_d, part.best_i

@@ -61,15 +61,15 @@ class Prober:
     """The teacher on the fixed probe inputs: signatures of batches of prompt ids."""
 
     def __init__(self, cfg) -> None:
-        from aria_hpc.conditioning.encoders import directory_digest
         from aria_hpc.conditioning.embeddings import EmbeddingStore
+        from aria_hpc.conditioning.encoders import directory_digest
         from aria_hpc.context import conditioning_context
         from aria_hpc.models.teacher import load_teacher
 
         self.teacher = load_teacher(cfg.teacher.dir)
         if self.teacher.time is not None:
-            raise UserError(f"regions.features=teacher probes a DDPM teacher's clean-image estimates; {cfg.teacher.dir} is "
-                            "a flow-matching teacher: use regions.features=text")
+            raise UserError(f"regions.features=teacher probes a DDPM teacher's clean-image estimates; "
+                            f"{cfg.teacher.dir} is a flow-matching teacher: use regions.features=text")
         self.store = EmbeddingStore(cfg.embed.dir, cfg.embed.shards)
         self.ctx = conditioning_context(cfg, self.teacher, self.store)
         settings = probe_settings(cfg)

@@ -21,6 +21,9 @@ EVAL_OVERRIDES = ("eval.", "judge.")
 # Keys that moved to another section, old spelling -> new. Files and checkpoints written with the old
 # spelling still load: the loader renames the keys (and says so, but for a run's own config.yaml).
 MOVED = {f"teacher.{f.name}": f"teacher_recipe.{f.name}" for f in dataclasses.fields(TeacherRecipeConfig)}
+# Keys that were removed, and why. Files, overrides and checkpoints that still spell one load: the
+# key is dropped (with a note, but for a run's own config.yaml) and never counts as a difference.
+REMOVED = {"bank.prefetch": "no code read it; training reads each batch when it draws it"}
 # What a report does not name a run by (the seed is a repeat; the policy is the label itself).
 LABEL_IGNORED = ("seed", "run.dir", "train.policy", "launch.", "eval.", "judge.")
 
@@ -47,6 +50,6 @@ def flatten(cfg: Config) -> dict[str, Any]:
 def changed_keys(now: dict[str, Any], then: dict[str, Any], may_differ: tuple[str, ...] = ()) -> list[str]:
     """The sorted keys whose values differ between two flat configs, but for the `may_differ`
     patterns. A key `then` lacks was added to the schema since: it had its default then; a key it
-    spells the old way (MOVED) is compared under its new name."""
-    then = {**flatten(Config()), **{MOVED.get(k, k): v for k, v in then.items()}}
+    spells the old way (MOVED) is compared under its new name; a REMOVED key is left out."""
+    then = {**flatten(Config()), **{MOVED.get(k, k): v for k, v in then.items() if k not in REMOVED}}
     return sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k) and not matches(k, may_differ))

@@ -17,11 +17,10 @@ from typing import Any, Literal
 
 import yaml
 
-from aria_hpc.config.keys import MOVED
+from aria_hpc.config.keys import MOVED, REMOVED
 from aria_hpc.config.schema import Config
 from aria_hpc.errors import ConfigError
 from aria_hpc.fsio import atomic_write_text
-
 
 
 def read_yaml(path: Path, missing: str) -> Any:
@@ -58,6 +57,23 @@ def move_keys(data: dict) -> list[str]:
     return found
 
 
+def drop_removed(data: dict) -> list[str]:
+    """Delete, in place, the keys of one file's sections that keys.REMOVED lists; the keys found."""
+    found = []
+    for key in REMOVED:
+        section, name = key.split(".")
+        values = data.get(section)
+        if isinstance(values, dict) and name in values:
+            del values[name]
+            found.append(key)
+    return found
+
+
+def removed_note(where: str, keys: list[str]) -> str:
+    return (f"aria-hpc: note: {where}: {', '.join(keys)} no longer exist{'s' if len(keys) == 1 else ''} "
+            f"({'; '.join(REMOVED[k] for k in keys)}); ignored (delete them)")
+
+
 def read_config_mapping(path: Path, _chain: tuple[Path, ...] = (), *, stored: bool = False) -> dict:
     """A config file's sections; `base: other.yaml` (relative to the file) is read first and this
     file's sections are merged over it, key by key (a preset is a few lines over another one).
@@ -68,10 +84,12 @@ def read_config_mapping(path: Path, _chain: tuple[Path, ...] = (), *, stored: bo
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config sections, not {type(data).__name__}")
-    moved = move_keys(data)
+    moved, removed = move_keys(data), drop_removed(data)
     if moved and not stored:
         print(f"aria-hpc: note: {path}: {', '.join(moved)} moved to {', '.join(MOVED[k] for k in moved)}; "
               "read as such (rename them in the file)", file=sys.stderr, flush=True)
+    if removed and not stored:
+        print(removed_note(str(path), removed), file=sys.stderr, flush=True)
     if "base" not in data:
         return data
     base = Path(str(data.pop("base")))
@@ -103,6 +121,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not sep or not key:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.lr=1e-4)")
         key = key.strip()
+        if key in REMOVED:
+            print(removed_note("override", [key]), file=sys.stderr, flush=True)
+            continue
         if key in MOVED:
             print(f"aria-hpc: note: override {key} moved to {MOVED[key]}; read as such", file=sys.stderr, flush=True)
         _set_dotted(cfg, MOVED.get(key, key), yaml.safe_load(raw) if raw.strip() else raw)

@@ -119,7 +119,8 @@ class LossConfig(Section):
 
     def validate(self) -> None:
         _first_failed([
-            (min(self.output_kd, self.feature_kd, self.task) >= 0, "loss.output_kd, loss.feature_kd and loss.task must be >= 0"),
+            (min(self.output_kd, self.feature_kd, self.task) >= 0,
+             "loss.output_kd, loss.feature_kd and loss.task must be >= 0"),
         ])
 
 
@@ -202,8 +203,6 @@ class BankConfig(Section):
     """HDF5 with images (n,C,H,W) and prompt_ids (n,); None = the shapes world's"""
     vae_dir: str | None = None
     """AutoencoderKL dir: latent mode (paired images encoded once)"""
-    prefetch: int = 2
-    """batches the trainer keeps in flight (BankSource.prefetch reads in a background thread)"""
     mode: BankMode = "cached"
     """How training gets teacher outputs when bank.dir is set (without it, the live teacher computes all):
     cached = only what the bank holds; hybrid = the bank while a region still has entries this run has
@@ -220,7 +219,7 @@ class BankConfig(Section):
             (self.entries >= 1 and self.shards >= 1, "bank.entries and bank.shards must be >= 1"),
             (self.shards <= self.entries, "bank.shards must be <= bank.entries"),
             (self.min_per_region >= 0, "bank.min_per_region must be >= 0"),
-            (self.batch_size >= 1 and self.prefetch >= 0, "bank.batch_size must be >= 1, bank.prefetch >= 0"),
+            (self.batch_size >= 1, "bank.batch_size must be >= 1"),
             (self.max_reuse >= 1 and self.writeback_every >= 1,
              "bank.max_reuse and bank.writeback_every must be >= 1"),
             (self.mode == "cached" or bool(self.dir),
@@ -598,7 +597,8 @@ class EvalConfig(Section):
     timestep_bins: int = 10
     """MSE is also reported per timestep bin"""
     per_group: int = 64
-    """prompts per split group sampled with DDIM and judged (distinct combinations, repeated in turn when a group has fewer)"""
+    """prompts per split group sampled with DDIM and judged (distinct combinations, repeated in turn when a
+    group has fewer)"""
     per_split_group: int = 64
     """held-out tuples per split group (its own quota: a diluted group still gets them)"""
     sample_steps: int = 25

@@ -93,7 +93,8 @@ class HeldoutCurve:
         self.group, self.t = tup["group"], tup["t"]
         self.batch_size = cfg.eval.batch_size
         self.device = device or torch.device("cpu")
-        self.x_t = noised_inputs(ctx.teacher.noise_schedule, torch.from_numpy(ctx.x0[tup["image"]]).float(), tup["t"], tup["seed"])
+        self.x_t = noised_inputs(ctx.teacher.noise_schedule, torch.from_numpy(ctx.x0[tup["image"]]).float(), tup["t"],
+                                 tup["seed"])
         self.cond = ctx.cond(tup["cond"])
         self.teacher = predictions(ctx.teacher.unet, self.x_t, self.t, self.cond, self.batch_size)
 
@@ -225,8 +226,8 @@ def _teacher_samples(cfg: Config, ctx, prompts: np.ndarray, log) -> torch.Tensor
 
 def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), log=print) -> dict:
     from aria_hpc.bank.noise import noised_inputs
-    from aria_hpc.context import load_context
     from aria_hpc.conditioning.kmeans import composition
+    from aria_hpc.context import load_context
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir, overrides)
     require_writable(run_dir, "the run directory")  # eval.json goes there

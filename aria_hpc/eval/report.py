@@ -270,7 +270,8 @@ def plot_samples(runs: list[Run], group: str, path: Path) -> Path | None:
     grids = [np.load(r.path / "eval_samples.npz") for r in shown if (r.path / "eval_samples.npz").is_file()]
     if len(grids) != len(shown) or f"{group}/teacher" not in grids[0]:
         return None
-    rows = [("teacher", grids[0][f"{group}/teacher"])] + [(r.label, g[f"{group}/student"]) for r, g in zip(shown, grids)]
+    rows = [("teacher", grids[0][f"{group}/teacher"])]
+    rows += [(r.label, g[f"{group}/student"]) for r, g in zip(shown, grids)]
     prompts = grids[0][f"{group}/prompts"]
     cols = len(prompts)
     if cols == 0:

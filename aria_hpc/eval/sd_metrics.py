@@ -132,7 +132,8 @@ class InceptionFeatures(nn.Module):
         try:
             self.model = torch.jit.load(str(path), map_location="cpu").eval()
         except (RuntimeError, ValueError) as exc:
-            raise UserError(f"eval.inception_weights={path} is not a TorchScript file ({str(exc).splitlines()[0][:160]}): "
+            cause = str(exc).splitlines()[0][:160]
+            raise UserError(f"eval.inception_weights={path} is not a TorchScript file ({cause}): "
                             "give inception-2015-12-05.pt") from None
 
     @torch.no_grad()

@@ -97,9 +97,9 @@ def resource_problem(launch: LaunchConfig, partitions: dict[str, Partition]) -> 
 
 def input_problem(cfg: Config) -> str | None:
     """A missing or mismatched input of a training member (what `train` would fail on first)."""
-    from aria_hpc.context import load_matching_regions
     from aria_hpc.bank.reader import read_manifest
     from aria_hpc.conditioning.embeddings import EmbeddingStore
+    from aria_hpc.context import load_matching_regions
     from aria_hpc.models.teacher import teacher_dir
 
     try:

@@ -5,8 +5,8 @@ overrides common to every member, and ARIA variants (named override lists, each 
 seeds). Per regime it builds the embeddings, regions and bank once under `dir/<regime>` (reused when
 they match), trains and evaluates every member that has no committed summary yet (two at a time on
 the local executor: launch.array_parallelism), and copies each finished member's summary (eval.json,
-config.yaml, metrics.jsonl, eval_samples.npz, summary.json: arm, seed, timings) to `docs/<regime>/<member>/` as soon as it
-finishes. A rerun skips committed members, so a study can span sessions. The report (per regime:
+config.yaml, metrics.jsonl, eval_samples.npz, summary.json: arm, seed, timings) to `docs/<regime>/<member>/`
+as soon as it finishes. A rerun skips committed members, so a study can span sessions. The report (per regime:
 report.md + figures; over all regimes: README.md) is written from the committed summaries only, so
 `aria-hpc study STUDY.yaml --report-only` regenerates it without training.
 """
@@ -231,7 +231,8 @@ def regime_table(runs, summary, baseline: str) -> tuple[list[str], dict]:
         reach = steps_to_reach(runs, label, baseline) if label != baseline else None
         seeds = mse.seeds if mse else 0
         rows.append(f"| {label} | {seeds} | {_fmt(mse)} | {_fmt(acc)} | {_fmt(sacc)} | "
-                    f"{'-' if gap is None else f'{gap:+.3f}'} | {'-' if label == baseline else (reach or 'not reached')} | "
+                    f"{'-' if gap is None else f'{gap:+.3f}'} | "
+                    f"{'-' if label == baseline else (reach or 'not reached')} | "
                     + " | ".join(verdicts) + " |")
         facts[label] = {"gap": gap, "steps_to_baseline": reach, "verdicts": verdicts}
     return rows, facts
@@ -315,7 +316,8 @@ def paired_table(runs, baseline: str) -> tuple[list[str], dict]:
         rows.append(f"| {label} | {mse.seeds if mse else 0} | {_fmt(mse)} | {cells['ratio']} | "
                     f"{cells['seen_ratio']} | {cells['dmse']} | {cells['dacc']} | "
                     f"{'-' if gap is None else f'{gap:+.3f}'} | {cells['closed']} | "
-                    f"{'-' if share is None else f'{share:.2%}'} | {cells['reach']} | {cells['verdict']} | {cells['v3']} |")
+                    f"{'-' if share is None else f'{share:.2%}'} | {cells['reach']} | {cells['verdict']} | "
+                    f"{cells['v3']} |")
         facts[label] = fact
     return rows, facts
 
@@ -373,7 +375,8 @@ def write_study_report(study: Study) -> Path:
         train_s = [json.loads((d / "summary.json").read_text()).get("train_s") or 0 for d in dirs
                    if (d / "summary.json").is_file()]
         lines += [*rows, "", f"{len(dirs)} members; training {sum(train_s) / 60:.1f} min in all "
-                  f"({max(train_s, default=0):.0f} s the longest). Full report: [{name}/report.md]({name}/report.md).", ""]
+                  f"({max(train_s, default=0):.0f} s the longest). Full report: "
+                  f"[{name}/report.md]({name}/report.md).", ""]
     inv = study.docs / "invocations.json"
     if inv.is_file():
         entries = json.loads(inv.read_text())

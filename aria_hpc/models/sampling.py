@@ -15,9 +15,9 @@ def ddim_sample(unet, train_scheduler, cond, *, steps: int, seed: int, guidance:
     (the default) needs no unconditional pass; above 1, classifier-free guidance with `null` (the
     null text's one-row UNetCond): uncond + guidance * (cond - uncond), as diffusers' pipelines do.
     """
-    from aria_hpc.conditioning.unet_input import UNetCond
-
     from diffusers import DDIMScheduler
+
+    from aria_hpc.conditioning.unet_input import UNetCond
 
     sched = DDIMScheduler.from_config(train_scheduler.config, timestep_spacing="trailing")
     sched.set_timesteps(steps)

@@ -118,10 +118,10 @@ def build_alias(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     small = [r for r in range(k) if scaled[r] < 1.0]
     large = [r for r in range(k) if scaled[r] >= 1.0]
     while small and large:
-        s, l = small.pop(), large.pop()
-        prob[s], alias[s] = scaled[s], l
-        scaled[l] = (scaled[l] + scaled[s]) - 1.0
-        (small if scaled[l] < 1.0 else large).append(l)
+        s, g = small.pop(), large.pop()
+        prob[s], alias[s] = scaled[s], g
+        scaled[g] = (scaled[g] + scaled[s]) - 1.0
+        (small if scaled[g] < 1.0 else large).append(g)
     return prob, alias
 
 

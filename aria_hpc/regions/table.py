@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from aria_hpc.native import core as _C, cuda_compiled  # noqa: F401 - cuda_compiled: tests import it here
+from aria_hpc.native import core as _C  # noqa: F401 - cuda_compiled: tests import it here
+from aria_hpc.native import cuda_compiled
 
 _STATS = ("ema_mean", "ema_sq", "ema_weight", "age", "observations")
 
@@ -16,9 +17,9 @@ class RegionTable:
 
     ``record`` is lock-free and thread-safe (the GIL is released); reading ``accumulators``,
     ``settle``, ``fold``, ``probabilities`` and ``load_state_dict`` must not run concurrently with
-    ``record``: the training loop calls them between steps. ``accumulators`` is a (3, K) float64 view of [sum, sum of squares, count] that
-    shares memory with the table, so ``torch.from_numpy(table.accumulators)`` can be all-reduced
-    in place.
+    ``record``: the training loop calls them between steps. ``accumulators`` is a (3, K) float64 view
+    of [sum, sum of squares, count] that shares memory with the table, so
+    ``torch.from_numpy(table.accumulators)`` can be all-reduced in place.
     """
 
     def __init__(self, num_regions: int, base: np.ndarray | None = None,

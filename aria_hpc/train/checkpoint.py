@@ -144,7 +144,7 @@ def resume(ckpt_dir: Path, engine, state: TrainState, cfg: Config, *, rank: int,
 def check_resumable(cfg: Config, tag_dir: Path, world: int) -> None:
     """The checkpoint was written by as many ranks, with the same config but for the keys a resume
     may change (config.RESUMABLE_CHANGES)."""
-    from aria_hpc.config import changed_keys, flatten, RESUMABLE_CHANGES
+    from aria_hpc.config import RESUMABLE_CHANGES, changed_keys, flatten
 
     meta = json.loads((tag_dir / META).read_text())
     if meta["world_size"] != world:

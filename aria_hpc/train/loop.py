@@ -27,13 +27,13 @@ from aria_hpc import distributed
 from aria_hpc.config import Config, flatten, save_resolved
 from aria_hpc.errors import AgreedError, Preempted, UserError
 from aria_hpc.fsio import require_writable
+from aria_hpc.models.pipeline import export_pipeline, is_pipeline, model_card
 from aria_hpc.regions.allocation import group_view, normalise_by_baseline, sample_weights
 from aria_hpc.regions.rng import derive_key
 from aria_hpc.regions.sampler import allocating, region_key, update_allocation
 from aria_hpc.regions.sync import sync_and_fold
 from aria_hpc.regions.table import RegionTable, table_digest
 from aria_hpc.train import checkpoint, losses
-from aria_hpc.models.pipeline import export_pipeline, is_pipeline, model_card
 from aria_hpc.train.student import Distilled, StudentEMA, export_student
 
 FAULT_STEP = os.environ.get("ARIA_FAULT_SIGKILL_AFTER_STEP")  # fault injection for the resume tests
@@ -41,9 +41,9 @@ FAULT_STEP = os.environ.get("ARIA_FAULT_SIGKILL_AFTER_STEP")  # fault injection 
 
 def train(cfg: Config, log=print) -> dict:
     # ---- setup -----------------------------------------------------------------------------
-    from aria_hpc.context import load_context
     from aria_hpc.bank.reader import read_manifest
     from aria_hpc.bank.sources import open_source
+    from aria_hpc.context import load_context
     from aria_hpc.engine import initialize
     from aria_hpc.models.students import build_student
 

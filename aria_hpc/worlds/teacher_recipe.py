@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aria_hpc.config import Config
 from aria_hpc.conditioning.encoders import TextEncoder
-from aria_hpc.engine import lr_factor
 from aria_hpc.conditioning.unet_input import UNetCond
-from aria_hpc.models.sampling import ddim_sample
+from aria_hpc.config import Config
+from aria_hpc.engine import lr_factor
 from aria_hpc.errors import UserError
+from aria_hpc.models.sampling import ddim_sample
 from aria_hpc.models.teacher import build_scheduler, build_unet, load_teacher, save_teacher
 from aria_hpc.worlds.judge import attribute_accuracy, load_judge, save_judge, train_judge
 from aria_hpc.worlds.shapes import ALL_COMBINATIONS, SPLITS, TEMPLATES, ShapesWorld, render, shapes_world
@@ -154,7 +154,8 @@ def evaluate_teacher(unet, scheduler, judge, world: ShapesWorld, tokens: torch.T
     report = {"sample_steps": steps, "guidance": 1.0, "splits": {}}
     for split, combos in eval_combinations(world, per_split, seed).items():
         prompts = combos * len(TEMPLATES) + rng.integers(0, len(TEMPLATES), len(combos))
-        samples = ddim_sample(unet, scheduler, UNetCond(tokens[prompts].float(), masks[prompts]), steps=steps, seed=seed)
+        samples = ddim_sample(unet, scheduler, UNetCond(tokens[prompts].float(), masks[prompts]), steps=steps,
+                              seed=seed)
         labels = np.array([ALL_COMBINATIONS[c].labels() for c in combos])
         report["splits"][split] = attribute_accuracy(judge.predict(samples), labels) | {"n": int(len(combos))}
     return report
