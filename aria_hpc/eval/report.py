@@ -126,7 +126,7 @@ def compare(a: Summary, b: Summary, higher_better: bool, name_a: str, name_b: st
                                  "not a verdict)")
 
 
-def _fmt(s: Summary | None) -> str:
+def format_summary(s: Summary | None) -> str:
     if s is None:
         return "-"
     spread = f" ± {s.spread_seeds:.3g}" if s.spread_seeds is not None else f" (SE {s.se:.2g})"
@@ -153,7 +153,7 @@ def headline(summary: dict, baseline: str = "rc") -> list[str]:
                 diff, spread, basis, verdict = compare(a, b, higher, o, baseline)
                 verdicts.append(f"{verdict} ({diff:+.3g}; {basis} {spread:.2g})")
             arrow = "↑" if higher else "↓"
-            rows.append("| " + " | ".join([group, f"{title} {arrow}", *map(_fmt, cells), *verdicts]) + " |")
+            rows.append("| " + " | ".join([group, f"{title} {arrow}", *map(format_summary, cells), *verdicts]) + " |")
     return rows
 
 

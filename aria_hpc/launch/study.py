@@ -210,7 +210,7 @@ def regime_table(runs, summary, baseline: str) -> tuple[list[str], dict]:
     and judge accuracy (mean ± std over seeds), seen accuracy, the held-out gap (seen - unseen
     accuracy), steps to reach the baseline's final held-out MSE, and the verdict against the baseline
     (a win only beyond the seed spread)."""
-    from aria_hpc.eval.report import METRICS, _fmt, compare, steps_to_reach
+    from aria_hpc.eval.report import METRICS, compare, format_summary, steps_to_reach
 
     rows = ["| arm | seeds | unseen output MSE ↓ | unseen judge acc ↑ | seen judge acc ↑ | gap seen-unseen | "
             f"steps to {baseline}'s final unseen MSE | unseen MSE vs {baseline} | unseen acc vs {baseline} |",
@@ -230,7 +230,7 @@ def regime_table(runs, summary, baseline: str) -> tuple[list[str], dict]:
                 verdicts.append(f"{verdict} ({diff:+.3g}; {basis} {spread:.2g})")
         reach = steps_to_reach(runs, label, baseline) if label != baseline else None
         seeds = mse.seeds if mse else 0
-        rows.append(f"| {label} | {seeds} | {_fmt(mse)} | {_fmt(acc)} | {_fmt(sacc)} | "
+        rows.append(f"| {label} | {seeds} | {format_summary(mse)} | {format_summary(acc)} | {format_summary(sacc)} | "
                     f"{'-' if gap is None else f'{gap:+.3f}'} | "
                     f"{'-' if label == baseline else (reach or 'not reached')} | "
                     + " | ".join(verdicts) + " |")
@@ -267,7 +267,7 @@ def paired_table(runs, baseline: str) -> tuple[list[str], dict]:
     share of the baseline's gap closed, the held-out share of all training samples, steps to the
     baseline's final held-out MSE, and the v3 rule's verdict for continuity."""
     from aria_hpc.eval.paired import gap_closure, paired
-    from aria_hpc.eval.report import METRICS, _fmt, compare, steps_to_reach, summarise
+    from aria_hpc.eval.report import METRICS, compare, format_summary, steps_to_reach, summarise
 
     summary = summarise(runs)
     rows = [f"| arm | seeds | unseen MSE ↓ | unseen MSE / {baseline} | seen MSE / {baseline} | Δ unseen MSE, 95% CI | "
@@ -313,7 +313,7 @@ def paired_table(runs, baseline: str) -> tuple[list[str], dict]:
             reach = steps_to_reach(runs, label, baseline)
             cells["reach"] = str(reach or "not reached")
             fact["steps_to_baseline"] = reach
-        rows.append(f"| {label} | {mse.seeds if mse else 0} | {_fmt(mse)} | {cells['ratio']} | "
+        rows.append(f"| {label} | {mse.seeds if mse else 0} | {format_summary(mse)} | {cells['ratio']} | "
                     f"{cells['seen_ratio']} | {cells['dmse']} | {cells['dacc']} | "
                     f"{'-' if gap is None else f'{gap:+.3f}'} | {cells['closed']} | "
                     f"{'-' if share is None else f'{share:.2%}'} | {cells['reach']} | {cells['verdict']} | "
