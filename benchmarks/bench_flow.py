@@ -50,7 +50,7 @@ def run(tiny: bool, preset: str, batch: int, repeats: int) -> dict:
     config = TINY_SD3 if tiny else SD3_MEDIUM
     time = FlowTime.from_scheduler(FlowMatchEulerDiscreteScheduler(shift=3.0))
     torch.manual_seed(0)
-    teacher = FlowDenoiser(SD3Transformer2DModel(**config), time.sigmas).eval().requires_grad_(False)
+    teacher = FlowDenoiser(SD3Transformer2DModel(**config), time).eval().requires_grad_(False)
     student = build_student(preset, teacher).train().requires_grad_(True)
     teacher, student = teacher.to(device, dtype), student.to(device, dtype)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)

@@ -111,14 +111,14 @@ class Bank:
         self._pid = None
         self._files: dict[str, tuple] = {}
         self._x0 = None
-        self._scheduler = None
+        self._noise_schedule = None
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.update(_pid=None, _files={}, _x0=None, _scheduler=None)
+        state.update(_pid=None, _files={}, _x0=None, _noise_schedule=None)
         return state
 
     @property
@@ -130,17 +130,17 @@ class Bank:
     def noise_schedule(self):
         """What made the bank's x_t (add_noise(x0, noise, t)), from the scheduler config it was built with:
         a DDPMScheduler, or a flow teacher's table (models.flow.FlowTime)."""
-        if self._scheduler is None:
+        if self._noise_schedule is None:
             from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
             config = json.loads(self.fingerprint["scheduler_config"])
             if config.get("_class_name") == FlowMatchEulerDiscreteScheduler.__name__:
                 from aria_hpc.models.flow import FlowTime
 
-                self._scheduler = FlowTime.from_scheduler(FlowMatchEulerDiscreteScheduler.from_config(config))
+                self._noise_schedule = FlowTime.from_scheduler(FlowMatchEulerDiscreteScheduler.from_config(config))
             else:
-                self._scheduler = DDPMScheduler.from_config(config)
-        return self._scheduler
+                self._noise_schedule = DDPMScheduler.from_config(config)
+        return self._noise_schedule
 
     def _handles(self, shard: int):
         """(h5py file, plain ndarray view of the mapped outputs or None), opened once per process."""

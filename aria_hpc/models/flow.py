@@ -70,15 +70,19 @@ class FlowTime:
         """What the transformer is called with: sigma * T, as the pipelines pass it."""
         return torch.from_numpy(self.sigma(t) * self.num_timesteps).float()
 
+    def _sigma_like(self, t, x: torch.Tensor) -> torch.Tensor:
+        """sigma(t) for table indices t (an array or a tensor), shaped (B, 1, ...) to broadcast over x."""
+        t = t.cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+        return torch.from_numpy(self.sigma(t)).to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1)))
+
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
-        """x_t = (1 - sigma) x0 + sigma noise, for table indices t (an array or a CPU tensor)."""
-        s = torch.from_numpy(self.sigma(np.asarray(t))).to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
+        """x_t = (1 - sigma) x0 + sigma noise, for table indices t (an array or a tensor)."""
+        s = self._sigma_like(t, x0)
         return (1 - s) * x0 + s * noise
 
     def task_target(self, x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The true velocity noise - x0 of x_t = (1 - sigma) x0 + sigma noise: (x_t - x0) / sigma."""
-        s = torch.from_numpy(self.sigma(t.cpu().numpy())).to(x_t.device, x_t.dtype).view(-1, *([1] * (x_t.dim() - 1)))
-        return (x_t - x0) / s
+        return (x_t - x0) / self._sigma_like(t, x_t)
 
     @staticmethod
     def velocity(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -124,10 +128,10 @@ class FlowDenoiser(nn.Module):
     text embedding (UNetCond.pooled) becomes pooled_projections; SD3 attends to every token, so the mask
     is unused. Its parameters are the transformer's, so ZeRO, the EMA and checkpoints see only those."""
 
-    def __init__(self, transformer, sigmas: np.ndarray) -> None:
+    def __init__(self, transformer, time: FlowTime) -> None:
         super().__init__()
         self.transformer = transformer
-        self.sigmas = np.asarray(sigmas, dtype=np.float64)
+        self.time = time
 
     @property
     def config(self):
@@ -135,13 +139,13 @@ class FlowDenoiser(nn.Module):
 
     def around(self, transformer) -> FlowDenoiser:
         """Another transformer (a student) on the same flow table."""
-        return FlowDenoiser(transformer, self.sigmas)
+        return FlowDenoiser(transformer, self.time)
 
     def forward(self, sample, timestep, encoder_hidden_states, encoder_attention_mask=None, added_cond_kwargs=None):
         from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
         index = torch.as_tensor(timestep).long().cpu().numpy().reshape(-1)
-        t = torch.from_numpy(self.sigmas[index] * len(self.sigmas)).to(sample.device, sample.dtype)
+        t = self.time.model_timestep(index).to(sample.device, sample.dtype)
         out = self.transformer(hidden_states=sample, timestep=t.expand(len(sample)),
                                encoder_hidden_states=encoder_hidden_states,
                                pooled_projections=added_cond_kwargs["text_embeds"], return_dict=False)[0]
@@ -189,8 +193,6 @@ def flow_samples(denoiser: FlowDenoiser, scheduler, cond, *, steps: int, seed: i
     in order from one generator seeded with `seed` (the same noise for every denoiser of that shape)."""
     cfg = denoiser.config
     gen = torch.Generator().manual_seed(seed)
-    if guidance > 1.0 and null is None:
-        raise ValueError("classifier-free guidance needs the null text's condition")
     out = []
     for start in range(0, len(cond), batch_size):
         c = cond[start:start + batch_size]

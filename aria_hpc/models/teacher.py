@@ -152,7 +152,7 @@ def load_flow_teacher(layout, time_density: dict) -> Teacher:
                         f"({exc}): a flow-matching teacher needs its own") from None
     time = FlowTime.from_scheduler(scheduler, **time_density)
     transformer = _component(SD3Transformer2DModel, layout, "transformer")
-    return Teacher(FlowDenoiser(transformer, time.sigmas), scheduler, _pipeline_meta(layout, transformer), layout.path,
+    return Teacher(FlowDenoiser(transformer, time), scheduler, _pipeline_meta(layout, transformer), layout.path,
                    time=time, component="transformer")
 
 
