@@ -47,20 +47,17 @@ def _start_run(args: argparse.Namespace) -> tuple[Config, Path] | None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from aria_hpc.regions.simulate import run_simulation
+    from aria_hpc.regions.simulate import TABLE_HEADER, run_simulation, table_row
 
     started = _start_run(args)
     if started is None:
         return 0
     cfg, run_dir = started
-    print(f"{'step':>6} {'q(planted)':>11} {'pi(planted)':>12} {'truth':>7} {'estimate':>9} "
-          f"{'max err':>8} {'predicted':>10}")
+    print(TABLE_HEADER)
     with open(run_dir / "metrics.jsonl", "w") as log:
         for rec in run_simulation(cfg):
             log.write(json.dumps(rec) + "\n")
-            print(f"{rec['step']:>6} {rec['planted_share_q']:>11.3f} {rec['planted_share_pi']:>12.3f} "
-                  f"{rec['planted_truth']:>7.3f} {rec['planted_estimate']:>9.3f} "
-                  f"{rec['max_tracking_error']:>8.3f} {rec['predicted_error']:>10.3f}")
+            print(table_row(rec))
     print(f"wrote {run_dir / 'metrics.jsonl'} and {run_dir / 'config.yaml'}")
     return 0
 
@@ -184,9 +181,9 @@ def cmd_pairs(args: argparse.Namespace) -> int:
 def cmd_regions(args: argparse.Namespace) -> int:
     import time
 
-    from aria_hpc.conditioning import region_build
+    from aria_hpc.build import regions as region_build
     from aria_hpc.conditioning.embeddings import EmbeddingStore
-    from aria_hpc.conditioning.kmeans import composition, purity, save_regions
+    from aria_hpc.conditioning.kmeans import save_regions
 
     cfg = _resolve(args)
     if cfg is None:
@@ -211,51 +208,26 @@ def cmd_regions(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - t0
     path = Path(rc.path)
     save_resolved(cfg, Path(rc.path).parent / "runs" / "regions")
-    comp = composition(regions.region, store.pool.split, rc.k)
-    reps = store.pool.text(regions.representatives[:, 0][regions.representatives[:, 0] >= 0])
-    print(f"k-means ({rc.features} features): {len(store.pool)} x {regions.centroids.shape[1]} into {rc.k} regions "
-          f"in {elapsed:.1f}s "
-          f"(trained on {regions.attrs['train_points']}) "
-          f"(objective {regions.attrs['objective']:.4g})")
-    labelled = comp[:, 3].sum() == 0
-    header = f"{'region':>6} {'size':>6} " + (f"{'seen':>6} {'under':>6} {'unseen':>6} " if labelled else "")
-    print(header + "representative prompt")
-    rep_iter = iter(reps)
-    for r in range(rc.k):
-        rep = next(rep_iter) if regions.representatives[r, 0] >= 0 else ""
-        split_cols = f"{comp[r, 0]:>6} {comp[r, 1]:>6} {comp[r, 2]:>6} " if labelled else ""
-        print(f"{r:>6} {regions.sizes[r]:>6} {split_cols}{rep}")
-    if labelled:  # how pure the regions of the held-out and under-represented groups are
-        for column, name in ((2, "unseen"), (1, "under")):
-            parts = [f">{p['threshold']:.0%} {name}: {p['regions']} regions holding {p['held']:.0%}"
-                     for p in purity(comp, column)]
-            print(f"{name}: {comp[:, column].sum()} prompts ({comp[:, column].sum() / max(1, comp.sum()):.1%} of the "
-                  f"pool); " + "; ".join(parts))
+    print("\n".join(region_build.summary_lines(cfg, store, regions, elapsed)))
     print(f"wrote {path}")
     return 0
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
-    from aria_hpc.worlds.shapes import SPLITS
-    from aria_hpc.worlds.teacher_recipe import train_teacher
+    from aria_hpc.build.teacher import report_lines, train_teacher
 
     started = _start_run(args)
     if started is None:
         return 0
     cfg, run_dir = started
     report = train_teacher(cfg, run_dir, log=lambda msg: print(msg, flush=True))
-    attrs = ("shape", "colour", "position", "size", "background", "mean", "all")
-    print(f"\nteacher samples read back by the judge (DDIM {report['sample_steps']} steps, guidance 1.0)")
-    print(f"{'split':>7} {'n':>4} " + " ".join(f"{a:>10}" for a in attrs))
-    for split in SPLITS:
-        r = report["splits"][split]
-        print(f"{split:>7} {r['n']:>4} " + " ".join(f"{r[a]:>10.3f}" for a in attrs))
+    print("\n" + "\n".join(report_lines(report)))
     print(f"wrote {run_dir / 'teacher'}, {run_dir / 'judge'} and {run_dir / 'teacher_eval.json'}")
     return 0
 
 
 def cmd_bank(args: argparse.Namespace) -> int:
-    from aria_hpc.bank.writer import build_bank, check_read_only_bank
+    from aria_hpc.build.bank import build_bank, check_read_only_bank
 
     if args.shards is not None:
         args.overrides = [*args.overrides, f"bank.shards={args.shards}"]
@@ -304,38 +276,24 @@ def cmd_bank(args: argparse.Namespace) -> int:
 
 
 def print_bank_status(bank_dir: Path) -> None:
-    from aria_hpc.bank.writer import bank_status
+    from aria_hpc.build.bank import status_lines
 
-    st = bank_status(bank_dir)
-    state = "complete" if st["complete"] else f"incomplete (missing planned shards {st['missing'][:8]})"
-    print(f"bank {bank_dir}: {state}; {st['writers']} write-back writers registered")
-    print(f"{'kind':<13} {'shards':>7} {'entries':>10} {'regions':>8} {'bytes':>14}")
-    for kind in ("planned", "written back"):
-        row = st["kinds"].get(kind, {"shards": 0, "entries": 0, "regions": 0, "bytes": 0})
-        print(f"{kind:<13} {row['shards']:>7} {row['entries']:>10} {row['regions']:>8} {row['bytes']:>14,}")
-    if st["left_aside"]:
-        print(f"{len(st['left_aside'])} unfinished shard files left aside by killed writers (never read; safe to "
-              f"delete when no writer runs): {', '.join(st['left_aside'][:3])}")
+    print("\n".join(status_lines(bank_dir)))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from aria_hpc.entry import train_command
+    from aria_hpc.train.command import train_command
 
     return train_command(args.config, args.overrides, args.dry_run)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from aria_hpc.eval.evaluate import evaluate_run
+    from aria_hpc.eval.evaluate import evaluate_run, result_lines
 
     overrides = [a for a in args.run_dirs if "=" in a]
     for run_dir in [a for a in args.run_dirs if "=" not in a]:
         result = evaluate_run(run_dir, overrides, log=lambda msg: print(msg, flush=True))
-        print(f"{run_dir} ({result['policy']}, seed {result['seed']}, {result['steps']} steps)")
-        print(f"{'group':>10} {'output MSE':>12} {'judge acc':>10} {'teacher acc':>12} {'Frechet':>9}")
-        for group, g in result["groups"].items():
-            acc, tacc, fd = (g.get(k, {}).get("mean", float("nan")) for k in
-                             ("student_accuracy", "teacher_accuracy", "frechet"))
-            print(f"{group:>10} {g['mse']['mean']:>12.5f} {acc:>10.3f} {tacc:>12.3f} {fd:>9.3f}")
+        print("\n".join(result_lines(run_dir, result)))
         print(f"wrote {Path(run_dir) / 'eval.json'}")
     return 0
 

@@ -15,9 +15,9 @@ from aria_hpc import pairs as pairs_stage
 from aria_hpc.bank.fingerprint import bank_fingerprint
 from aria_hpc.bank.paired import encode_latents, ensure_x0, image_set_digest, paired_images
 from aria_hpc.bank.plan import NULL, RCSchedule
-from aria_hpc.conditioning.unet_input import UNetCond, sdxl_time_ids
 from aria_hpc.config import Config
 from aria_hpc.errors import UserError
+from aria_hpc.models.unet_input import UNetCond, sdxl_time_ids
 
 
 @dataclass

@@ -16,8 +16,9 @@ import threading
 import time
 from pathlib import Path
 
-from aria_hpc.config import Config, load_config
+from aria_hpc.config import load_config
 from aria_hpc.errors import UserError
+from aria_hpc.launch.stages import demo_overrides, ensure_embeddings, ensure_regions
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: configs/, docs/
 # the regime where the study finds RC's own held-out gap largest (docs/study/v3/*/README.md: RC seen -
@@ -26,50 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]  # the checkout: configs/, docs/
 DEFAULT_CONFIG = ROOT / "configs" / "regimes" / "shape_holdout_diluted.yaml"
 # the study whose tables the demo prints beside its own run: the one run at the demo's settings (v3: 2,000 steps)
 HEADLINE_STUDIES = ROOT / "configs" / "studies" / "v3"
-
-
-def demo_overrides(out: Path) -> list[str]:
-    return [f"embed.dir={out / 'embeddings'}", f"regions.path={out / 'embeddings' / 'regions.h5'}",
-            f"bank.dir={out / 'bank'}", f"launch.folder={out / 'submitit'}"]
-
-
-def ensure_embeddings(cfg: Config, log, progress=None) -> str:
-    """progress(text), if given, hears each embedded batch."""
-    from aria_hpc.conditioning.embeddings import build_shards, open_pool_and_encoder, stores_tokens
-
-    pool, encoder = open_pool_and_encoder(cfg)
-    per_shard = -(-len(pool) // cfg.embed.shards)
-    tell = (lambda index, done: progress(f"shard {index}: {done}/{per_shard} prompts")) if progress else None
-    results = list(build_shards(Path(cfg.embed.dir), pool, encoder, range(cfg.embed.shards), cfg.embed.shards,
-                                batch_size=cfg.text_encoder.batch_size, store_tokens=stores_tokens(cfg, pool),
-                                progress=tell))
-    built = sum(r.resumed_from < r.rows for r in results)
-    return f"{len(pool)} prompts, {built} of {cfg.embed.shards} shard(s) built"
-
-
-def ensure_regions(cfg: Config, log) -> str:
-    import h5py
-
-    from aria_hpc.conditioning.embeddings import EmbeddingStore
-    from aria_hpc.conditioning.region_build import build_regions
-
-    rc, path = cfg.regions, Path(cfg.regions.path)
-    store = EmbeddingStore(cfg.embed.dir, cfg.embed.shards)
-    want = {"pool_digest": store.pool.digest, "encoder_digest": store.encoder_digest, "k": rc.k,
-            "niter": rc.niter, "seed": cfg.seed, "spherical": rc.spherical_metric, "threads": rc.threads}
-    if rc.features == "teacher":  # the teacher and probe the signatures were computed with
-        from aria_hpc.conditioning.signatures import signature_identity
-
-        want.update(signature_identity(cfg))
-    if not rc.signature_sample or rc.features == "text":
-        want["train_points"] = min(rc.train_points, len(store.pool))
-    if path.is_file():
-        with h5py.File(path, "r", locking=False) as f:
-            same = all(_same(f.attrs.get(k), v) for k, v in want.items())
-            if same and f.attrs.get("features", "text") == rc.features:
-                return f"{rc.k} {rc.features} regions reused"
-    build_regions(cfg, log=log)
-    return f"{rc.k} {rc.features} regions computed"
 
 
 class Heartbeat:
@@ -131,13 +88,9 @@ def where_the_time_went(result: dict) -> str:
     return " ".join(parts)
 
 
-def _same(a, b) -> bool:
-    return a is not None and (a == b if not isinstance(b, bool) else bool(a) == b)
-
-
 def run_demo(out: str | Path, *, config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
              full: bool = False, executor: str = "local", rebuild_bank: bool = False, log=print) -> dict:
-    from aria_hpc.bank.writer import build_bank
+    from aria_hpc.build.bank import build_bank
     from aria_hpc.eval.report import write_report
     from aria_hpc.launch.members import Member, run_members
 

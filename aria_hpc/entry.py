@@ -1,6 +1,6 @@
-"""The one way in. The `aria-hpc` console script (cli.main), `python -m aria_hpc.train` (what the
-deepspeed launcher and srun start) and sweep / study members (launch/members.py) train through
-`train_config`; the two console entries parse with `parse_args` and map errors to exit codes with
+"""Argument and exit-code plumbing for the two console entries, the `aria-hpc` console script (cli.main)
+and `python -m aria_hpc.train` (what the deepspeed launcher and srun start; the training command is
+aria_hpc/train/command.py). Both parse with `parse_args` and map errors to exit codes with
 `exit_code`, written here only:
 
 - UserError: one line on stderr (`aria-hpc: error: ...`; an error every rank agreed on is printed by
@@ -44,30 +44,3 @@ def exit_code(command: Callable[[], int]) -> int:
     except Preempted as exc:
         print(f"aria-hpc: {exc}", file=sys.stderr, flush=True)
         return PREEMPTED_EXIT
-
-
-def train_config(cfg, log=print) -> dict:
-    """Train cfg on every rank of the launch (resuming from RUN_DIR/checkpoints/latest)."""
-    from aria_hpc.train.loop import train
-
-    return train(cfg, log=log)
-
-
-def train_command(config: str, overrides: list[str], dry_run: bool = False) -> int:
-    """`aria-hpc train` / `python -m aria_hpc.train`: print the resolved config (rank 0), train, leave
-    the process group, print where everything went."""
-    from aria_hpc.config import dump_yaml, load_config
-    from aria_hpc.distributed import shutdown, world_info
-
-    cfg = load_config(config, overrides)
-    rank0 = world_info().rank == 0
-    if rank0:
-        print(dump_yaml(cfg), end="", flush=True)
-    if dry_run:
-        return 0
-    result = train_config(cfg, log=lambda msg: print(msg, flush=True))
-    shutdown()
-    if rank0:
-        print(f"trained {result['steps']} steps (last loss {result['loss']:.5f}); run dir {result['run_dir']}"
-              + (f"; student {result['student']}" if result["student"] else ""), flush=True)
-    return 0

@@ -73,25 +73,16 @@ def file_lock(path: Path):
 
 
 @contextmanager
-def atomic_h5(path: Path, *, sealed: bool = False):
+def atomic_h5(path: Path):
     """An h5py file written aside and, when the block ends without error, fsynced and renamed over
-    `path`: readers see the old file or the complete new one. `sealed`: its datasets' digest is
-    written into it before it closes (aria_hpc.integrity), and remembered as verified once renamed."""
+    `path`: readers see the old file or the complete new one (aria_hpc.integrity.sealed_h5 also
+    seals it)."""
     import h5py
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    digest = None
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             yield f
-            if sealed:
-                from aria_hpc.integrity import seal
-
-                digest = seal(f)
-    if digest is not None:
-        from aria_hpc.integrity import remember
-
-        remember(path, digest)
 
 
 @contextmanager
@@ -146,4 +137,16 @@ def array_digest(*arrays: np.ndarray) -> str:
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(a.data)
+    return h.hexdigest()
+
+
+def directory_digest(path: Path, suffixes=(".safetensors", ".bin", ".json", ".txt", ".model")) -> str:
+    """sha256 over the weight, config and vocabulary files of a model directory (name + bytes)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file() and p.suffix in suffixes)
+    for p in files:
+        h.update(str(p.relative_to(path)).encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()

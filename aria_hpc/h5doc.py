@@ -36,7 +36,7 @@ FILES = {
     "signatures": (
         "Teacher signatures of rows [start, stop) of the prompt pool (attrs start, stop): the teacher's clean-image "
         "estimates on fixed probe inputs (attr probe: timesteps as fractions of T, noises per timestep, projection "
-        "dim and seed), concatenated and randomly projected (aria_hpc.conditioning.signatures). Features of "
+        "dim and seed), concatenated and randomly projected (aria_hpc.build.signatures). Features of "
         "regions.features=teacher.",
         {"signature": ("random projection of the teacher's x0 estimates on the probes (row r = prompt start + r)",
                        "unitless, float16")}),

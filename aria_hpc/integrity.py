@@ -18,11 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from aria_hpc.errors import UserError
+from aria_hpc.fsio import atomic_h5, atomic_write_text, file_lock, read_h5
 
 DIGEST_ATTR = "data_digest"
 VERIFIED = ".verified.json"
@@ -76,25 +78,37 @@ def read_cache(directory: Path) -> dict:
         return {}  # absent, unreadable or torn: everything is hashed again
 
 
-def remember(path: Path, digest: str) -> None:
-    """Record a verified (or freshly sealed and renamed) file in its directory's cache, merged with
-    what other processes recorded meanwhile; a directory that cannot be written keeps being hashed."""
-    from aria_hpc.fsio import atomic_write_text, file_lock
-
+def remember_stamps(directory: Path, stamps: dict[str, list]) -> None:
+    """Record verified (or freshly sealed and renamed) files ({name: stamp}) in `directory`'s cache,
+    merged with what other processes recorded meanwhile under the cache's own file lock; a directory
+    that cannot be written keeps being hashed."""
     try:
-        with file_lock(path.parent / (VERIFIED + ".lock")):
-            merged = {**read_cache(path.parent), path.name: stamp(path, digest)}
-            atomic_write_text(path.parent / VERIFIED, json.dumps(merged, indent=0))
+        with file_lock(directory / (VERIFIED + ".lock")):
+            merged = {**read_cache(directory), **stamps}
+            atomic_write_text(directory / VERIFIED, json.dumps(merged, indent=0))
     except OSError:
         pass
+
+
+def remember(path: Path, digest: str) -> None:
+    """Record one verified (or freshly sealed and renamed) file in its directory's cache."""
+    remember_stamps(path.parent, {path.name: stamp(path, digest)})
+
+
+@contextmanager
+def sealed_h5(path: Path):
+    """fsio.atomic_h5 whose datasets' digest is written into the file before it closes, and which is
+    remembered as verified once renamed into place."""
+    with atomic_h5(path) as f:
+        yield f
+        digest = seal(f)
+    remember(path, digest)
 
 
 def verify(path: Path, what: str, fix: str, *, force: bool | None = None) -> bool:
     """Check a sealed file before its rows are used: UserError naming it, what it is and `fix` when
     its data do not hash to its digest. True when it was hashed (False: the cache vouched for it, or
     the file predates sealing)."""
-    from aria_hpc.fsio import read_h5
-
     path = Path(path)
     force = force_requested() if force is None else force
     with read_h5(path, fix) as f:

@@ -31,13 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aria_hpc.config import Config
 from aria_hpc.errors import UserError
 
 PAIRS_FIX = "run `aria-hpc pairs CONFIG` (it builds the damaged or missing shard again)"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def source_of(cfg) -> str:
+def source_of(cfg: Config) -> str:
     """teacher | images | world: what the paired set is made from (auto: images when pairs.images is
     given, the teacher for a pipeline teacher, else the shapes world's own set)."""
     from aria_hpc.models.pipeline import is_pipeline
@@ -49,13 +50,13 @@ def source_of(cfg) -> str:
     return "teacher" if is_pipeline(cfg.teacher.dir) else "world"
 
 
-def shard_paths(cfg) -> list[Path]:
+def shard_paths(cfg: Config) -> list[Path]:
     from aria_hpc.conditioning.embeddings import shard_name
 
     return [Path(cfg.pairs.dir) / shard_name(i, cfg.pairs.shards) for i in range(cfg.pairs.shards)]
 
 
-def settings(cfg) -> dict:
+def settings(cfg: Config) -> dict:
     """What the latents are a function of, besides the pool and the pipeline."""
     source = source_of(cfg)
     out = {"source": source, "seed": cfg.seed, "dtype": cfg.pairs.dtype}
@@ -70,9 +71,9 @@ def settings(cfg) -> dict:
 class Maker:
     """The pipeline, the pool and the rows to make (prompt ids, and image paths for the images source)."""
 
-    def __init__(self, cfg) -> None:
-        from aria_hpc.conditioning.encoders import directory_digest
+    def __init__(self, cfg: Config) -> None:
         from aria_hpc.conditioning.pool import PromptPool
+        from aria_hpc.fsio import directory_digest
         from aria_hpc.models.pipeline import is_pipeline
 
         if not is_pipeline(cfg.teacher.dir):
@@ -155,7 +156,7 @@ def load_image(path: Path, side: int) -> np.ndarray:
     return arr.transpose(2, 0, 1) / 127.5 - 1.0
 
 
-def image_rows(cfg, pool) -> tuple[list[Path], np.ndarray]:
+def image_rows(cfg: Config, pool) -> tuple[list[Path], np.ndarray]:
     """(image paths, prompt ids) of pairs.images, in its order; every caption must be in the pool."""
     src = Path(cfg.pairs.images)
     if src.is_dir():
@@ -215,7 +216,8 @@ def complete_shard(path: Path, expect: dict) -> bool:
                                "run `aria-hpc pairs CONFIG --rebuild`, or use another pairs.dir")
 
 
-def build_shard(cfg, index: int, maker: Maker | None = None, progress: Callable[[int], None] | None = None) -> int:
+def build_shard(cfg: Config, index: int, maker: Maker | None = None,
+                progress: Callable[[int], None] | None = None) -> int:
     """Shard `index` of the paired set (resuming a partial one). Returns the rows made now."""
     from aria_hpc.conditioning.embeddings import write_rows_shard
 
@@ -239,17 +241,17 @@ def build_shard(cfg, index: int, maker: Maker | None = None, progress: Callable[
     return n - done
 
 
-def _shard_job(cfg, index: int) -> int:
+def _shard_job(cfg: Config, index: int) -> int:
     return build_shard(cfg, index)
 
 
-def build_pairs(cfg, executor: str | None = None, log: Callable[[str], None] = print,
+def build_pairs(cfg: Config, executor: str | None = None, log: Callable[[str], None] = print,
                 progress: Callable[[int], None] | None = None) -> int:
     """Every shard (complete, matching ones kept): here, or one submitit array task per shard."""
     if executor is None:
         maker = Maker(cfg)
         return sum(build_shard(cfg, i, maker, progress) for i in range(cfg.pairs.shards))
-    from aria_hpc.launch.executor import run_array
+    from aria_hpc.jobs import run_array
 
     return sum(run_array(cfg, executor, _shard_job, list(range(cfg.pairs.shards)), "pairs", "paired-set",
                          "paired-set shard {index}", log))
@@ -258,7 +260,7 @@ def build_pairs(cfg, executor: str | None = None, log: Callable[[str], None] = p
 class PairedSet:
     """A built paired set, read back: prompt ids whole (8 bytes a row), latents a batch at a time."""
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg: Config) -> None:
         import h5py
 
         from aria_hpc.fsio import read_h5

@@ -37,9 +37,10 @@ from timing import median_seconds
 from aria_hpc.bank import Bank
 from aria_hpc.bank.fingerprint import SCHEMA_VERSION
 from aria_hpc.bank.integrity import verify_shards
+from aria_hpc.bank.manifest import shard_name, update_manifest
 from aria_hpc.bank.paired import X0_FILE
 from aria_hpc.bank.plan import RCSchedule, plan_bank, shard_plan
-from aria_hpc.bank.writer import shard_name, update_manifest, write_shard
+from aria_hpc.bank.writer import write_shard
 from aria_hpc.fsio import array_digest
 
 ENTRY_SHAPE = (4, 64, 64)

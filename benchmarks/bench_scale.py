@@ -205,9 +205,9 @@ def encode_vs_step(batch: int, repeats: int) -> dict:
     from timing import median_seconds
 
     from aria_hpc.conditioning.encoders import TextEncoder
-    from aria_hpc.conditioning.unet_input import UNetCond
     from aria_hpc.models.students import build_student
     from aria_hpc.models.teacher import load_teacher
+    from aria_hpc.models.unet_input import UNetCond
 
     torch.set_num_threads(2)
     enc = TextEncoder(max_length=24)

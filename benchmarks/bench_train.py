@@ -19,6 +19,15 @@ from the same bank state. Then:
   step, giving the ideal cached-bank speed-up (t_teacher + t_student) / t_student; and the learning
   curve's held-out pass (train.curve_every) as a share of training time (target < 5%).
   `--passes-only` runs just these.
+- `--paired` (issue 34): ARIA's bookkeeping cost and our loop's cost, each as a paired ratio in one
+  process (benchmarks/timing.py: alternating back-to-back segments of `--segment` steps). An RC and an
+  ARIA `Session` (the loop's own setup and step, train/loop.py) are built side by side and warmed past
+  aria.warmup_steps, then their segments alternate: ARIA's step time / RC's (target <= 1.03x). Then
+  our RC step against the loop a user would write instead: plain PyTorch, torch AdamW and the same LR
+  schedule and clipping, the same student, the same batches already in memory, no DeepSpeed (target:
+  our throughput >= 0.9x that loop's). Where the RC step is slower, its phases are timed one by one.
+  ARIA's table operations per step (allocation, alias draws, weights, record, the fold every
+  aria.sync_every steps) are also timed alone at K = 256 and K = 65,536 regions, as a share of the RC step.
 Targets (issue 5): ARIA's step time <= 1.03x RC's (cached); cached speed-up over the live teacher
 >= 0.8x the ideal. Samples/s come from separate runs one after the other (not paired), so compare
 them only beyond this machine's run-to-run drift; the forward and reuse counts are exact.
@@ -42,11 +51,12 @@ from aria_hpc.config import load_config
 
 TARGET_ARIA_OVERHEAD = 1.03
 TARGET_BANK_FRACTION = 0.8
+TARGET_VS_PLAIN = 0.9
 
 
 def setup(base: list[str], work: Path) -> list[str]:
     """Embeddings, regions and a bank for the config, built once; the overrides that point at them."""
-    from aria_hpc.bank import build_bank
+    from aria_hpc.build import build_bank
     from aria_hpc.cli import main
 
     paths = [f"embed.dir={work / 'emb'}", f"regions.path={work / 'emb' / 'regions.h5'}", f"bank.dir={work / 'bank'}",
@@ -141,6 +151,141 @@ def separate_passes(base: list[str], paths: list[str], repeats: int = 5) -> dict
             "curve_s": curve_s, "curve_tuples": len(curve.t), "batch": n}
 
 
+def paired_steps(base: list[str], paths: list[str], work: Path, segment: int, repeats: int) -> dict:
+    """ARIA vs RC and RC vs a plain PyTorch loop, each in alternating segments in this process."""
+    import time
+
+    from timing import paired_ratio
+
+    from aria_hpc.engine import lr_lambda
+    from aria_hpc.models.students import build_student
+    from aria_hpc.train.loop import Session
+
+    cfgs = {p: load_config(base[0], [*base[1:], *paths, f"run.dir={work / f'paired-{p}'}", f"train.policy={p}",
+                                     "train.export=false"]) for p in ("rc", "aria")}
+    sessions = {p: Session(c, Path(c.run.dir), 0, 1) for p, c in cfgs.items()}
+    position = {p: 0 for p in sessions}
+
+    def steps_of(policy: str, n: int) -> None:
+        s = sessions[policy]
+        for _ in range(n):
+            step = position[policy]
+            s.step(step)
+            s.tracker.sync(step + 1, 1)  # the loop's sync phase (the fold every aria.sync_every steps)
+            position[policy] += 1
+
+    warm = cfgs["aria"].aria.warmup_steps + 1  # every timed ARIA step allocates by q, not pi
+    steps_of("rc", warm)
+    steps_of("aria", warm)
+    aria_s, rc_s, speed = paired_ratio(lambda: steps_of("aria", segment), lambda: steps_of("rc", segment), repeats)
+
+    # the loop a user would write: the same student and batches, torch AdamW, no DeepSpeed
+    cfg, rc = cfgs["rc"], sessions["rc"]
+    rng = np.random.default_rng(1)
+    batches = []
+    for i in range(16):
+        b = rc.source.draw(cfg.train.micro_batch_per_gpu, rng, rc.tracker.sampler(0, 10**6 + i, 0))
+        batches.append((b.x_t, torch.from_numpy(b.t.astype(np.int64)), rc.ctx.cond(b.cond), b.output.float()))
+    torch.manual_seed(cfg.seed)
+    student = build_student(cfg.student.preset, rc.ctx.teacher.unet).train()
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    turn = {"i": 0}
+
+    def plain(n: int) -> None:
+        for _ in range(n):
+            x, t, cond, target = batches[turn["i"] % len(batches)]
+            turn["i"] += 1
+            loss = torch.nn.functional.mse_loss(student(x, t, **cond.kwargs()).sample, target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.train.grad_clip)
+            opt.step()
+            sched.step()
+
+    plain(3)
+    ours_s, plain_s, vs_plain = paired_ratio(lambda: steps_of("rc", segment), lambda: plain(segment), repeats)
+
+    # where an RC step's time goes: its phases timed one by one over `segment` steps
+    phases = {"draw (bank read, noise)": (rc.source, "draw"), "condition (token states)": (rc.ctx, "cond"),
+              "forward (engine)": (rc.engine, "forward"), "backward (engine)": (rc.engine, "backward"),
+              "optimizer step (engine)": (rc.engine, "step"), "track (region table)": (rc.tracker, "record"),
+              "EMA update": (rc.ema, "update")}
+    spent = dict.fromkeys(phases, 0.0)
+    originals = {}
+    for name, (obj, attr) in phases.items():
+        original = getattr(obj, attr)
+        originals[name] = (obj, attr)
+
+        def timed(*a, _f=original, _name=name, **k):
+            t0 = time.perf_counter()
+            try:
+                return _f(*a, **k)
+            finally:
+                spent[_name] += time.perf_counter() - t0
+        setattr(obj, attr, timed)
+    t0 = time.perf_counter()
+    steps_of("rc", segment)
+    total = time.perf_counter() - t0
+    for obj, attr in originals.values():  # the instance's own method again
+        if attr in vars(obj):
+            delattr(obj, attr)
+    profile = {name: seconds / segment for name, seconds in spent.items()}
+    profile["rest of the step"] = total / segment - sum(profile.values())
+
+    bookkeeping = {k: table_ops_seconds(k, cfg) for k in (cfgs["aria"].regions.k, 65536)}
+    return {"segment_steps": segment, "repeats": repeats, "aria_step_s": aria_s / segment, "rc_step_s": rc_s / segment,
+            "aria_vs_rc": 1.0 / speed, "ours_step_s": ours_s / segment, "plain_step_s": plain_s / segment,
+            "ours_vs_plain_throughput": vs_plain, "rc_step_phases_s": profile,
+            "table_ops_s": {str(k): v for k, v in bookkeeping.items()},
+            "table_ops_share_of_rc_step": {str(k): v / (rc_s / segment) for k, v in bookkeeping.items()}}
+
+
+def table_ops_seconds(k: int, cfg, steps: int = 200) -> float:
+    """Median seconds per step of ARIA's table operations alone at K regions: the allocation (q and
+    its alias table), the region draws and importance weights of a micro-batch, the record, and the
+    fold every aria.sync_every steps."""
+    from timing import median_seconds
+
+    from aria_hpc.regions.allocation import sample_weights
+    from aria_hpc.regions.table import RegionTable
+
+    rng = np.random.default_rng(0)
+    table = RegionTable(k, base=rng.random(k) + 0.01)
+    n, a = cfg.train.micro_batch_per_gpu, cfg.aria
+    values = rng.random(n)
+    counter = {"step": 0}
+
+    def one_step():
+        q = table.probabilities(a.alpha, a.eps)
+        regions = table.sample(n, counter["step"])
+        sample_weights(regions, np.ones(n, bool), table.base, q)
+        table.record(regions, values)
+        counter["step"] += 1
+        if counter["step"] % a.sync_every == 0:
+            table.fold(a.beta)
+
+    return median_seconds(one_step, steps)
+
+
+def _paired_lines(r: dict) -> list[str]:
+    lines = [f"paired, in one process: {r['repeats']} alternating segments of {r['segment_steps']} steps each",
+             f"{'':<34} {'ms/step':>9} {'ratio':>8} {'target':>8}",
+             f"{'RC step':<34} {r['rc_step_s'] * 1e3:>9.2f}",
+             f"{'ARIA step':<34} {r['aria_step_s'] * 1e3:>9.2f} {r['aria_vs_rc']:>7.3f}x {'<= 1.03':>8} "
+             f"{'met' if r['aria_vs_rc'] <= TARGET_ARIA_OVERHEAD else 'NOT met'}",
+             f"{'our RC step (DeepSpeed, bank)':<34} {r['ours_step_s'] * 1e3:>9.2f}",
+             f"{'plain PyTorch loop (in memory)':<34} {r['plain_step_s'] * 1e3:>9.2f} "
+             f"{r['ours_vs_plain_throughput']:>7.3f}x {'>= 0.9':>8} "
+             f"{'met' if r['ours_vs_plain_throughput'] >= TARGET_VS_PLAIN else 'NOT met'} (our throughput / plain)",
+             "where an RC step's time goes (ms/step):"]
+    lines += [f"  {name:<32} {s * 1e3:>9.2f}" for name, s in r["rc_step_phases_s"].items()]
+    lines += [f"ARIA table operations alone, K = {k}: {s * 1e3:.3f} ms/step = "
+              f"{100 * r['table_ops_share_of_rc_step'][k]:.2f}% of an RC step" for k, s in r["table_ops_s"].items()]
+    return lines
+
+
 def _curve_line(passes: dict, cfg) -> str:
     every = cfg.train.curve_every or 100
     share = passes["curve_s"] / (every * passes["student_s"] + passes["curve_s"])
@@ -161,16 +306,32 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--reuse-steps", type=int, default=None, help="steps of the reuse rows (default --steps)")
     ap.add_argument("--dir", default="/tmp/aria_bench_train")
-    ap.add_argument("--out", default="benchmarks/out/train.json")
+    ap.add_argument("--out", default=None, help="default benchmarks/out/train.json (--paired: train_paired.json)")
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--passes-only", action="store_true", help="only the separately timed passes (no training runs)")
+    ap.add_argument("--paired", action="store_true", help="only the paired ARIA/RC/plain-PyTorch step timing")
+    ap.add_argument("--segment", type=int, default=10, help="steps per alternating segment (--paired)")
+    ap.add_argument("--repeats", type=int, default=10, help="segment pairs (--paired)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args.out = args.out or f"benchmarks/out/train{'_paired' if args.paired else ''}.json"
     work = Path(args.dir)
     work.mkdir(parents=True, exist_ok=True)
     base = [args.config, *args.overrides]
     paths = setup(base, work)
     cfg = load_config(base[0], [*base[1:], *paths])
+    if args.paired:
+        result = paired_steps(base, paths, work, args.segment, args.repeats)
+        print(f"{args.config}: micro-batch {cfg.train.micro_batch_per_gpu}, K = {cfg.regions.k}, 1 CPU rank, "
+              f"{torch.get_num_threads()} threads")
+        print("\n".join(_paired_lines(result)))
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"config": args.config, "overrides": args.overrides, "paired": result,
+                                   "targets": {"aria_vs_rc": TARGET_ARIA_OVERHEAD, "ours_vs_plain": TARGET_VS_PLAIN},
+                                   "machine": platform.processor() or platform.machine()}, indent=2))
+        print(f"wrote {out}")
+        return
     if args.passes_only:
         passes = separate_passes(base, paths)
         print(_curve_line(passes, cfg))

@@ -146,8 +146,10 @@ PYBIND11_MODULE(_C, m) {
       .def("fold", &RegionTable::fold, py::arg("beta"))
       .def(
           "probabilities",
-          [](RegionTable& t, double alpha, double eps) { return to_numpy(t.probabilities(alpha, eps)); },
-          py::arg("alpha"), py::arg("eps"))
+          [](RegionTable& t, double alpha, double eps, double gamma) {
+            return to_numpy(t.probabilities(alpha, eps, gamma));
+          },
+          py::arg("alpha"), py::arg("eps"), py::arg("gamma") = 0.0)
       .def(
           "set_probabilities",
           [](RegionTable& t, const ValueArray& q) {

@@ -272,18 +272,30 @@ std::vector<double> RegionTable::variance() const {
   return var;
 }
 
-std::vector<double> RegionTable::probabilities(double alpha, double eps) {
+std::vector<double> RegionTable::probabilities(double alpha, double eps, double gamma) {
   if (!(eps >= 0.0 && eps <= 1.0)) throw std::invalid_argument("eps must be in [0, 1]");
   if (!(alpha >= 0.0) || !std::isfinite(alpha)) throw std::invalid_argument("alpha must be >= 0");
+  if (!(gamma >= 0.0 && gamma <= 1.0)) throw std::invalid_argument("gamma must be in [0, 1]");
+  const size_t k = base_.size();
+  // The allocation's base b_k: pi_k itself (gamma = 0), else pi_k^(1 - gamma) over the non-empty
+  // regions, normalised (gamma = 1: uniform over regions).
+  std::vector<double> base = base_;
+  if (gamma > 0.0) {
+    double flat_total = 0.0;
+    for (size_t r = 0; r < k; ++r) {
+      base[r] = base_[r] > 0.0 ? std::pow(base_[r], 1.0 - gamma) : 0.0;
+      flat_total += base[r];
+    }
+    for (double& v : base) v /= flat_total;
+  }
   // Discrepancies are non-negative; a negative estimate (possible only from negative inputs)
   // is treated as zero so that the tilt stays defined.
   std::vector<double> m = estimate();
   for (double& v : m) v = std::max(v, 0.0);
-  const size_t k = m.size();
   double base_total = 0.0, mean_m = 0.0;
   for (size_t r = 0; r < k; ++r) {
-    base_total += base_[r];
-    mean_m += base_[r] * m[r];
+    base_total += base[r];
+    mean_m += base[r] * m[r];
   }
   mean_m /= base_total;
   std::vector<double> tilt(k, 1.0);
@@ -291,10 +303,10 @@ std::vector<double> RegionTable::probabilities(double alpha, double eps) {
     for (size_t r = 0; r < k; ++r) tilt[r] = std::pow(m[r] / mean_m, alpha);
   }
   double z = 0.0;
-  for (size_t r = 0; r < k; ++r) z += base_[r] * tilt[r];
+  for (size_t r = 0; r < k; ++r) z += base[r] * tilt[r];
   z /= base_total;
   std::vector<double> q(k);
-  for (size_t r = 0; r < k; ++r) q[r] = base_[r] * (1.0 + (1.0 - eps) * (tilt[r] / z - 1.0));
+  for (size_t r = 0; r < k; ++r) q[r] = base[r] * (1.0 + (1.0 - eps) * (tilt[r] / z - 1.0));
   set_probabilities(q);
   return q;
 }

@@ -56,10 +56,12 @@ class RegionTable {
   // Settles first.
   void fold(double beta);
 
-  // q_k = pi_k * (1 + (1 - eps) * (t_k / Z - 1)),  t_k = (m_k / mean_pi(m))^alpha,
-  // Z = sum(pi t) / sum(pi). Algebraically (1-eps) pi t / Z + eps pi, written so that alpha = 0
-  // gives q == pi bit for bit. Stores q and rebuilds the alias table.
-  std::vector<double> probabilities(double alpha, double eps);
+  // The one implementation of ARIA's allocation (docs/design.md section 4):
+  // q_k = b_k * (1 + (1 - eps) * (t_k / Z - 1)),  t_k = (m_k / mean_b(m))^alpha,
+  // Z = sum(b t) / sum(b), over the base b = pi (gamma = 0) or b ∝ pi^(1 - gamma) on non-empty regions.
+  // Algebraically (1-eps) b t / Z + eps b, written so that alpha = 0 gives q == b bit for bit.
+  // Stores q and rebuilds the alias table.
+  std::vector<double> probabilities(double alpha, double eps, double gamma = 0.0);
   void set_probabilities(const std::vector<double>& q);  // e.g. warm-up: q = pi
   void sample(int64_t n, uint64_t key, int64_t* out) const;  // alias method, O(1) per draw
 

@@ -10,7 +10,7 @@ headline table quotes in its last column.
 import argparse
 from pathlib import Path
 
-from aria_hpc.eval.report import curve_series, load_runs
+from aria_hpc.eval.stats import curve_series, load_runs
 
 
 def value_range(series: tuple, after_step: int) -> tuple[float, float]:

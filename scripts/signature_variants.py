@@ -16,11 +16,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from aria_hpc.build.signatures import Prober, x0_estimate  # noqa: E402
 from aria_hpc.conditioning.embeddings import EmbeddingStore  # noqa: E402
 from aria_hpc.conditioning.kmeans import composition, kmeans, purity  # noqa: E402
-from aria_hpc.conditioning.signatures import Prober, x0_estimate  # noqa: E402
 from aria_hpc.config import load_config  # noqa: E402
-from aria_hpc.demo import demo_overrides, ensure_embeddings  # noqa: E402
+from aria_hpc.launch.stages import demo_overrides, ensure_embeddings  # noqa: E402
 
 
 def main(name: str, regime: str, phase: str = "select") -> dict:

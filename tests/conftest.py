@@ -79,3 +79,17 @@ def tiny_world(tmp_path_factory, tiny_bert_dir):
 
     root = tmp_path_factory.mktemp("tiny_world")
     return build_tiny_world(root, tiny_bert_dir), root
+
+
+@pytest.fixture(scope="session")
+def tiny_bank(tiny_world, tmp_path_factory):
+    """One bank of the tiny world for every test that only reads it (1 shard, mid_block features):
+    built once per session. A test that changes a bank copies it first."""
+    from aria_hpc.build import build_bank
+    from aria_hpc.config import load_config
+
+    path, _ = tiny_world
+    bank_dir = tmp_path_factory.mktemp("tiny_bank") / "bank"
+    build_bank(load_config(path, [f"bank.dir={bank_dir}", "bank.shards=1", "bank.features=[mid_block]"]),
+               log=lambda _m: None)
+    return bank_dir

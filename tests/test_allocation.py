@@ -8,6 +8,7 @@ import pytest
 from aria_hpc.config import AriaConfig, load_config
 from aria_hpc.regions import RegionIndex, RegionTable, draw_conditions, update_allocation
 from aria_hpc.regions import allocation as A
+from aria_hpc.regions import reference as R
 from aria_hpc.regions.simulate import make_landscape, predicted_tracking_error, run_simulation
 
 
@@ -15,11 +16,11 @@ def test_allocate_known_values():
     base = np.array([0.5, 0.25, 0.25])
     m = np.array([1.0, 2.0, 4.0])
     # mean_m = 0.5 + 0.5 + 1 = 2; tilt = [0.5, 1, 2]; Z = 0.25 + 0.25 + 0.5 = 1
-    q = A.allocate(m, base, alpha=1.0, eps=0.0)
+    q = R.allocate(m, base, alpha=1.0, eps=0.0)
     np.testing.assert_allclose(q, [0.25, 0.25, 0.5])
-    q = A.allocate(m, base, alpha=1.0, eps=0.2)
+    q = R.allocate(m, base, alpha=1.0, eps=0.2)
     np.testing.assert_allclose(q, 0.8 * np.array([0.25, 0.25, 0.5]) + 0.2 * base)
-    np.testing.assert_allclose(A.allocate(m, base, alpha=2.0, eps=0.0), base * np.array([0.25, 1, 4]) / 1.375)
+    np.testing.assert_allclose(R.allocate(m, base, alpha=2.0, eps=0.0), base * np.array([0.25, 1, 4]) / 1.375)
 
 
 def test_alpha_zero_is_exactly_the_base():
@@ -27,25 +28,25 @@ def test_alpha_zero_is_exactly_the_base():
     for _ in range(50):
         base = rng.random(37)
         base /= base.sum()
-        q = A.allocate(rng.random(37) * 5, base, alpha=0.0, eps=float(rng.random()))
+        q = R.allocate(rng.random(37) * 5, base, alpha=0.0, eps=float(rng.random()))
         np.testing.assert_array_equal(q, base)
 
 
 def test_eps_floor_bounds_every_region():
     base = np.array([0.7, 0.2, 0.1])
-    q = A.allocate(np.array([1e-9, 1e-9, 1e6]), base, alpha=2.0, eps=0.1)
+    q = R.allocate(np.array([1e-9, 1e-9, 1e6]), base, alpha=2.0, eps=0.1)
     assert (q >= 0.1 * base - 1e-15).all()
     assert q.sum() == pytest.approx(1.0)
 
 
 def test_fold_statistics_known_values():
-    stats = A.RegionStats.zeros(2)
+    stats = R.RegionStats.zeros(2)
     acc = np.array([[6.0, 0.0], [20.0, 0.0], [2.0, 0.0]])
-    stats = A.fold_statistics(stats, acc, beta=0.25)
+    stats = R.fold_statistics(stats, acc, beta=0.25)
     np.testing.assert_allclose(stats.ema_mean, [0.75, 0.0])
     np.testing.assert_allclose(stats.ema_weight, [0.25, 0.0])
-    np.testing.assert_allclose(A.estimate(stats, init_estimate=1.0), [3.0, 1.0])
-    np.testing.assert_allclose(A.variance(stats), [1.0, 0.0])  # E[d^2]=10, mean 3
+    np.testing.assert_allclose(R.estimate(stats, init_estimate=1.0), [3.0, 1.0])
+    np.testing.assert_allclose(R.variance(stats), [1.0, 0.0])  # E[d^2]=10, mean 3
     np.testing.assert_array_equal(stats.age, [0, 1])
     np.testing.assert_array_equal(stats.observations, [2, 0])
 
@@ -186,7 +187,7 @@ def test_group_view_of_the_allocation_and_the_tracker():
 
 
 def test_flattened_base_of_the_allocation():
-    from aria_hpc.regions.allocation import allocate, flattened_base
+    from aria_hpc.regions.reference import allocate, flattened_base
 
     pi = np.array([0.6, 0.3, 0.1, 0.0])
     assert np.array_equal(flattened_base(pi, 0.0), pi)
@@ -204,7 +205,7 @@ def test_flattened_base_of_the_allocation():
 def test_simulate_honours_every_allocation_field():
     """aria-hpc simulate allocates as training does, from the whole aria section: base_gamma flattens
     its base (it was ignored), warmup_steps holds q = pi, and alpha / eps tilt it."""
-    from aria_hpc.regions.allocation import allocate, flattened_base
+    from aria_hpc.regions.reference import allocate, flattened_base
 
     over = ["train.steps=40", "train.log_every=20", "aria.warmup_steps=20", "aria.sync_every=7"]
     runs = {g: list(run_simulation(load_config(None, [*over, f"aria.base_gamma={g}"]))) for g in (0.0, 1.0)}

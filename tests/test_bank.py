@@ -13,12 +13,13 @@ import pytest
 import torch
 from conftest import ROOT, cli_env
 
-from aria_hpc.bank import Bank, BankSource, LiveTeacher, build_bank
+from aria_hpc.bank import Bank
 from aria_hpc.bank.plan import RCSchedule, plan_bank, shard_plan
-from aria_hpc.bank.sources import Writeback
+from aria_hpc.build import build_bank
 from aria_hpc.config import load_config
 from aria_hpc.context import load_context
 from aria_hpc.errors import UserError
+from aria_hpc.train.sources import BankSource, LiveTeacher, Writeback
 from aria_hpc.worlds.shapes import shapes_world
 
 

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from aria_hpc.conditioning.encoders import TextEncoder, directory_digest
+from aria_hpc.conditioning.encoders import TextEncoder
 from aria_hpc.errors import UserError
+from aria_hpc.fsio import directory_digest
 
 PROMPTS = ["a small red circle in the centre on a black background", "big blue ring, grey backdrop", ""]
 

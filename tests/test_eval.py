@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from aria_hpc.eval.metrics import frechet_distance, frechet_with_se, mean_se, stratified_timesteps
-from aria_hpc.eval.report import Summary, compare
+from aria_hpc.eval.stats import Summary, compare
 
 TINY_EVAL = ["eval.per_region=8", "eval.per_group=4", "eval.sample_steps=2", "eval.grid=3"]
 
@@ -205,7 +205,8 @@ def test_demo_heartbeat_fills_only_silence():
 
 
 def test_learning_curve_series_and_steps_to_the_baseline(tmp_path):
-    from aria_hpc.eval.report import Run, curve_series, plot_curves, plot_mechanism, steps_to_reach
+    from aria_hpc.eval.figures import plot_curves, plot_mechanism
+    from aria_hpc.eval.stats import Run, curve_series, steps_to_reach
 
     def run(label, curve, share):
         records = [{"step": s, "curve_mse": {"unseen": v}, "group_share": {"unseen": share},

@@ -81,7 +81,7 @@ SHARD_FAULTS = {
 
 @pytest.fixture(scope="module")
 def clean_bank(tiny_world, tmp_path_factory):
-    from aria_hpc.bank import build_bank
+    from aria_hpc.build import build_bank
     from aria_hpc.config import load_config
 
     path, _ = tiny_world

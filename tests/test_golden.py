@@ -47,16 +47,30 @@ def test_train_module_help_is_pinned():
     _check("help/python-m-aria_hpc.train.txt", res.stdout)
 
 
-@pytest.mark.skipif(shutil.which("srun") is None,
-                    reason="submitit's SLURM executor needs srun on PATH (scripts/slurm_local.sh install)")
 def test_member_sbatch_script_is_pinned(tmp_path):
-    """The sbatch script submitit writes for a 2-node sweep member (paths replaced by placeholders)."""
+    """The sbatch script submitit writes for a 2-node sweep member (paths replaced by placeholders),
+    through the pure function jobs.sbatch_text: on any machine, SLURM or not."""
     from aria_hpc.config import LaunchConfig
-    from aria_hpc.launch.executor import make_executor
+    from aria_hpc.jobs import sbatch_text
 
     launch = LaunchConfig(partition="debug", nodes=2, tasks_per_node=1, cpus_per_task=4, mem_gb=8,
                           timeout_min=90, array_parallelism=4)
-    ex = make_executor(launch, "slurm", tmp_path / "submitit", "aria-000-alpha=1.0,seed=0")._executor
-    text = ex._make_submission_file_text(ex._submitit_command_str, "uid")
+    text = sbatch_text(launch, tmp_path / "submitit", "aria-000-alpha=1.0,seed=0")
     text = text.replace(str(tmp_path), "TMP").replace(sys.executable, "PYTHON")
     _check("member.sbatch", text)
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(shutil.which("srun") is None,
+                    reason="submitit's SLURM executor needs srun on PATH (scripts/slurm_local.sh install)")
+def test_the_executor_writes_what_sbatch_text_says(tmp_path):
+    """Where SLURM is installed: the executor the sweep submits with writes the same script."""
+    from aria_hpc.config import LaunchConfig
+    from aria_hpc.jobs import make_executor, sbatch_text
+
+    launch = LaunchConfig(partition="debug", nodes=2, tasks_per_node=1, cpus_per_task=4, mem_gb=8,
+                          timeout_min=90, array_parallelism=4)
+    name = "aria-000-alpha=1.0,seed=0"
+    ex = make_executor(launch, "slurm", tmp_path / "submitit", name)._executor
+    assert ex._make_submission_file_text(ex._submitit_command_str, "uid") == sbatch_text(launch, tmp_path / "submitit",
+                                                                                           name)

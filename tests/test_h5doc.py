@@ -11,14 +11,9 @@ def walk_datasets(f):
 
 
 @pytest.mark.slow
-def test_every_written_file_describes_its_datasets(tiny_world, tmp_path):
-    from aria_hpc.bank import build_bank
-    from aria_hpc.config import load_config
-
+def test_every_written_file_describes_its_datasets(tiny_world, tiny_bank, tmp_path):
     path, root = tiny_world
-    bank_dir = tmp_path / "bank"
-    build_bank(load_config(path, [f"bank.dir={bank_dir}", "bank.shards=1", "bank.features=[mid_block]"]),
-               log=lambda _m: None)
+    bank_dir = tiny_bank
     files = sorted((root / "emb").rglob("*.h5")) + sorted(bank_dir.glob("*.h5"))
     kinds = {}
     for p in files:

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aria_hpc.bank import Bank, BankSource, LiveTeacher, build_bank
+from aria_hpc.bank import Bank
 from aria_hpc.bank.ledger import FRESH, ReuseLedger
-from aria_hpc.bank.sources import Writeback
-from aria_hpc.bank.writer import bank_status
+from aria_hpc.build import build_bank
+from aria_hpc.build.bank import bank_status
 from aria_hpc.config import load_config
 from aria_hpc.context import load_context
+from aria_hpc.train.sources import BankSource, LiveTeacher, Writeback
 
 # A small bank with mostly random-conditioned entries (rc.lam = 1: ~63% replaced), so that a few
 # training steps run regions out of unused entries.

@@ -35,7 +35,7 @@ def test_package_names_still_resolve_on_first_use():
     from aria_hpc import bank, regions
 
     assert regions.RegionTable.__module__ == "aria_hpc.regions.table"
-    assert bank.build_bank.__module__ == "aria_hpc.bank.writer"
+    assert bank.Bank.__module__ == "aria_hpc.bank.reader"
     with pytest.raises(AttributeError):
         regions.no_such_name  # noqa: B018
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from conftest import ROOT, cli_env
 from test_bank import slurm_up
-from test_train import FAST, metrics, tiny_bank  # noqa: F401 - tiny_bank is a fixture
+from test_train import FAST, metrics
 
 
 def idle_nodes() -> list[str]:

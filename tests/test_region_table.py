@@ -28,8 +28,8 @@ def test_counter_uniform_matches_numpy():
 @settings(max_examples=60, deadline=None)
 @given(k=K_VALUES, seed=st.integers(0, 2**32 - 1), batches=st.integers(1, 4),
        n=st.integers(0, 2000), beta=st.floats(0.01, 1.0), alpha=st.floats(0.0, 3.0),
-       eps=st.floats(0.0, 1.0), skew=st.booleans())
-def test_table_matches_reference(k, seed, batches, n, beta, alpha, eps, skew):
+       eps=st.floats(0.0, 1.0), skew=st.booleans(), gamma=st.sampled_from([0.0, 0.5, 1.0]))
+def test_table_matches_reference(k, seed, batches, n, beta, alpha, eps, skew, gamma):
     rng = np.random.default_rng(seed)
     base = rng.random(k) + (0.0 if skew else 1.0)
     base[0] += 0.1  # a positive sum
@@ -48,7 +48,7 @@ def test_table_matches_reference(k, seed, batches, n, beta, alpha, eps, skew):
             np.testing.assert_array_equal(native.stats()[name], value, err_msg=name)
         np.testing.assert_array_equal(native.estimate(), ref.estimate())
         np.testing.assert_array_equal(native.variance(), ref.variance())
-        q_native, q_ref = native.probabilities(alpha, eps), ref.probabilities(alpha, eps)
+        q_native, q_ref = native.probabilities(alpha, eps, gamma), ref.probabilities(alpha, eps, gamma)
         np.testing.assert_allclose(q_native, q_ref, rtol=1e-13, atol=1e-300)
         np.testing.assert_allclose(q_native.sum(), 1.0, rtol=1e-12)
         # Same q in, same alias table and the same draws out, bit for bit.
@@ -155,6 +155,8 @@ def test_bad_construction_and_arguments():
         table.fold(0.0)
     with pytest.raises(ValueError, match="eps"):
         table.probabilities(1.0, 1.5)
+    with pytest.raises(ValueError, match="gamma"):
+        table.probabilities(1.0, 0.1, 1.5)
     with pytest.raises(ValueError, match="equal length"):
         table.record(np.array([0, 1]), np.array([1.0]))
 

@@ -178,7 +178,7 @@ def test_sdxl_conditioning_matches_diffusers_encode_prompt(tmp_path):
     from diffusers import StableDiffusionXLPipeline
 
     from aria_hpc.conditioning.encoders import open_text_encoder
-    from aria_hpc.conditioning.unet_input import sdxl_time_ids
+    from aria_hpc.models.unet_input import sdxl_time_ids
 
     pipe_dir = build_tiny_pipeline(tmp_path / "sdxl", "sdxl")
     encoder = open_text_encoder(pipe_dir, None)

@@ -130,7 +130,8 @@ def test_paired_interval_and_gap_closure_with_known_values():
 
 
 def test_the_oracle_figure_plots_gap_and_mse_against_the_told_share(tmp_path):
-    from aria_hpc.eval.report import Run, oracle_points, plot_oracle
+    from aria_hpc.eval.figures import plot_oracle
+    from aria_hpc.eval.stats import Run, oracle_points
 
     def run(label, share, seed, mse, seen, unseen):
         groups = {"unseen": {"mse": {"mean": mse}, "student_accuracy": {"mean": unseen}},

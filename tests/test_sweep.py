@@ -13,7 +13,6 @@ import yaml
 from conftest import ROOT, cli_env
 from test_bank import slurm_up
 
-from aria_hpc.bank import build_bank
 from aria_hpc.config import load_config
 
 TINY = {"train.steps": 3, "train.micro_batch_per_gpu": 8, "train.log_every": 1, "train.region_log_every": 1,
@@ -23,12 +22,9 @@ TINY = {"train.steps": 3, "train.micro_batch_per_gpu": 8, "train.log_every": 1, 
 needs_slurm = pytest.mark.skipif(not slurm_up(), reason="no SLURM cluster answering (scripts/slurm_local.sh start)")
 
 
-@pytest.fixture(scope="module")
-def sweep_bank(tiny_world, tmp_path_factory):
-    path, _ = tiny_world
-    bank_dir = tmp_path_factory.mktemp("sweep_bank") / "bank"
-    build_bank(load_config(path, [f"bank.dir={bank_dir}", "bank.shards=1"]), log=lambda _m: None)
-    return bank_dir
+@pytest.fixture
+def sweep_bank(tiny_bank):
+    return tiny_bank  # the session's shared bank (conftest.py); sweeps only read it
 
 
 def write_sweep(tmp_path, base, name="sweep.yaml", tiny=True, **fields):

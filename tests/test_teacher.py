@@ -7,11 +7,11 @@ import pytest
 import torch
 from conftest import ROOT
 
-from aria_hpc.conditioning.unet_input import UNetCond
 from aria_hpc.config import load_config, move_keys, to_dict
 from aria_hpc.errors import UserError
 from aria_hpc.models.sampling import ddim_sample
 from aria_hpc.models.teacher import load_teacher, shipped_teacher_dir
+from aria_hpc.models.unet_input import UNetCond
 from aria_hpc.worlds.judge import load_judge
 from aria_hpc.worlds.shapes import ALL_COMBINATIONS, ShapesWorld, shapes_world
 
@@ -98,8 +98,8 @@ def test_shipped_teacher_meets_the_quality_bar_when_measured_again():
     """Re-measure the shipped teacher with the shipped judge exactly as its recipe did (same combinations,
     DDIM steps and seed): the numbers reproduce teacher_eval.json, and the mean attribute accuracy is
     >= 0.90 on seen and on unseen combinations."""
+    from aria_hpc.build.teacher import evaluate_teacher
     from aria_hpc.conditioning.encoders import TextEncoder
-    from aria_hpc.worlds.teacher_recipe import evaluate_teacher
 
     assets = shipped_teacher_dir().parent
     recipe = load_config(assets / "recipe.yaml")

@@ -10,21 +10,10 @@ import pytest
 import torch
 from conftest import ROOT, cli_env, free_port
 
-from aria_hpc.bank import build_bank
-from aria_hpc.config import load_config
 from aria_hpc.train import losses
 
 FAST = ["train.micro_batch_per_gpu=8", "train.log_every=1", "train.region_log_every=2", "aria.warmup_steps=2",
         "aria.sync_every=2", "train.lr=1e-3"]
-
-
-@pytest.fixture(scope="module")
-def tiny_bank(tiny_world, tmp_path_factory):
-    path, _ = tiny_world
-    bank_dir = tmp_path_factory.mktemp("train_bank") / "bank"
-    cfg = load_config(path, [f"bank.dir={bank_dir}", "bank.shards=1", "bank.features=[mid_block]"])
-    build_bank(cfg, log=lambda _m: None)
-    return bank_dir
 
 
 def metrics(run_dir):

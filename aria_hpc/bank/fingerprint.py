@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+from aria_hpc.config import Config
 from aria_hpc.fsio import array_digest
 
 SCHEMA_VERSION = 1
@@ -31,10 +32,10 @@ def fingerprint_diff(have: dict, want: dict) -> list[str]:
     return out
 
 
-def bank_fingerprint(cfg, teacher, store, regions, image_set: str) -> dict:
+def bank_fingerprint(cfg: Config, teacher, store, regions, image_set: str) -> dict:
     """The fingerprint of the bank `cfg` describes, from its loaded teacher, embedding store, region
     map and paired-set digest (paired.image_set_digest)."""
-    from aria_hpc.conditioning.encoders import directory_digest
+    from aria_hpc.fsio import directory_digest
 
     b = cfg.bank
     sampling = {"entries": b.entries, "shards": b.shards, "seed": cfg.seed, "lam": cfg.rc.lam,

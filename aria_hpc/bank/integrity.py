@@ -19,14 +19,13 @@ What each layer catches:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import h5py
 
 from aria_hpc.errors import UserError
-from aria_hpc.integrity import VERIFIED, data_digest, read_cache, stamp
+from aria_hpc.integrity import data_digest, read_cache, remember_stamps, stamp
 
 FIX = "run `aria-hpc bank` with the run's config: it sets bad shards aside and rebuilds exactly those"
 
@@ -92,17 +91,9 @@ def verify_shards(bank_dir: Path, shards: list[dict], *, force: bool = False,
 
 
 def remember(bank_dir: Path, stamps: dict[str, list]) -> None:
-    """Record verified shards ({name: stamp}) in the cache, merged with what other processes recorded
-    meanwhile; a bank that cannot be written (read-only) simply keeps being hashed."""
-    from aria_hpc.bank.writer import manifest_lock
-    from aria_hpc.fsio import atomic_write_text
-
-    try:
-        with manifest_lock(bank_dir):
-            merged = {**read_cache(bank_dir), **stamps}
-            atomic_write_text(bank_dir / VERIFIED, json.dumps(merged, indent=0))
-    except OSError:
-        pass
+    """Record verified shards ({name: stamp}) in the cache (aria_hpc.integrity.remember_stamps: its own
+    file lock, never the writers'); a bank that cannot be written (read-only) keeps being hashed."""
+    remember_stamps(bank_dir, stamps)
 
 
 def remember_written(path: Path, digest: str) -> None:

@@ -26,15 +26,20 @@ class ReuseLedger:
         num_regions = len(region_bounds) - 1
         region = np.repeat(np.arange(num_regions), np.diff(region_bounds))
         position = np.arange(len(region_rows)) - region_bounds[region]
-        mine = position % world == rank if max_reuse is not None else np.ones(len(region_rows), bool)
+        self.max_reuse = max_reuse
+        mine = np.ones(len(region_rows), bool) if self.unlimited else position % world == rank
         self.rows = np.asarray(region_rows, np.int64)[mine]  # bank row of each local entry
         self.region = region[mine]  # (sorted) region of each local entry
         self.bounds = np.searchsorted(self.region, np.arange(num_regions + 1))
-        self.max_reuse = max_reuse
         self.order = np.arange(len(self.rows))  # positions -> local entries; [lo, lo + avail) can serve
         self.avail = np.diff(self.bounds)
         self.uses = np.zeros(len(self.rows), np.int64)  # draws each local entry served
         self.fresh = np.zeros(num_regions, np.int64)  # fresh tuples computed per region
+
+    @property
+    def unlimited(self) -> bool:
+        """No reuse limit (the cached bank): every entry serves any number of draws, nothing runs out."""
+        return self.max_reuse is None
 
     @property
     def num_regions(self) -> int:
@@ -44,7 +49,7 @@ class ReuseLedger:
         """Bank rows for draws of `regions` with uniforms `u`; FRESH where a region has nothing left
         (counted in `fresh`: the caller computes those)."""
         regions = np.asarray(regions, np.int64)
-        if self.max_reuse is None:  # the cached bank: vectorised, nothing ever runs out
+        if self.unlimited:  # the cached bank: vectorised, nothing ever runs out
             local = self.bounds[regions] + (u * self.avail[regions]).astype(np.int64)
             np.add.at(self.uses, local, 1)
             return self.rows[local]

@@ -143,7 +143,7 @@ def paired_images(cfg: Config, pool) -> tuple[np.ndarray, np.ndarray]:
 
 def image_set_digest(cfg: Config, images: np.ndarray, captions: np.ndarray) -> str:
     """What x0 is a function of: the paired set and the VAE (none in pixel mode)."""
-    from aria_hpc.conditioning.encoders import directory_digest
+    from aria_hpc.fsio import directory_digest
 
     vae = directory_digest(Path(cfg.bank.vae_dir)) if cfg.bank.vae_dir else "none"
     return hashlib.sha256(f"{array_digest(images, captions)}:{vae}".encode()).hexdigest()

@@ -23,10 +23,10 @@ import torch
 from aria_hpc.bank.fingerprint import fingerprint_diff
 from aria_hpc.bank.integrity import verify_shards
 from aria_hpc.bank.ledger import FRESH, ReuseLedger
+from aria_hpc.bank.manifest import read_manifest
 from aria_hpc.bank.noise import noised_inputs
 from aria_hpc.bank.paired import X0_FILE, load_x0
 from aria_hpc.bank.plan import COLUMNS
-from aria_hpc.bank.writer import MANIFEST
 from aria_hpc.errors import UserError
 from aria_hpc.native import gather_rows
 
@@ -44,13 +44,6 @@ class BankBatch:
     output: torch.Tensor  # teacher output, float16
     features: dict[str, torch.Tensor]
     x_t: torch.Tensor | None = None  # regenerated noised input (None when read with noised=False)
-
-
-def read_manifest(bank_dir: Path) -> dict:
-    path = bank_dir / MANIFEST
-    if not path.is_file():
-        raise UserError(f"no bank at {bank_dir} (no {MANIFEST}): build it with `aria-hpc bank CONFIG`")
-    return json.loads(path.read_text())
 
 
 # How a bank was laid out (and the seed its entries were drawn with) does not change what its entries
@@ -188,7 +181,7 @@ class Bank:
             if len(redraw):
                 regions = np.asarray(region_sampler(len(redraw)), dtype=np.int64)
                 u = rng.random(len(redraw))
-                if ledger is None or ledger.max_reuse is None:
+                if ledger is None or ledger.unlimited:
                     lo, hi = self.region_bounds[regions], self.region_bounds[regions + 1]
                     if np.any(hi <= lo):
                         raise UserError(f"region {int(regions[np.argmax(hi <= lo)])} has no entries in the bank: "

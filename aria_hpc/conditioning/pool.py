@@ -24,8 +24,9 @@ import h5py
 import numpy as np
 
 from aria_hpc.errors import UserError
-from aria_hpc.fsio import atomic_h5, read_h5
+from aria_hpc.fsio import read_h5
 from aria_hpc.h5doc import describe
+from aria_hpc.integrity import sealed_h5
 
 POOL_FIX = "run `aria-hpc embed CONFIG --rebuild` (it rebuilds the pool and its embeddings)"
 
@@ -167,7 +168,7 @@ def materialise_pool(out_dir: Path, files: list[str], jsonl_field: str, world, c
             raise UserError(f"{path} was built from other prompt sources (pool.files, their contents, or "
                             "the world's splits changed): use another embed.dir, or pass --rebuild")
         return path
-    with atomic_h5(path, sealed=True) as f:  # a bad line or a kill leaves neither a pool nor its temporary file
+    with sealed_h5(path) as f:  # a bad line or a kill leaves neither a pool nor its temporary file
         _write_pool(f, files, jsonl_field, world, sources, column, dedup_memory_max, out_dir)
     return path
 

@@ -369,3 +369,15 @@ def _save_grids(path: Path, grids: dict, pool) -> None:
         arrays[f"{name}/prompts"] = np.array(pool.text(ids), dtype=object).astype(str)
     with atomic_path(path, ".npz") as tmp:
         np.savez(tmp, **arrays)
+
+
+def result_lines(run_dir, result: dict) -> list[str]:
+    """One evaluated run per split group: output MSE, judge accuracy of student and teacher, Frechet
+    distance (what `aria-hpc eval` prints)."""
+    lines = [f"{run_dir} ({result['policy']}, seed {result['seed']}, {result['steps']} steps)",
+             f"{'group':>10} {'output MSE':>12} {'judge acc':>10} {'teacher acc':>12} {'Frechet':>9}"]
+    for group, g in result["groups"].items():
+        acc, tacc, fd = (g.get(k, {}).get("mean", float("nan")) for k in
+                         ("student_accuracy", "teacher_accuracy", "frechet"))
+        lines.append(f"{group:>10} {g['mse']['mean']:>12.5f} {acc:>10.3f} {tacc:>12.3f} {fd:>9.3f}")
+    return lines

@@ -19,7 +19,7 @@ from pathlib import Path
 import submitit
 
 from aria_hpc.config import Config, LaunchConfig, load_config
-from aria_hpc.launch.executor import make_executor, tasks_per_node
+from aria_hpc.jobs import make_executor, tasks_per_node
 
 
 @dataclass
@@ -44,8 +44,8 @@ class TrainMember(submitit.helpers.Checkpointable):
         import torch
 
         from aria_hpc import distributed
-        from aria_hpc.entry import train_config
         from aria_hpc.errors import Preempted
+        from aria_hpc.train.command import train_config
 
         cfg = member.resolve()
         torch.set_num_threads(max(1, cfg.launch.cpus_per_task))  # per rank (local jobs are not pinned)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aria_hpc.config import Config, LaunchConfig
 from aria_hpc.errors import ConfigError, UserError
-from aria_hpc.launch.executor import nodes_problem, tasks_per_node
+from aria_hpc.jobs import nodes_problem, tasks_per_node
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def resource_problem(launch: LaunchConfig, partitions: dict[str, Partition]) -> 
 
 def input_problem(cfg: Config) -> str | None:
     """A missing or mismatched input of a training member (what `train` would fail on first)."""
-    from aria_hpc.bank.reader import read_manifest
+    from aria_hpc.bank.manifest import read_manifest
     from aria_hpc.conditioning.embeddings import EmbeddingStore
     from aria_hpc.context import load_matching_regions
     from aria_hpc.models.teacher import teacher_dir

@@ -78,7 +78,7 @@ def load_study(path: str | Path) -> Study:
 
 
 def regime_overrides(study: Study, name: str) -> list[str]:
-    from aria_hpc.demo import demo_overrides
+    from aria_hpc.launch.stages import demo_overrides
 
     return [*demo_overrides((study.dir / name).resolve()), *study.overrides]
 
@@ -152,11 +152,11 @@ def commit_summary(study: Study, regime: str, member, result: dict) -> Path:
 
 
 def run_study(study: Study, executor: str = "local", only: list[str] | None = None, log=print) -> dict:
-    from aria_hpc.bank.writer import build_bank
+    from aria_hpc.build.bank import build_bank
     from aria_hpc.config import load_config
-    from aria_hpc.demo import ensure_embeddings, ensure_regions
     from aria_hpc.launch.members import run_members
     from aria_hpc.launch.preflight import check_members
+    from aria_hpc.launch.stages import ensure_embeddings, ensure_regions
 
     names = only or list(study.regimes)
     missing = [n for n in names if n not in study.regimes]
@@ -210,7 +210,7 @@ def regime_table(runs, summary, baseline: str) -> tuple[list[str], dict]:
     and judge accuracy (mean ± std over seeds), seen accuracy, the held-out gap (seen - unseen
     accuracy), steps to reach the baseline's final held-out MSE, and the verdict against the baseline
     (a win only beyond the seed spread)."""
-    from aria_hpc.eval.report import METRICS, compare, format_summary, steps_to_reach
+    from aria_hpc.eval.stats import METRICS, compare, format_summary, steps_to_reach
 
     rows = ["| arm | seeds | unseen output MSE ↓ | unseen judge acc ↑ | seen judge acc ↑ | gap seen-unseen | "
             f"steps to {baseline}'s final unseen MSE | unseen MSE vs {baseline} | unseen acc vs {baseline} |",
@@ -267,7 +267,7 @@ def paired_table(runs, baseline: str) -> tuple[list[str], dict]:
     share of the baseline's gap closed, the held-out share of all training samples, steps to the
     baseline's final held-out MSE, and the v3 rule's verdict for continuity."""
     from aria_hpc.eval.paired import gap_closure, paired
-    from aria_hpc.eval.report import METRICS, compare, format_summary, steps_to_reach, summarise
+    from aria_hpc.eval.stats import METRICS, compare, format_summary, steps_to_reach, summarise
 
     summary = summarise(runs)
     rows = [f"| arm | seeds | unseen MSE ↓ | unseen MSE / {baseline} | seen MSE / {baseline} | Δ unseen MSE, 95% CI | "
@@ -326,7 +326,7 @@ def committed_tables(config: str | Path, studies: list[Path], root: str | Path) 
     """The committed multi-seed table of every study regime that runs `config`: (title, table rows) per
     study file in `studies` (docs paths taken relative to `root`, the checkout), from the committed
     summaries only. What the demo prints beside its own single-seed run."""
-    from aria_hpc.eval.report import load_runs, summarise
+    from aria_hpc.eval.stats import load_runs, summarise
 
     config, root, out = Path(config).resolve(), Path(root).resolve(), []
 
@@ -350,7 +350,8 @@ def committed_tables(config: str | Path, studies: list[Path], root: str | Path) 
 
 def write_study_report(study: Study) -> Path:
     """Per regime with committed summaries: report.md + figures; over all: docs/README.md."""
-    from aria_hpc.eval.report import load_runs, summarise, write_report
+    from aria_hpc.eval.report import write_report
+    from aria_hpc.eval.stats import load_runs, summarise
 
     lines = [f"# Study: {study.path.name}", ""]
     if study.question:

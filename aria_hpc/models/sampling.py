@@ -17,7 +17,7 @@ def ddim_sample(unet, train_scheduler, cond, *, steps: int, seed: int, guidance:
     """
     from diffusers import DDIMScheduler
 
-    from aria_hpc.conditioning.unet_input import UNetCond
+    from aria_hpc.models.unet_input import UNetCond
 
     sched = DDIMScheduler.from_config(train_scheduler.config, timestep_spacing="trailing")
     sched.set_timesteps(steps)

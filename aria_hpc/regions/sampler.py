@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from aria_hpc.regions.allocation import allocate, flattened_base
 from aria_hpc.regions.rng import counter_uniform, derive_key
 
 if TYPE_CHECKING:  # the table (and the C++ core) only as a type: drawing and planning stay pure NumPy
@@ -68,11 +67,7 @@ def update_allocation(table: RegionTable, aria, *, step: int, policy: str) -> np
     if not allocating(aria, policy, step):
         table.set_probabilities(table.base)
         return table.base
-    if aria.base_gamma == 0.0:
-        return table.probabilities(aria.alpha, aria.eps)
-    q = allocate(table.estimate(), flattened_base(table.base, aria.base_gamma), aria.alpha, aria.eps)
-    table.set_probabilities(q)
-    return q
+    return table.probabilities(aria.alpha, aria.eps, aria.base_gamma)
 
 
 def region_key(seed: int, rank: int, step: int, micro: int = 0) -> int:

@@ -91,3 +91,14 @@ def run_simulation(cfg: Config) -> Iterator[dict]:
                 "allocation": q.tolist(),
             }
         truth[land.planted] += s.drift_per_step
+
+
+TABLE_HEADER = (f"{'step':>6} {'q(planted)':>11} {'pi(planted)':>12} {'truth':>7} {'estimate':>9} "
+                f"{'max err':>8} {'predicted':>10}")
+
+
+def table_row(rec: dict) -> str:
+    """One logged step of a simulation as a row under TABLE_HEADER (what `aria-hpc simulate` prints)."""
+    return (f"{rec['step']:>6} {rec['planted_share_q']:>11.3f} {rec['planted_share_pi']:>12.3f} "
+            f"{rec['planted_truth']:>7.3f} {rec['planted_estimate']:>9.3f} "
+            f"{rec['max_tracking_error']:>8.3f} {rec['predicted_error']:>10.3f}")

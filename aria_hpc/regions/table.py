@@ -82,9 +82,10 @@ class RegionTable:
         """The current allocation (what ``sample`` draws from)."""
         return self._table.get_state()["q"]
 
-    def probabilities(self, alpha: float, eps: float) -> np.ndarray:
-        """Compute, store and return the allocation q from the current estimates."""
-        return self._table.probabilities(float(alpha), float(eps))
+    def probabilities(self, alpha: float, eps: float, gamma: float = 0.0) -> np.ndarray:
+        """Compute, store and return the allocation q from the current estimates (the one
+        implementation of q, in the C++ core; gamma > 0 flattens its base to pi^(1 - gamma))."""
+        return self._table.probabilities(float(alpha), float(eps), float(gamma))
 
     def set_probabilities(self, q: np.ndarray) -> None:
         self._table.set_probabilities(np.ascontiguousarray(q, dtype=np.float64))

@@ -1,5 +1,5 @@
 """Distillation training: `python -m aria_hpc.train CONFIG [key=value ...]` (what the deepspeed
-launcher and srun start) and `aria-hpc train`; both run aria_hpc.entry.train_command."""
+launcher and srun start) and `aria-hpc train`; both run aria_hpc.train.command.train_command."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import argparse
 
 
 def main(argv: list[str] | None = None) -> int:
-    from aria_hpc.entry import exit_code, parse_args, train_command
+    from aria_hpc.entry import exit_code, parse_args
+    from aria_hpc.train.command import train_command
 
     parser = argparse.ArgumentParser(prog="python -m aria_hpc.train", description=__doc__)
     parser.add_argument("config")

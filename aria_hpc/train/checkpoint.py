@@ -8,13 +8,15 @@ size, is incomplete: the resume check names what is missing and the newest compl
 it, and never falls back to starting over by itself.
 
 ``TrainState`` is what a rank keeps beside DeepSpeed's files; ``save`` writes a tag, ``resume`` checks
-and loads the newest one on every rank (the same outcome everywhere, or one agreed error).
+and loads the newest one on every rank (the same outcome everywhere, or one agreed error). The loop
+holds a ``Checkpointer``, which owns the interval rule and the metrics log's continuity.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,9 +29,9 @@ from aria_hpc.errors import UserError
 from aria_hpc.fsio import atomic_write_text
 
 if TYPE_CHECKING:
-    from aria_hpc.bank.sources import TeacherSource
     from aria_hpc.config import Config
     from aria_hpc.regions.table import RegionTable
+    from aria_hpc.train.sources import TeacherSource
     from aria_hpc.train.student import StudentEMA
 
 META = "aria_meta.json"
@@ -83,11 +85,11 @@ class TrainState:
 def save(ckpt_dir: Path, engine, state: TrainState, step: int, tag: str, *, config: dict, rank: int, world: int,
          keep: int, latest: bool = True) -> Path:
     """Every rank writes its part of CKPT_DIR/tag; rank 0 then lists the files in the meta and, for a
-    regular checkpoint (latest=True), points `latest` at it and prunes to the newest `keep`."""
+    regular checkpoint (latest=True), points `latest` at it and prunes to the newest `keep`. The
+    source's fresh entries must have reached the bank first (Checkpointer.save flushes it)."""
     from aria_hpc.train import digests
 
     meta = {"step": step, "tag": tag, "world_size": world, "config": config}
-    state.source.flush()  # fresh entries reach the bank before the state that counts them is saved
     digests.install(engine)  # every file is hashed as it is written
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=meta, save_latest=False)
     digests.save_hashed(state.state_dict(), ckpt_dir / tag / rank_file(rank))
@@ -139,6 +141,56 @@ def resume(ckpt_dir: Path, engine, state: TrainState, cfg: Config, *, rank: int,
     step = int(json.loads((ckpt_dir / tag / META).read_text())["step"])
     state.load_state_dict(own)
     return step, tag
+
+
+class Checkpointer:
+    """The loop's checkpoints: resume (with the metrics log made to read as one run), the interval
+    rule, and saving, timed. `save` flushes the source once, so fresh entries reach the bank before the
+    state that counts them; the loop flushes earlier on a due step (`flush_if_due`), so that step's
+    log counts them too, and the save then finds nothing left to write."""
+
+    def __init__(self, cfg: Config, run_dir: Path, engine, state: TrainState, *, rank: int, world: int) -> None:
+        from aria_hpc.config import flatten
+
+        self.dir, self.metrics = run_dir / "checkpoints", run_dir / "metrics.jsonl"
+        self.engine, self.state, self.rank, self.world = engine, state, rank, world
+        self.cfg, self.config = cfg, flatten(cfg)
+        self.every, self.steps, self.keep = cfg.train.checkpoint_every, cfg.train.steps, cfg.train.keep_checkpoints
+        self.seconds = 0.0
+        self.flushed = None  # the step whose fresh entries were flushed last
+
+    def resume(self, log) -> int:
+        """The step to start from: the newest checkpoint's, loaded on every rank, or 0. Rank 0 then
+        truncates metrics.jsonl to it, or sets an older one aside for a new run."""
+        step, tag = resume(self.dir, self.engine, self.state, self.cfg, rank=self.rank, world=self.world)
+        if self.rank == 0:
+            if tag is not None:
+                truncate_metrics(self.metrics, step)
+                log(f"resumed from {self.dir / tag} at step {step}")
+            else:
+                aside = set_aside_metrics(self.metrics)
+                if aside:
+                    log(f"starting a new run in {self.metrics.parent}: the earlier metrics.jsonl (no checkpoint "
+                        f"to resume) is kept as {aside.name}")
+        return step
+
+    def due(self, done: int) -> bool:
+        return done % self.every == 0 or done == self.steps
+
+    def flush_if_due(self, done: int) -> None:
+        if self.due(done):
+            self.state.source.flush()
+            self.flushed = done
+
+    def save(self, step: int, tag: str | None = None, *, latest: bool = True) -> Path:
+        """Checkpoint `step` as `tag` (default step<step>); a regular one becomes `latest`."""
+        t0 = time.perf_counter()
+        if self.flushed != step:
+            self.state.source.flush()
+        path = save(self.dir, self.engine, self.state, step, tag or f"step{step:08d}", config=self.config,
+                    rank=self.rank, world=self.world, keep=self.keep, latest=latest)
+        self.seconds += time.perf_counter() - t0
+        return path
 
 
 def check_resumable(cfg: Config, tag_dir: Path, world: int) -> None:

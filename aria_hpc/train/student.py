@@ -62,7 +62,7 @@ def _block_channels(unet, blocks: list[str]) -> dict[str, int]:
                             "mid-block cannot distil mid_block features; pick another block or preset)") from None
         hooks.append(module.register_forward_hook(
             lambda _m, _i, o, b=b: got.__setitem__(b, (o[0] if isinstance(o, tuple) else o).shape[1])))
-    from aria_hpc.conditioning.unet_input import zero_cond
+    from aria_hpc.models.unet_input import zero_cond
 
     cfg = unet.config
     with torch.no_grad():

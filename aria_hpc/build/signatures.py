@@ -30,6 +30,8 @@ part of the sample it was not fitted on.
 
 from __future__ import annotations
 
+from aria_hpc.config import Config
+
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -43,14 +45,14 @@ SIGNATURE_FIX = "run `aria-hpc signatures CONFIG` (it builds the missing or dama
 SIGNATURE_DIR = "signatures"
 
 
-def probe_settings(cfg) -> dict:
+def probe_settings(cfg: Config) -> dict:
     rc = cfg.regions
     return {"probe_timesteps": [float(f) for f in rc.probe_timesteps], "probe_noises": int(rc.probe_noises),
             "signature_dim": int(rc.signature_dim), "signature_seed": int(rc.signature_seed),
             "signature_block": rc.signature_block}
 
 
-def signature_paths(cfg) -> list[Path]:
+def signature_paths(cfg: Config) -> list[Path]:
     from aria_hpc.conditioning.embeddings import shard_name
 
     root = Path(cfg.embed.dir) / SIGNATURE_DIR
@@ -60,10 +62,10 @@ def signature_paths(cfg) -> list[Path]:
 class Prober:
     """The teacher on the fixed probe inputs: signatures of batches of prompt ids."""
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg: Config) -> None:
         from aria_hpc.conditioning.embeddings import EmbeddingStore
-        from aria_hpc.conditioning.encoders import directory_digest
         from aria_hpc.context import conditioning_context
+        from aria_hpc.fsio import directory_digest
         from aria_hpc.models.teacher import load_teacher
 
         self.teacher = load_teacher(cfg.teacher.dir)
@@ -153,7 +155,7 @@ def complete_shard(path: Path, expect: dict) -> bool:
                                "run `aria-hpc signatures CONFIG --rebuild`, or use another embed.dir")
 
 
-def build_signature_shard(cfg, index: int, prober: Prober | None = None,
+def build_signature_shard(cfg: Config, index: int, prober: Prober | None = None,
                           progress: Callable[[int], None] | None = None) -> int:
     """Signatures of embedding shard `index`'s rows; resumes a partial shard. Returns teacher forwards."""
     from aria_hpc.conditioning.embeddings import write_rows_shard
@@ -175,23 +177,23 @@ def build_signature_shard(cfg, index: int, prober: Prober | None = None,
     return prober.forwards - before
 
 
-def _shard_job(cfg, index: int) -> int:
+def _shard_job(cfg: Config, index: int) -> int:
     return build_signature_shard(cfg, index)
 
 
-def build_signatures(cfg, executor: str | None = None, log: Callable[[str], None] = print) -> int:
+def build_signatures(cfg: Config, executor: str | None = None, log: Callable[[str], None] = print) -> int:
     """Every signature shard (those complete and matching are kept): in this process, or one submitit
     array task per shard. Returns the teacher forwards spent."""
     if executor is None:
         prober = Prober(cfg)
         return sum(build_signature_shard(cfg, i, prober) for i in range(cfg.embed.shards))
-    from aria_hpc.launch.executor import run_array
+    from aria_hpc.jobs import run_array
 
     return sum(run_array(cfg, executor, _shard_job, list(range(cfg.embed.shards)), "signatures", "signature",
                          "signatures of shard {index}", log))
 
 
-def signature_rows(cfg):
+def signature_rows(cfg: Config):
     """The signatures as a k-means row source (every shard checked complete and matching first)."""
     from aria_hpc.conditioning.embeddings import EmbeddingStore, PooledRows
 
@@ -208,10 +210,10 @@ def signature_rows(cfg):
     return PooledRows(store, "signature", paths, SIGNATURE_FIX)
 
 
-def signature_identity(cfg) -> dict:
+def signature_identity(cfg: Config) -> dict:
     """What a teacher-feature region map is computed from (its attrs; part of the map's identity): the
     teacher's weights digest and the probe settings, as every signature shard records them."""
-    from aria_hpc.conditioning.encoders import directory_digest
+    from aria_hpc.fsio import directory_digest
     from aria_hpc.models.teacher import teacher_dir
 
     return {"features": "teacher", "teacher_digest": directory_digest(teacher_dir(cfg.teacher.dir) / "unet"),

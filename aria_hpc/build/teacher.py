@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from aria_hpc.conditioning.encoders import TextEncoder
-from aria_hpc.conditioning.unet_input import UNetCond
+from aria_hpc.models.unet_input import UNetCond
 from aria_hpc.config import Config
 from aria_hpc.engine import lr_factor
 from aria_hpc.errors import UserError
@@ -159,3 +159,16 @@ def evaluate_teacher(unet, scheduler, judge, world: ShapesWorld, tokens: torch.T
         labels = np.array([ALL_COMBINATIONS[c].labels() for c in combos])
         report["splits"][split] = attribute_accuracy(judge.predict(samples), labels) | {"n": int(len(combos))}
     return report
+
+
+def report_lines(report: dict) -> list[str]:
+    """The teacher's samples read back by the judge, per split (what `aria-hpc teacher` prints)."""
+    from aria_hpc.worlds.shapes import SPLITS
+
+    attrs = ("shape", "colour", "position", "size", "background", "mean", "all")
+    lines = [f"teacher samples read back by the judge (DDIM {report['sample_steps']} steps, guidance 1.0)",
+             f"{'split':>7} {'n':>4} " + " ".join(f"{a:>10}" for a in attrs)]
+    for split in SPLITS:
+        r = report["splits"][split]
+        lines.append(f"{split:>7} {r['n']:>4} " + " ".join(f"{r[a]:>10.3f}" for a in attrs))
+    return lines

@@ -20,10 +20,12 @@ import numpy as np
 import torch
 
 from aria_hpc.bank.ledger import FRESH
+from aria_hpc.bank.manifest import claim_writer, update_manifest
 from aria_hpc.bank.noise import noised_inputs
 from aria_hpc.bank.plan import COLUMNS, NULL, draw_entries, finish, region_order
 from aria_hpc.bank.reader import Bank, BankBatch
-from aria_hpc.bank.writer import claim_writer, update_manifest, write_shard
+from aria_hpc.bank.writer import write_shard
+from aria_hpc.config import Config
 from aria_hpc.context import RunContext
 from aria_hpc.models.runner import TeacherRunner
 
@@ -66,15 +68,17 @@ def concat_batches(parts: list[BankBatch]) -> BankBatch:
 
 class BankSource:
     """Cached outputs, drawn through a ledger (bank/ledger.py) that records what each entry served.
-    With `live` (hybrid mode), the ledger retires an entry after `max_reuse` draws and a region with
-    nothing left gets fresh tuples from the live teacher: the same schedule, the region asked for."""
+    With `max_reuse` (hybrid mode), the ledger retires an entry after that many draws and a region
+    with nothing left gets fresh tuples from `live`: the same schedule, the region asked for."""
 
     def __init__(self, bank: Bank, *, num_regions: int | None = None, live: LiveTeacher | None = None,
                  max_reuse: int | None = None, rank: int = 0, world: int = 1) -> None:
         self.bank = bank
         self.live = live
         self.num_regions = num_regions if num_regions is not None else len(bank.region_bounds) - 1
-        self.ledger = bank.ledger(self.num_regions, max_reuse if live is not None else None, rank, world)
+        if max_reuse is not None and live is None:
+            raise ValueError("a reuse limit needs a live teacher for the draws whose region runs out")
+        self.ledger = bank.ledger(self.num_regions, max_reuse, rank, world)
         self.bank_hits = 0
         self._rank, self._world = rank, world
 
@@ -363,7 +367,7 @@ class SteeredDraws:
         self.inner.close()
 
 
-def steered(cfg, ctx: RunContext, source: TeacherSource, rank: int) -> TeacherSource:
+def steered(cfg: Config, ctx: RunContext, source: TeacherSource, rank: int) -> TeacherSource:
     """The run's source with its steered share (rc.oracle_share or aria.reach), or the source itself."""
     share = cfg.rc.oracle_share or cfg.aria.reach
     if not share:
@@ -381,28 +385,26 @@ def steered(cfg, ctx: RunContext, source: TeacherSource, rank: int) -> TeacherSo
     return SteeredDraws(source, live, share, prompts)
 
 
-def open_source(cfg, ctx: RunContext, *, rank: int = 0, world: int = 1, run_dir: Path | None = None):
-    """The teacher source of a training run (bank.mode), with its steered share if any."""
-    return steered(cfg, ctx, _open_mode_source(cfg, ctx, rank=rank, world=world, run_dir=run_dir), rank)
-
-
-def _open_mode_source(cfg, ctx: RunContext, *, rank: int = 0, world: int = 1, run_dir: Path | None = None):
-    """The teacher source of bank.mode: cached, hybrid or live; with no bank.dir, the live teacher
-    without write-back."""
+def open_source(cfg: Config, ctx: RunContext, *, rank: int = 0, world: int = 1, run_dir: Path | None = None):
+    """The one factory of a training run's teacher source: bank.mode's (cached, hybrid or live; with
+    no bank.dir, the live teacher without write-back), with its steered share if any."""
     from aria_hpc.bank.reader import LAYOUT_FIELDS
 
     b = cfg.bank
     if not b.dir:
-        return LiveTeacher(ctx, stream=rank)
+        return steered(cfg, ctx, LiveTeacher(ctx, stream=rank), rank)
     bank = Bank(b.dir, ctx.fingerprint, ignore=LAYOUT_FIELDS)
-    if b.mode == "cached":
-        return BankSource(bank, num_regions=ctx.conditioning.num_regions, rank=rank, world=world)
-    writeback = None
-    if b.writeback:  # under the bank's own fingerprint (a run may differ from it in layout fields only)
-        owner = {"run_dir": str(Path(run_dir or cfg.run.dir).resolve()), "rank": rank}
-        writeback = Writeback(Path(b.dir), bank.fingerprint, owner, b.writeback_every)
-    live = LiveTeacher(ctx, stream=rank, writeback=writeback, features=bank.feature_names)
-    if b.mode == "live":
-        return live
-    return BankSource(bank, num_regions=ctx.conditioning.num_regions, live=live, max_reuse=b.max_reuse,
-                      rank=rank, world=world)
+    live = None
+    if b.mode != "cached":
+        writeback = None
+        if b.writeback:  # under the bank's own fingerprint (a run may differ from it in layout fields only)
+            owner = {"run_dir": str(Path(run_dir or cfg.run.dir).resolve()), "rank": rank}
+            writeback = Writeback(Path(b.dir), bank.fingerprint, owner, b.writeback_every)
+        live = LiveTeacher(ctx, stream=rank, writeback=writeback, features=bank.feature_names)
+    if b.mode != "live":
+        max_reuse = b.max_reuse if b.mode == "hybrid" else None
+        source = BankSource(bank, num_regions=ctx.conditioning.num_regions, live=live, max_reuse=max_reuse,
+                            rank=rank, world=world)
+    else:
+        source = live
+    return steered(cfg, ctx, source, rank)

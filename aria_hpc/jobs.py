@@ -7,7 +7,7 @@ from pathlib import Path
 
 import submitit
 
-from aria_hpc.config import LaunchConfig
+from aria_hpc.config import Config, LaunchConfig
 
 
 def tasks_per_node(launch: LaunchConfig) -> int:
@@ -23,17 +23,10 @@ def nodes_problem(launch: LaunchConfig, kind: str) -> str | None:
     return None
 
 
-def make_executor(launch: LaunchConfig, kind: str, folder: str | Path, name: str, *,
-                  ranks: bool = True) -> submitit.Executor:
-    """An AutoExecutor for kind local | slurm | debug. With ranks (a training member): launch.nodes
-    nodes, GPUs per node become tasks per node, and SIGUSR2 120 s before the time limit. Without (an
-    array task): one process."""
-    from aria_hpc.errors import ConfigError
-
-    problem = nodes_problem(launch, kind) if ranks else None
-    if problem:
-        raise ConfigError(problem)
-    ex = submitit.AutoExecutor(folder=str(folder), cluster=kind)
+def executor_parameters(launch: LaunchConfig, kind: str, name: str, *, ranks: bool = True) -> dict:
+    """submitit's parameters for kind local | slurm | debug (a pure function of the config). With ranks
+    (a training member): launch.nodes nodes, GPUs per node become tasks per node, and SIGUSR2 120 s
+    before the time limit. Without (an array task): one process."""
     params = dict(timeout_min=launch.timeout_min, name=name, cpus_per_task=launch.cpus_per_task)  # per rank
     if ranks:
         params["tasks_per_node"] = tasks_per_node(launch)
@@ -42,11 +35,42 @@ def make_executor(launch: LaunchConfig, kind: str, folder: str | Path, name: str
                       gpus_per_node=launch.gpus_per_node or None, slurm_partition=launch.partition)
         if ranks:
             params.update(nodes=launch.nodes, slurm_signal_delay_s=120)
-    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def make_executor(launch: LaunchConfig, kind: str, folder: str | Path, name: str, *,
+                  ranks: bool = True) -> submitit.Executor:
+    """An AutoExecutor for kind local | slurm | debug with executor_parameters()."""
+    from aria_hpc.errors import ConfigError
+
+    problem = nodes_problem(launch, kind) if ranks else None
+    if problem:
+        raise ConfigError(problem)
+    ex = submitit.AutoExecutor(folder=str(folder), cluster=kind)
+    ex.update_parameters(**executor_parameters(launch, kind, name, ranks=ranks))
     return ex
 
 
-def run_array(cfg, kind: str, fn, indices: list[int], name: str, tasks: str, failed: str, log=print) -> list:
+def sbatch_text(launch: LaunchConfig, folder: str | Path, name: str, *, ranks: bool = True) -> str:
+    """The sbatch script submitit's SLURM executor writes for these parameters, made without a SLURM
+    cluster: the parameters renamed as submitit renames them, then its own script writer."""
+    import shlex
+    import sys
+
+    from submitit.slurm import slurm
+
+    renamed = {}
+    for key, value in executor_parameters(launch, "slurm", name, ranks=ranks).items():
+        renamed[key.removeprefix("slurm_") if key.startswith("slurm_") else
+                slurm.SlurmExecutor._equivalence_dict()[key]] = value
+    if "mem" in renamed:
+        renamed["mem"] = slurm._convert_mem(renamed["mem"])
+    folder = Path(folder).expanduser().absolute()
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    return slurm._make_sbatch_string(command=command, folder=folder, **renamed)
+
+
+def run_array(cfg: Config, kind: str, fn, indices: list[int], name: str, tasks: str, failed: str, log=print) -> list:
     """One submitit array task per index (`fn(cfg, index)`, ranks=False, logs in LAUNCH_FOLDER/name),
     waited for; their results in index order. A failed task is a UserError: `failed` formatted with the
     index (e.g. "bank shard {index}"), then its job id, last line and log. `tasks` names them in the

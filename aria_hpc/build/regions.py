@@ -13,6 +13,8 @@ chunks and tie-breaks are those of the single-process build, so the map is the s
 
 from __future__ import annotations
 
+from aria_hpc.config import Config
+
 import os
 from pathlib import Path
 from typing import Callable
@@ -33,7 +35,7 @@ from aria_hpc.fsio import atomic_h5, read_h5
 CENTROIDS = "centroids.h5"
 
 
-def parts_dir(cfg) -> Path:
+def parts_dir(cfg: Config) -> Path:
     path = Path(cfg.regions.path)
     return path.with_name(path.name + ".parts")
 
@@ -42,33 +44,33 @@ def part_name(index: int, shards: int) -> str:
     return f"assign-{index:05d}-of-{shards:05d}.h5"
 
 
-def _store(cfg):
+def _store(cfg: Config):
     from aria_hpc.conditioning.embeddings import EmbeddingStore
 
     return EmbeddingStore(cfg.embed.dir, cfg.embed.shards)
 
 
-def feature_rows(cfg, store):
+def feature_rows(cfg: Config, store):
     """What k-means clusters (regions.features): the pooled text embeddings or the teacher signatures."""
     if cfg.regions.features == "teacher":
-        from aria_hpc.conditioning.signatures import signature_rows
+        from aria_hpc.build.signatures import signature_rows
 
         return signature_rows(cfg)
     return store.pooled_rows()
 
 
-def map_attrs(cfg, store) -> dict:
+def map_attrs(cfg: Config, store) -> dict:
     """The region map's identity beyond k-means' own attrs: the pool and encoder, and for teacher
     features the teacher and probe the signatures came from."""
     extra = {"pool_digest": store.pool.digest, "encoder_digest": store.encoder_digest, "features": cfg.regions.features}
     if cfg.regions.features == "teacher":
-        from aria_hpc.conditioning.signatures import signature_identity
+        from aria_hpc.build.signatures import signature_identity
 
         extra.update(signature_identity(cfg))
     return extra
 
 
-def save_centroids(cfg, store=None) -> Path:
+def save_centroids(cfg: Config, store=None) -> Path:
     """Train on the seeded sample and save the centroids (the array's first step)."""
     store = store or _store(cfg)
     rc = cfg.regions
@@ -83,7 +85,7 @@ def save_centroids(cfg, store=None) -> Path:
     return path
 
 
-def load_centroids(cfg, store) -> tuple[np.ndarray, dict]:
+def load_centroids(cfg: Config, store) -> tuple[np.ndarray, dict]:
     path = parts_dir(cfg) / CENTROIDS
     fix = "run `aria-hpc regions CONFIG --centroids` first"
     if not path.is_file():
@@ -98,7 +100,7 @@ def load_centroids(cfg, store) -> tuple[np.ndarray, dict]:
     return centroids, {k: v for k, v in attrs.items() if k not in extra}
 
 
-def assign_shard(cfg, index: int) -> Path:
+def assign_shard(cfg: Config, index: int) -> Path:
     """One array task: assign embedding shard `index` to the saved centroids, write its part."""
     from aria_hpc.conditioning.embeddings import shard_range
 
@@ -118,7 +120,7 @@ def assign_shard(cfg, index: int) -> Path:
     return path
 
 
-def merge_parts(cfg, store=None) -> RegionMap:
+def merge_parts(cfg: Config, store=None) -> RegionMap:
     store = store or _store(cfg)
     centroids, attrs = load_centroids(cfg, store)
     parts = []
@@ -133,11 +135,11 @@ def merge_parts(cfg, store=None) -> RegionMap:
     return merge_assignments(centroids, attrs, parts, len(store.pool))
 
 
-def _assign_job(cfg, index: int) -> str:
+def _assign_job(cfg: Config, index: int) -> str:
     return str(assign_shard(cfg, index))
 
 
-def build_regions(cfg, executor: str | None = None, log: Callable[[str], None] = print) -> RegionMap:
+def build_regions(cfg: Config, executor: str | None = None, log: Callable[[str], None] = print) -> RegionMap:
     """regions.h5 for cfg: in this process, or with one submitit array task per embedding shard.
     Teacher features first build the signatures they need (the same executor)."""
     import shutil
@@ -147,7 +149,7 @@ def build_regions(cfg, executor: str | None = None, log: Callable[[str], None] =
     store = _store(cfg)
     rc = cfg.regions
     if rc.features == "teacher":
-        from aria_hpc.conditioning.signatures import build_signatures
+        from aria_hpc.build.signatures import build_signatures
 
         if rc.signature_sample:
             regions = sampled_teacher_regions(cfg, store, log)
@@ -161,7 +163,7 @@ def build_regions(cfg, executor: str | None = None, log: Callable[[str], None] =
                               train_points=rc.train_points, chunk_rows=rc.chunk_rows)
         save_regions(regions, Path(rc.path), map_attrs(cfg, store))
         return regions
-    from aria_hpc.launch.executor import run_array
+    from aria_hpc.jobs import run_array
 
     save_centroids(cfg, store)
     run_array(cfg, executor, _assign_job, list(range(cfg.embed.shards)), "regions", "assignment",
@@ -172,14 +174,14 @@ def build_regions(cfg, executor: str | None = None, log: Callable[[str], None] =
     return regions
 
 
-def sampled_teacher_regions(cfg, store, log: Callable[[str], None] = print) -> RegionMap:
+def sampled_teacher_regions(cfg: Config, store, log: Callable[[str], None] = print) -> RegionMap:
     """The sample path of teacher features: signatures of a seeded sample of regions.signature_sample
     prompts (k-means trains on them), a ridge map from the text embedding fitted on 80% of the sample
     predicts everyone else's signature, and every prompt goes to its nearest centroid (the sampled
     ones by their own signature). The map's agreement (the share of the held-back 20% whose predicted
     signature falls in the region of their true one) is kept in the map's attrs."""
     from aria_hpc.conditioning.kmeans import ArrayRows
-    from aria_hpc.conditioning.signatures import MappedRows, Prober, fit_text_map, sample_ids
+    from aria_hpc.build.signatures import MappedRows, Prober, fit_text_map, sample_ids
 
     rc = cfg.regions
     ids = sample_ids(len(store.pool), rc.signature_sample, cfg.seed)
@@ -205,7 +207,37 @@ def sampled_teacher_regions(cfg, store, log: Callable[[str], None] = print) -> R
                              len(store.pool))
 
 
-def shard_count_ok(cfg) -> None:
+def shard_count_ok(cfg: Config) -> None:
     if os.environ.get("SLURM_ARRAY_TASK_COUNT") and int(os.environ["SLURM_ARRAY_TASK_COUNT"]) != cfg.embed.shards:
         raise UserError(f"this array has {os.environ['SLURM_ARRAY_TASK_COUNT']} tasks but embed.shards="
                         f"{cfg.embed.shards}: submit with --array=0-{cfg.embed.shards - 1}")
+
+
+def summary_lines(cfg: Config, store, regions, elapsed: float) -> list[str]:
+    """What `aria-hpc regions` prints about a region map: the k-means run, every region's size, split
+    composition and representative prompt, and how pure the held-out and under-represented groups'
+    regions are."""
+    from aria_hpc.conditioning.kmeans import composition, purity
+
+    rc = cfg.regions
+    comp = composition(regions.region, store.pool.split, rc.k)
+    reps = store.pool.text(regions.representatives[:, 0][regions.representatives[:, 0] >= 0])
+    lines = [f"k-means ({rc.features} features): {len(store.pool)} x {regions.centroids.shape[1]} into {rc.k} regions "
+             f"in {elapsed:.1f}s "
+             f"(trained on {regions.attrs['train_points']}) "
+             f"(objective {regions.attrs['objective']:.4g})"]
+    labelled = comp[:, 3].sum() == 0
+    header = f"{'region':>6} {'size':>6} " + (f"{'seen':>6} {'under':>6} {'unseen':>6} " if labelled else "")
+    lines.append(header + "representative prompt")
+    rep_iter = iter(reps)
+    for r in range(rc.k):
+        rep = next(rep_iter) if regions.representatives[r, 0] >= 0 else ""
+        split_cols = f"{comp[r, 0]:>6} {comp[r, 1]:>6} {comp[r, 2]:>6} " if labelled else ""
+        lines.append(f"{r:>6} {regions.sizes[r]:>6} {split_cols}{rep}")
+    if labelled:  # how pure the regions of the held-out and under-represented groups are
+        for column, name in ((2, "unseen"), (1, "under")):
+            parts = [f">{p['threshold']:.0%} {name}: {p['regions']} regions holding {p['held']:.0%}"
+                     for p in purity(comp, column)]
+            lines.append(f"{name}: {comp[:, column].sum()} prompts ({comp[:, column].sum() / max(1, comp.sum()):.1%} "
+                         f"of the pool); " + "; ".join(parts))
+    return lines
