@@ -270,3 +270,35 @@ def test_oracle_and_reach_steer_a_share_of_all_samples_and_resume_exactly(tiny_w
 
     bad = aria_cli("train", *common, f"run.dir={tmp_path / 'bad'}", "train.policy=aria", "rc.oracle_share=0.1")
     assert bad.returncode == 2 and "rc.oracle_share is the oracle arm" in bad.stderr
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5])
+def test_simulate_and_training_draw_the_same_regions_from_the_same_state(tiny_world, gamma):
+    """One allocation rule and one draw key: from the same table state, seed and step, the training
+    loop's RegionTracker and `aria-hpc simulate`'s draw_conditions pick the same regions, during
+    ARIA's warm-up (q = pi) and after it (q from the estimates, over the base pi^(1 - gamma))."""
+    from aria_hpc.config import load_config
+    from aria_hpc.context import load_context
+    from aria_hpc.regions.sampler import draw_conditions, update_allocation
+    from aria_hpc.regions.table import RegionTable
+    from aria_hpc.train.tracker import RegionTracker
+
+    path, _ = tiny_world
+    cfg = load_config(path, [f"aria.base_gamma={gamma}", "aria.warmup_steps=3"])
+    ctx = load_context(cfg, need_bank_dir=False)
+    tracker = RegionTracker(cfg.aria, "aria", cfg.seed, ctx)
+    rng = np.random.default_rng(0)
+    k = tracker.table.num_regions
+    tracker.table.record(rng.integers(0, k, 200), rng.random(200) * 3)
+    tracker.table.fold(cfg.aria.beta)
+    index = ctx.conditioning.index
+    for step in (1, 7):  # warm-up, then ARIA's q
+        tracker.allocate(step)
+        trained = tracker.sampler(rank=1, step=step, micro=2)(64)
+        simulated = RegionTable(k, index.base, cfg.aria.init_estimate)
+        simulated.load_state_dict(tracker.table.state_dict())
+        q = update_allocation(simulated, cfg.aria, step=step, policy="aria")
+        np.testing.assert_array_equal(q, tracker.q)
+        regions, _ = draw_conditions(simulated, index, 64, seed=cfg.seed, rank=1, step=step, micro=2)
+        np.testing.assert_array_equal(regions, trained)
+    assert not np.allclose(tracker.q, index.base)  # the last step allocated by the estimates

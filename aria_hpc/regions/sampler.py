@@ -75,10 +75,22 @@ def region_key(seed: int, rank: int, step: int, micro: int = 0) -> int:
     return derive_key(seed, rank, step, micro, REGION_STREAM)
 
 
+def region_sampler(table: RegionTable, *, seed: int, rank: int, step: int, micro: int = 0):
+    """The region draws of one micro-step: `sample(m, stream=0)` gives m regions from the table's
+    current allocation, a pure function of (q, seed, rank, step, micro, stream). Training (the loop's
+    RegionTracker) and `aria-hpc simulate` (draw_conditions) both draw through it; stream > 0 is a
+    second stream of the same micro-step (the draws SteeredDraws steers by q)."""
+    key = region_key(seed, rank, step, micro)
+
+    def sample(m: int, stream: int = 0) -> np.ndarray:
+        return table.sample(m, derive_key(key, stream) if stream else key)
+    return sample
+
+
 def draw_conditions(table: RegionTable, index: RegionIndex, n: int, *, seed: int, rank: int,
                     step: int, micro: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """n (region, prompt) draws for (seed, rank, step, micro) from the table's current allocation:
     the regions training draws at that micro-step, and a prompt uniformly inside each."""
-    regions = table.sample(n, region_key(seed, rank, step, micro))
+    regions = region_sampler(table, seed=seed, rank=rank, step=step, micro=micro)(n)
     prompts = index.prompts_in(regions, derive_key(seed, rank, step, micro, PROMPT_STREAM))
     return regions, prompts

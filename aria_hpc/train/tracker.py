@@ -13,8 +13,7 @@ import numpy as np
 from aria_hpc import distributed
 from aria_hpc.errors import AgreedError
 from aria_hpc.regions.allocation import group_view, normalise_by_baseline, sample_weights
-from aria_hpc.regions.rng import derive_key
-from aria_hpc.regions.sampler import allocating, region_key, update_allocation
+from aria_hpc.regions.sampler import allocating, region_sampler, update_allocation
 from aria_hpc.regions.sync import sync_and_fold
 from aria_hpc.regions.table import RegionTable, table_digest
 
@@ -57,8 +56,7 @@ class RegionTracker:
         SteeredDraws steers by q), its own key, the same q."""
         if self.policy == "paired":
             return None
-        key = region_key(self.seed, rank, step, micro)
-        return lambda m, stream=0: self.table.sample(m, derive_key(key, stream) if stream else key)
+        return region_sampler(self.table, seed=self.seed, rank=rank, step=step, micro=micro)
 
     def weights(self, batch: BankBatch) -> np.ndarray | None:
         """pi/q importance weights of a batch's random-conditioned samples (aria.importance), else None."""
