@@ -123,7 +123,7 @@ def cmd_signatures(args: argparse.Namespace) -> int:
     import shutil
     import time
 
-    from aria_hpc.conditioning import signatures
+    from aria_hpc.build import signatures
 
     cfg = _resolve(args)
     if cfg is None:

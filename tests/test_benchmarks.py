@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -82,3 +84,20 @@ def test_bench_flow_writes_its_table(tmp_path):
     result = json.loads((tmp_path / "bench_flow.json").read_text())
     assert result["config"] == "tiny SD3-class" and result["student_params"] < result["teacher_params"]
     assert result["teacher_forward_s"] > 0 and result["student_step_s"] > 0 and result["forward_over_step"] > 0
+
+
+@pytest.mark.slow
+def test_bench_train_paired_writes_its_table(tiny_world, tmp_path):
+    """The paired ARIA/RC/plain-PyTorch step timing on the tiny world: every ratio and phase is measured."""
+    path, _ = tiny_world
+    out = tmp_path / "paired.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--paired", "--config", str(path),
+                          "--segment", "2", "--repeats", "2", "--dir", str(tmp_path / "work"), "--out", str(out),
+                          "aria.warmup_steps=2", "train.micro_batch_per_gpu=8"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "ARIA step" in res.stdout and "plain PyTorch loop" in res.stdout and f"wrote {out}" in res.stdout
+    paired = json.loads(out.read_text())["paired"]
+    assert paired["aria_vs_rc"] > 0 and paired["ours_vs_plain_throughput"] > 0
+    assert set(paired["table_ops_s"]) == {"8", "65536"} and all(v > 0 for v in paired["rc_step_phases_s"].values()
+                                                              if v is not None)

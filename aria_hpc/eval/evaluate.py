@@ -312,7 +312,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
     _save_grids(run_dir / "eval_samples.npz", grids, pool)
     atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=1))
     if (run_dir / "pipeline" / "model_index.json").is_file():  # the exported pipeline's model card
-        from aria_hpc.models.pipeline import model_card
+        from aria_hpc.models.card import model_card
 
         atomic_write_text(run_dir / "pipeline" / "README.md", model_card(cfg, result))
     return result

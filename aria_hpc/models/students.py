@@ -37,9 +37,9 @@ def init_from_teacher(student, teacher) -> tuple[int, int]:
     return copied, len(state)
 
 
-def _layers(cfg) -> list[int]:
-    layers = cfg.layers_per_block
-    return [layers] * len(cfg.block_out_channels) if isinstance(layers, int) else list(layers)
+def _layers(unet_config) -> list[int]:
+    layers = unet_config.layers_per_block
+    return [layers] * len(unet_config.block_out_channels) if isinstance(layers, int) else list(layers)
 
 
 def block_removed(teacher, *, drop_layers: int, drop_mid: bool):

@@ -28,7 +28,8 @@ from aria_hpc import distributed
 from aria_hpc.config import Config, save_resolved
 from aria_hpc.errors import Preempted, UserError
 from aria_hpc.fsio import require_writable
-from aria_hpc.models.pipeline import export_pipeline, is_pipeline, model_card
+from aria_hpc.models.card import model_card
+from aria_hpc.models.pipeline import export_pipeline, is_pipeline
 from aria_hpc.train import losses
 from aria_hpc.train.checkpoint import Checkpointer, TrainState
 from aria_hpc.train.student import Distilled, StudentEMA, export_student
