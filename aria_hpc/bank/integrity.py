@@ -86,20 +86,8 @@ def verify_shards(bank_dir: Path, shards: list[dict], *, force: bool = False,
                 faults.append(fault)
     finally:  # what was verified before a fault stays verified
         if fresh:
-            remember(bank_dir, fresh)
+            remember_stamps(bank_dir, fresh)  # the verified cache (aria_hpc.integrity), under its own lock
     return len(fresh)
-
-
-def remember(bank_dir: Path, stamps: dict[str, list]) -> None:
-    """Record verified shards ({name: stamp}) in the cache (aria_hpc.integrity.remember_stamps: its own
-    file lock, never the writers'); a bank that cannot be written (read-only) keeps being hashed."""
-    remember_stamps(bank_dir, stamps)
-
-
-def remember_written(path: Path, digest: str) -> None:
-    """A shard its writer has just verified on re-read and renamed into place: no reader hashes it again
-    (the rename keeps its inode and mtime)."""
-    remember(path.parent, {path.name: stamp(path, digest)})
 
 
 def set_aside(path: Path) -> Path:

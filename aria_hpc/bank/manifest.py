@@ -53,7 +53,7 @@ def check_fingerprint(where: str, have: dict, want: dict) -> None:
 
 
 def manifest_lock(bank_dir: Path):
-    """The bank's writers' lock (the manifest, writer ids, the verification cache)."""
+    """The bank's writers' lock (the manifest and the writer ids; the verified cache has its own)."""
     return file_lock(bank_dir / ".manifest.lock")
 
 

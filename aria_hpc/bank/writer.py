@@ -20,11 +20,12 @@ import h5py
 import numpy as np
 
 from aria_hpc.bank.fingerprint import fingerprint_diff
-from aria_hpc.bank.integrity import ShardFault, remember_written, set_aside, shard_digest, verify_shards
+from aria_hpc.bank.integrity import ShardFault, set_aside, shard_digest, verify_shards
 from aria_hpc.bank.manifest import MANIFEST, check_fingerprint, existing_fingerprint, read_shard_meta, shard_name
 from aria_hpc.bank.plan import COLUMNS
 from aria_hpc.fsio import fsync_path
 from aria_hpc.h5doc import describe, prediction_type
+from aria_hpc.integrity import remember
 
 
 def write_shard(path: Path, fingerprint: dict, attrs: dict, cols: dict[str, np.ndarray],
@@ -68,7 +69,7 @@ def write_shard(path: Path, fingerprint: dict, attrs: dict, cols: dict[str, np.n
     fsync_path(tmp)
     os.replace(tmp, path)
     fsync_path(path.parent)
-    remember_written(path, digest)
+    remember(path, digest)  # verified on re-read: no reader hashes it again (the rename keeps inode and mtime)
     return digest
 
 

@@ -145,9 +145,11 @@ def resume(ckpt_dir: Path, engine, state: TrainState, cfg: Config, *, rank: int,
 
 class Checkpointer:
     """The loop's checkpoints: resume (with the metrics log made to read as one run), the interval
-    rule, and saving, timed. `save` flushes the source once, so fresh entries reach the bank before the
-    state that counts them; the loop flushes earlier on a due step (`flush_if_due`), so that step's
-    log counts them too, and the save then finds nothing left to write."""
+    rule, and saving, timed. `save` flushes the source, so fresh entries reach the bank before the
+    state that counts them (a flush with nothing pending writes nothing). On a due step the loop flushes
+    before its log (`flush_if_due`), so that step's log counts them too; `save`'s own flush is for the
+    saves the loop did not flush for (preemption between checkpoints, a non-finite loss, whose step
+    has drawn since the last flush)."""
 
     def __init__(self, cfg: Config, run_dir: Path, engine, state: TrainState, *, rank: int, world: int) -> None:
         from aria_hpc.config import flatten
@@ -157,7 +159,6 @@ class Checkpointer:
         self.cfg, self.config = cfg, flatten(cfg)
         self.every, self.steps, self.keep = cfg.train.checkpoint_every, cfg.train.steps, cfg.train.keep_checkpoints
         self.seconds = 0.0
-        self.flushed = None  # the step whose fresh entries were flushed last
 
     def resume(self, log) -> int:
         """The step to start from: the newest checkpoint's, loaded on every rank, or 0. Rank 0 then
@@ -180,13 +181,11 @@ class Checkpointer:
     def flush_if_due(self, done: int) -> None:
         if self.due(done):
             self.state.source.flush()
-            self.flushed = done
 
     def save(self, step: int, tag: str | None = None, *, latest: bool = True) -> Path:
         """Checkpoint `step` as `tag` (default step<step>); a regular one becomes `latest`."""
         t0 = time.perf_counter()
-        if self.flushed != step:
-            self.state.source.flush()
+        self.state.source.flush()
         path = save(self.dir, self.engine, self.state, step, tag or f"step{step:08d}", config=self.config,
                     rank=self.rank, world=self.world, keep=self.keep, latest=latest)
         self.seconds += time.perf_counter() - t0
