@@ -144,3 +144,30 @@ def test_the_oracle_figure_plots_gap_and_mse_against_the_told_share(tmp_path):
     assert [round(g, 3) for g in points[0.1]["gap"]] == [0.02, 0.01]
     assert plot_oracle(runs, tmp_path / "oracle.png").stat().st_size > 1000
     assert plot_oracle(runs[:2], tmp_path / "none.png") is None  # no oracle arm: no figure
+
+
+def test_the_selection_rule_picks_the_lowest_mean_ratio_and_breaks_ties_toward_the_default(tiny_world, tmp_path):
+    """Study v4's rule (docs/study/v4/PROTOCOL.md): lowest mean held-out MSE ratio over regimes; today's
+    aria when within the tie of it; provisional until every member is committed; bad rules refused."""
+    from aria_hpc.launch.study import load_study, select_arm, selection_lines
+
+    ratios = {"rings": {"aria": 0.93, "reach": 0.80, "teacher": 0.97}, "orange": {"aria": 1.00, "reach": 1.05,
+                                                                                 "teacher": 1.17}}
+    chosen, means = select_arm(ratios, ["aria", "reach", "teacher"], "aria", 0.01)
+    assert chosen == "reach" and abs(means["reach"] - 0.925) < 1e-12 and abs(means["aria"] - 0.965) < 1e-12
+    assert select_arm(ratios, ["aria", "reach", "teacher"], "aria", 0.05)[0] == "aria"  # 0.04 apart: a tie
+
+    rule = {"arms": ["aria", "reach"], "default": "aria", "tie": 0.01}
+    study = load_study(write_study(tmp_path, tiny_world, rule="paired", variants={"reach": ["aria.reach=0.1"]},
+                                   select=rule))
+    facts = {"diluted": {"aria": {"mse_ratio": 0.95}, "reach": {"mse_ratio": 0.90}}}
+    lines = selection_lines(study, facts, complete=False)
+    assert "| reach | 0.900 | 0.900 |" in lines and any(line.startswith("**reach**: provisional") for line in lines)
+    assert "**reach**: chosen; its overrides: `['aria.reach=0.1']`." in selection_lines(study, facts, complete=True)
+    assert "Chosen: none yet" in "\n".join(selection_lines(study, {"diluted": {"aria": {"mse_ratio": 1.0}}}, True))
+    with pytest.raises(ConfigError, match="'oracle' is not one"):
+        load_study(write_study(tmp_path, tiny_world, rule="paired", select={"arms": ["aria", "oracle"]}))
+    with pytest.raises(ConfigError, match="'select' needs rule: paired"):
+        load_study(write_study(tmp_path, tiny_world, select={"arms": ["aria"]}))
+    with pytest.raises(ConfigError, match="unknown select key 'tiebreak'"):
+        load_study(write_study(tmp_path, tiny_world, rule="paired", select={"arms": ["aria"], "tiebreak": 1}))

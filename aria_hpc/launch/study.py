@@ -23,7 +23,9 @@ from aria_hpc.config import read_yaml
 from aria_hpc.errors import ConfigError, UserError
 from aria_hpc.fsio import atomic_write_text, replaced_dir
 
-STUDY_KEYS = {"dir", "docs", "regimes", "policies", "seeds", "overrides", "variants", "baseline", "question", "rule"}
+STUDY_KEYS = {"dir", "docs", "regimes", "policies", "seeds", "overrides", "variants", "baseline", "question", "rule",
+              "select"}
+SELECT_KEYS = {"arms", "default", "tie"}
 RULES = ("spread", "paired")
 SUMMARY_FILES = ("eval.json", "config.yaml", "metrics.jsonl", "eval_samples.npz")
 
@@ -41,6 +43,7 @@ class Study:
     baseline: str = "rc"
     question: str = ""
     rule: str = "spread"  # the verdict: beyond the seed spread (v1-v3), or the paired 95% interval (v4)
+    select: dict = field(default_factory=dict)  # a selection rule the report evaluates (arms, default, tie)
 
 
 def load_study(path: str | Path) -> Study:
@@ -62,7 +65,8 @@ def load_study(path: str | Path) -> Study:
     study = Study(path, Path(data["dir"]), Path(data["docs"]), regimes, list(data.get("policies", [])),
                   [int(s) for s in data["seeds"]], list(data.get("overrides", [])),
                   {str(k): list(v or []) for k, v in dict(data.get("variants", {})).items()},
-                  str(data.get("baseline", "rc")), str(data.get("question", "")), str(data.get("rule", "spread")))
+                  str(data.get("baseline", "rc")), str(data.get("question", "")), str(data.get("rule", "spread")),
+                  dict(data.get("select") or {}))
     if study.rule not in RULES:
         raise ConfigError(f"{path}: rule '{study.rule}' is not one of {', '.join(RULES)}")
     bad = [p for p in study.policies if p not in ("paired", "rc", "aria")]
@@ -71,6 +75,18 @@ def load_study(path: str | Path) -> Study:
     clash = set(study.variants) & {"paired", "rc", "aria"}
     if clash:
         raise ConfigError(f"{path}: variant name '{sorted(clash)[0]}' is a policy name; give it another")
+    if study.select:
+        arms = [a for a, _ in regime_arms(study)]
+        unknown = sorted(set(study.select) - SELECT_KEYS)
+        if unknown:
+            raise ConfigError(f"{path}: unknown select key '{unknown[0]}' (known: {', '.join(sorted(SELECT_KEYS))})")
+        if study.rule != "paired":
+            raise ConfigError(f"{path}: 'select' needs rule: paired (it ranks the arms' paired MSE ratios)")
+        named = [*study.select.get("arms", []), study.select.get("default", "")]
+        bad = [a for a in named if a not in arms]
+        if not study.select.get("arms") or bad:
+            raise ConfigError(f"{path}: select.arms and select.default must name arms of the study "
+                              f"({', '.join(arms)}){f'; {bad[0]!r} is not one' if bad else ''}")
     for name in study.regimes:
         for member in regime_members(study, name):  # every member resolves before anything runs
             member.resolve()
@@ -322,6 +338,37 @@ def paired_table(runs, baseline: str) -> tuple[list[str], dict]:
     return rows, facts
 
 
+def select_arm(ratios: dict[str, dict[str, float]], arms: list[str], default: str, tie: float) -> tuple[str, dict]:
+    """A study's selection rule (study v4's, docs/study/v4/PROTOCOL.md): among `arms`, the one with the
+    lowest mean over regimes of its held-out MSE ratio to the baseline; `default` wins when its mean is
+    within `tie` of the lowest. ratios: regime -> arm -> ratio. Returns (chosen, arm -> mean)."""
+    means = {a: sum(r[a] for r in ratios.values()) / len(ratios) for a in arms}
+    best = min(arms, key=lambda a: means[a])
+    return (default if means[default] - means[best] <= tie else best), means
+
+
+def selection_lines(study: Study, facts: dict[str, dict], complete: bool) -> list[str]:
+    """The report's section on the study's selection rule: each arm's held-out MSE ratio per regime,
+    their mean, and the arm chosen (provisional until every member of every regime is committed)."""
+    arms, default, tie = study.select["arms"], study.select.get("default", study.select["arms"][0]), \
+        float(study.select.get("tie", 0.0))
+    ratios = {r: {a: f[a]["mse_ratio"] for a in arms if "mse_ratio" in f.get(a, {})} for r, f in facts.items()}
+    lines = ["## Selection rule", "",
+             f"Among {', '.join(arms)}: the lowest mean over regimes of the held-out MSE ratio to {study.baseline} "
+             f"(paired by seed); {default} when its mean is within {tie:g} of the lowest.", "",
+             f"| arm | {' | '.join(study.regimes)} | mean |", "|---|" + "---|" * (len(study.regimes) + 1)]
+    have_all = all(len(ratios.get(r, {})) == len(arms) for r in study.regimes)
+    chosen, means = select_arm({r: ratios[r] for r in study.regimes}, arms, default, tie) if have_all else ("", {})
+    for a in arms:
+        cells = [f"{ratios[r][a]:.3f}" if a in ratios.get(r, {}) else "-" for r in study.regimes]
+        lines.append(f"| {a} | {' | '.join(cells)} | {f'{means[a]:.3f}' if a in means else '-'} |")
+    if not have_all:
+        return [*lines, "", "Chosen: none yet (an arm has no paired ratio on some regime).", ""]
+    overrides = dict(regime_arms(study))[chosen][1:]
+    state = "chosen" if complete else "provisional (not every member is committed; the rule applies only to all)"
+    return [*lines, "", f"**{chosen}**: {state}; its overrides: `{overrides}`.", ""]
+
+
 def committed_tables(config: str | Path, studies: list[Path], root: str | Path) -> list[tuple[str, list[str]]]:
     """The committed multi-seed table of every study regime that runs `config`: (title, table rows) per
     study file in `studies` (docs paths taken relative to `root`, the checkout), from the committed
@@ -356,6 +403,7 @@ def write_study_report(study: Study) -> Path:
     lines = [f"# Study: {study.path.name}", ""]
     if study.question:
         lines += [study.question.strip(), ""]
+    selection_facts, complete = {}, True
     lines += [f"Regenerate: `aria-hpc study {study.path} --report-only` (from the summaries under {study.docs}, no "
               f"training). Policies {study.policies}, variants {study.variants or '{}'}, seeds {study.seeds}. "
               + ("A verdict is the 95% Student-t interval of the per-seed difference against the baseline (paired "
@@ -366,6 +414,7 @@ def write_study_report(study: Study) -> Path:
         lines += [f"## {name} ({config.name})", ""]
         if not dirs:
             lines += ["No member committed yet.", ""]
+            complete = False
             continue
         write_report(dirs, study.docs / name, baseline=study.baseline)
         runs = load_runs(dirs)
@@ -373,11 +422,15 @@ def write_study_report(study: Study) -> Path:
                        else regime_table(runs, summarise(runs), study.baseline))
         if study.rule == "paired":
             atomic_write_text(study.docs / name / "paired.json", json.dumps(facts, indent=1, default=str))
+            selection_facts[name] = facts
+        complete = complete and len(dirs) == len(regime_members(study, name))
         train_s = [json.loads((d / "summary.json").read_text()).get("train_s") or 0 for d in dirs
                    if (d / "summary.json").is_file()]
         lines += [*rows, "", f"{len(dirs)} members; training {sum(train_s) / 60:.1f} min in all "
                   f"({max(train_s, default=0):.0f} s the longest). Full report: "
                   f"[{name}/report.md]({name}/report.md).", ""]
+    if study.select:
+        lines += selection_lines(study, selection_facts, complete)
     inv = study.docs / "invocations.json"
     if inv.is_file():
         entries = json.loads(inv.read_text())
