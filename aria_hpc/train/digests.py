@@ -67,10 +67,23 @@ written: dict[str, str] = {}  # absolute path -> sha256 of the files this proces
 
 
 def save_hashed(obj, path: str | Path, **kwargs) -> str:
-    """torch.save through a HashingWriter; the digest is returned and kept in `written`."""
-    with HashingWriter(path) as fh:
-        torch.save(obj, fh, **kwargs)
-        digest = fh.sha.hexdigest()
+    """torch.save through a HashingWriter; the digest is returned and kept in `written`.
+
+    The zip records' CRC-32 is not computed (torch.serialization.set_crc32_options): torch.load never
+    checks it, the sha256 replaces it and is checked on every resume, and computing it took as long as
+    the write on an SD-sized state (benchmarks/bench_checkpoint.py). A zip tool's own test (`unzip -t`,
+    Python's zipfile reading a record) reports these records' CRC as wrong."""
+    crc_options = getattr(torch.serialization, "set_crc32_options", None)  # torch >= 2.6
+    crc = torch.serialization.get_crc32_options() if crc_options else None
+    if crc_options:
+        crc_options(False)
+    try:
+        with HashingWriter(path) as fh:
+            torch.save(obj, fh, **kwargs)
+            digest = fh.sha.hexdigest()
+    finally:
+        if crc_options:
+            crc_options(crc)
     written[str(Path(path).resolve())] = digest
     return digest
 
