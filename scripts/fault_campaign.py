@@ -26,8 +26,8 @@ The table: stage, moments tried, killed (the rest finished before the kill), res
 lost (a rerun that failed), differ. The sweep stage kills `aria-hpc sweep` (its submitit controller
 and the member's job with it) while its one member trains or evaluates, and compares the member's run.
 
-Flips: per file kind (prompt pool, embedding shard, region map, bank shard, x0, checkpoint file,
-exported student), one byte of its stored data (a seeded dataset, chunk and offset of an HDF5 file; a
+Flips: per file kind (prompt pool, embedding shard, region map, bank shard, x0, checkpoint file),
+one byte of its stored data (a seeded dataset, chunk and offset of an HDF5 file; a
 seeded offset of any other file) XORed with a seeded nonzero byte, one file at a time in a fresh
 copy; then the next command. A case passes when that command exits 2 with one line naming the file,
 or exits 0 having repaired the file to the data it was written with.
