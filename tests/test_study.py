@@ -171,3 +171,25 @@ def test_the_selection_rule_picks_the_lowest_mean_ratio_and_breaks_ties_toward_t
         load_study(write_study(tmp_path, tiny_world, select={"arms": ["aria"]}))
     with pytest.raises(ConfigError, match="unknown select key 'tiebreak'"):
         load_study(write_study(tmp_path, tiny_world, rule="paired", select={"arms": ["aria"], "tiebreak": 1}))
+
+
+def test_the_paired_table_says_when_the_baselines_gap_is_noise(tmp_path):
+    """Gap closure divides by the baseline's gap: the table says when that gap's paired interval
+    includes 0 (diluted orange), and says nothing when it excludes 0."""
+    from aria_hpc.eval.stats import Run
+    from aria_hpc.launch.study import paired_table
+
+    def run(label, seed, seen, unseen):
+        groups = {"unseen": {"mse": {"mean": 0.01 + 0.001 * seed, "se": 0.001},
+                             "student_accuracy": {"mean": unseen, "se": 0.01}},
+                  "seen": {"mse": {"mean": 0.01, "se": 0.001}, "student_accuracy": {"mean": seen, "se": 0.01}}}
+        return Run(tmp_path, {}, {"groups": groups, "seed": seed}, [], label)
+    noisy = [run("rc", s, 0.95, u) for s, u in enumerate((0.96, 0.94, 0.955))] + \
+            [run("aria", s, 0.95, 0.95) for s in range(3)]
+    rows, _ = paired_table(noisy, "rc")
+    assert rows[-1].startswith("rc's gap (seen - unseen accuracy, paired by seed) is -0.002 [-0.")
+    assert "its interval includes 0" in rows[-1]
+    clear = [run("rc", s, 0.99, u) for s, u in enumerate((0.90, 0.91, 0.92))] + \
+            [run("aria", s, 0.99, 0.95) for s in range(3)]
+    rows, facts = paired_table(clear, "rc")
+    assert not any("includes 0" in row for row in rows) and abs(facts["aria"]["gap_closed"] - 0.5) < 1e-9
