@@ -8,8 +8,8 @@ States (what DeepSpeed's mp_rank file holds at ZeRO-0: the module's fp32 weights
 - sd (--sd): an SD-1.5-sized UNet2DConditionModel built on CPU (860M parameters, 3.4 GB of fp32
   weights; weights only, no optimizer state: it does not train).
 Save: `torch.save(state, path)` (what DeepSpeed's torch engine does) against `digests.save_hashed`
-(the same records through a hashing file object, without the zip CRC-32 that the sha256 replaces). Resume: `torch.load` against `file_digest` + `torch.load`
-(resume hashes each file before loading it). Hash throughput: `file_digest` of the saved file
+(the same records through a hashing file object, without the zip CRC-32 that the sha256 replaces).
+Resume: `torch.load` against `file_digest` + `torch.load` (resume hashes each file before loading it). Hash throughput: `file_digest` of the saved file
 (page cache warm). Target (issue 31): save with digests <= 1.15x without on the SD-sized state.
 """
 

@@ -356,8 +356,7 @@ def select_arm(ratios: dict[str, dict[str, float]], arms: list[str], default: st
 def selection_lines(study: Study, facts: dict[str, dict], complete: bool) -> list[str]:
     """The report's section on the study's selection rule: each arm's held-out MSE ratio per regime,
     their mean, and the arm chosen (provisional until every member of every regime is committed)."""
-    arms, default, tie = study.select["arms"], study.select.get("default", study.select["arms"][0]), \
-        float(study.select.get("tie", 0.0))
+    arms, default, tie = study.select["arms"], study.select["default"], float(study.select.get("tie", 0.0))
     ratios = {r: {a: f[a]["mse_ratio"] for a in arms if "mse_ratio" in f.get(a, {})} for r, f in facts.items()}
     lines = ["## Selection rule", "",
              f"Among {', '.join(arms)}: the lowest mean over regimes of the held-out MSE ratio to {study.baseline} "
@@ -429,7 +428,7 @@ def write_study_report(study: Study) -> Path:
         if study.rule == "paired":
             atomic_write_text(study.docs / name / "paired.json", json.dumps(facts, indent=1, default=str))
             selection_facts[name] = facts
-        complete = complete and len(dirs) == len(regime_members(study, name))
+        complete = complete and len(dirs) == len(study.seeds) * len(regime_arms(study))
         train_s = [json.loads((d / "summary.json").read_text()).get("train_s") or 0 for d in dirs
                    if (d / "summary.json").is_file()]
         lines += [*rows, "", f"{len(dirs)} members; training {sum(train_s) / 60:.1f} min in all "
