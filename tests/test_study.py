@@ -179,17 +179,21 @@ def test_the_paired_table_says_when_the_baselines_gap_is_noise(tmp_path):
     from aria_hpc.eval.stats import Run
     from aria_hpc.launch.study import paired_table
 
-    def run(label, seed, seen, unseen):
+    def run(label, seed, seen, unseen, metrics=()):
         groups = {"unseen": {"mse": {"mean": 0.01 + 0.001 * seed, "se": 0.001},
                              "student_accuracy": {"mean": unseen, "se": 0.01}},
                   "seen": {"mse": {"mean": 0.01, "se": 0.001}, "student_accuracy": {"mean": seen, "se": 0.01}}}
-        return Run(tmp_path, {}, {"groups": groups, "seed": seed}, [], label)
+        return Run(tmp_path, {}, {"groups": groups, "seed": seed}, list(metrics), label)
     noisy = [run("rc", s, 0.95, u) for s, u in enumerate((0.96, 0.94, 0.955))] + \
             [run("aria", s, 0.95, 0.95) for s in range(3)]
     rows, _ = paired_table(noisy, "rc")
     assert rows[-1].startswith("rc's gap (seen - unseen accuracy, paired by seed) is -0.002 [-0.")
     assert "its interval includes 0" in rows[-1]
+    # the held-out share of random-condition draws is averaged over training, then over seeds
+    draws = [{"group_share": {"unseen": 0.02}}, {"step": 1}, {"group_share": {"unseen": 0.04}}]
     clear = [run("rc", s, 0.99, u) for s, u in enumerate((0.90, 0.91, 0.92))] + \
-            [run("aria", s, 0.99, 0.95) for s in range(3)]
+            [run("aria", s, 0.99, 0.95, draws[: 3 - s]) for s in range(3)]
     rows, facts = paired_table(clear, "rc")
     assert not any("includes 0" in row for row in rows) and abs(facts["aria"]["gap_closed"] - 0.5) < 1e-9
+    assert abs(facts["aria"]["unseen_draw_share"] - (0.03 + 0.02 + 0.02) / 3) < 1e-12
+    assert facts["rc"]["unseen_draw_share"] is None and "| +50% | 2.33% |" in rows[3]

@@ -275,21 +275,35 @@ def final_sample_share(runs, label: str, group: str) -> float | None:
     return sum(shares) / len(shares) if shares else None
 
 
+def mean_draw_share(runs, label: str, group: str) -> float | None:
+    """The share of random-condition draws the label's allocation gave `group`, averaged over the
+    records of training (`group_share` in metrics.jsonl) and then over seeds: where the allocation
+    moved, not only where it ended."""
+    per_seed = []
+    for r in runs:
+        if r.label == label:
+            values = [m["group_share"].get(group, 0.0) for m in r.metrics if "group_share" in m]
+            if values:
+                per_seed.append(sum(values) / len(values))
+    return sum(per_seed) / len(per_seed) if per_seed else None
+
+
 def paired_table(runs, baseline: str) -> tuple[list[str], dict]:
     """The v4 comparison of one regime (docs/study/v4/PROTOCOL.md): per arm against the baseline, seed
     by seed, the held-out (unseen) output MSE with its ratio and 95% t interval of the per-seed
     difference, the seen MSE ratio beside it (an edge that is the same on seen is a general one),
     the held-out judge accuracy difference and interval, the gap (seen - unseen accuracy) and the
-    share of the baseline's gap closed, the held-out share of all training samples, steps to the
+    share of the baseline's gap closed, the held-out share of random-condition draws (mean over
+    training) and of all training samples, steps to the
     baseline's final held-out MSE, and the v3 rule's verdict for continuity."""
     from aria_hpc.eval.paired import gap_closure, paired
     from aria_hpc.eval.stats import METRICS, compare, format_summary, steps_to_reach, summarise
 
     summary = summarise(runs)
     rows = [f"| arm | seeds | unseen MSE ↓ | unseen MSE / {baseline} | seen MSE / {baseline} | Δ unseen MSE, 95% CI | "
-            f"Δ unseen acc, 95% CI | gap seen-unseen acc | gap closed | unseen share of all samples | "
-            f"steps to {baseline}'s final unseen MSE | paired verdict (MSE) | v3 rule (MSE) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            f"Δ unseen acc, 95% CI | gap seen-unseen acc | gap closed | unseen share of RC draws | "
+            f"unseen share of all samples | steps to {baseline}'s final unseen MSE | paired verdict (MSE) | "
+            "v3 rule (MSE) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     facts = {}
     base_gap = None
     if baseline in summary:
@@ -302,10 +316,10 @@ def paired_table(runs, baseline: str) -> tuple[list[str], dict]:
         mse = groups.get("unseen", {}).get("mse")
         acc, sacc = groups.get("unseen", {}).get("student_accuracy"), groups.get("seen", {}).get("student_accuracy")
         gap = sacc.mean - acc.mean if acc and sacc else None
-        share = final_sample_share(runs, label, "unseen")
+        share, draws = final_sample_share(runs, label, "unseen"), mean_draw_share(runs, label, "unseen")
         cells = {"ratio": "-", "seen_ratio": "-", "dmse": "-", "dacc": "-", "closed": "-", "reach": "-",
                  "verdict": "-", "v3": "-"}
-        fact = {"gap": gap, "unseen_sample_share": share}
+        fact = {"gap": gap, "unseen_sample_share": share, "unseen_draw_share": draws}
         if label != baseline and baseline in summary:
             pm = paired(_per_seed(runs, label, "unseen", "mse"), _per_seed(runs, baseline, "unseen", "mse"))
             ps = paired(_per_seed(runs, label, "seen", "mse"), _per_seed(runs, baseline, "seen", "mse"))
@@ -334,8 +348,8 @@ def paired_table(runs, baseline: str) -> tuple[list[str], dict]:
         rows.append(f"| {label} | {mse.seeds if mse else 0} | {format_summary(mse)} | {cells['ratio']} | "
                     f"{cells['seen_ratio']} | {cells['dmse']} | {cells['dacc']} | "
                     f"{'-' if gap is None else f'{gap:+.3f}'} | {cells['closed']} | "
-                    f"{'-' if share is None else f'{share:.2%}'} | {cells['reach']} | {cells['verdict']} | "
-                    f"{cells['v3']} |")
+                    f"{'-' if draws is None else f'{draws:.2%}'} | {'-' if share is None else f'{share:.2%}'} | "
+                    f"{cells['reach']} | {cells['verdict']} | {cells['v3']} |")
         facts[label] = fact
     if base_gap_ci and base_gap_ci.lo <= 0 <= base_gap_ci.hi:
         rows += ["", f"{baseline}'s gap (seen - unseen accuracy, paired by seed) is {base_gap_ci.diff_mean:+.3f} "
