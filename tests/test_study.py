@@ -46,6 +46,7 @@ def test_study_end_to_end_resumable_and_regenerable(tiny_world, tmp_path, aria_c
     readme = (docs / "README.md").read_text()
     assert "| rc | 2 |" in readme and "| aria_teacher | 2 |" in readme and "steps to rc's final unseen MSE" in readme
     assert "95% Student-t interval of the per-seed difference" in readme and "unseen share of all samples" in readme
+    assert "| arm | seen share of all samples |" in readme and "unseen share of RC draws" in readme
     paired = json.loads((docs / "diluted" / "paired.json").read_text())
     assert paired["aria_teacher"]["paired_seeds"] == [0, 1] and paired["aria"]["verdict"] in ("better", "worse",
                                                                                                "within noise")
@@ -197,3 +198,10 @@ def test_the_paired_table_says_when_the_baselines_gap_is_noise(tmp_path):
     assert not any("includes 0" in row for row in rows) and abs(facts["aria"]["gap_closed"] - 0.5) < 1e-9
     assert abs(facts["aria"]["unseen_draw_share"] - (0.03 + 0.02 + 0.02) / 3) < 1e-12
     assert facts["rc"]["unseen_draw_share"] is None and "| +50% | 2.33% |" in rows[3]
+
+    from aria_hpc.launch.study import sample_share_rows  # every group's share of all samples, per arm
+    ends = [{"sample_share": {"seen": 0.9, "unseen": 0.02}}, {"sample_share": {"seen": 0.8, "unseen": 0.04}}]
+    shares = sample_share_rows([run("rc", 0, 0.99, 0.9, ends[:1]), run("rc", 1, 0.99, 0.9, ends),
+                                run("aria", 0, 0.99, 0.9)])
+    assert shares[0] == "| arm | seen share of all samples | unseen share of all samples |"
+    assert shares[2:] == ["| rc | 85.00% | 3.00% |"]  # an arm that logged no shares has no row

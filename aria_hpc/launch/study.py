@@ -275,6 +275,22 @@ def final_sample_share(runs, label: str, group: str) -> float | None:
     return sum(shares) / len(shares) if shares else None
 
 
+def sample_share_rows(runs) -> list[str]:
+    """Each split group's share of all training samples per arm (mean over seeds, at the end of
+    training; `null` is the unconditional draws of classifier-free guidance), the protocol's reach
+    measure for every group, not only the held-out one."""
+    labels = sorted({r.label for r in runs})
+    groups = [g for g in ("seen", "under", "unseen", "null")
+              if any(final_sample_share(runs, label, g) for label in labels)]
+    rows = ["| arm | " + " | ".join(f"{g} share of all samples" for g in groups) + " |",
+            "|---|" + "---|" * len(groups)]
+    for label in labels:
+        cells = [final_sample_share(runs, label, g) for g in groups]
+        if any(c is not None for c in cells):
+            rows.append(f"| {label} | " + " | ".join("-" if c is None else f"{c:.2%}" for c in cells) + " |")
+    return rows
+
+
 def mean_draw_share(runs, label: str, group: str) -> float | None:
     """The share of random-condition draws the label's allocation gave `group`, averaged over the
     records of training (`group_share` in metrics.jsonl) and then over seeds: where the allocation
@@ -445,6 +461,8 @@ def write_study_report(study: Study) -> Path:
         complete = complete and len(dirs) == len(study.seeds) * len(regime_arms(study))
         train_s = [json.loads((d / "summary.json").read_text()).get("train_s") or 0 for d in dirs
                    if (d / "summary.json").is_file()]
+        if study.rule == "paired":
+            rows += ["", *sample_share_rows(runs)]
         lines += [*rows, "", f"{len(dirs)} members; training {sum(train_s) / 60:.1f} min in all "
                   f"({max(train_s, default=0):.0f} s the longest). Full report: "
                   f"[{name}/report.md]({name}/report.md).", ""]
