@@ -310,8 +310,8 @@ def paired_table(runs, baseline: str) -> tuple[list[str], dict]:
     difference, the seen MSE ratio beside it (an edge that is the same on seen is a general one),
     the held-out judge accuracy difference and interval, the gap (seen - unseen accuracy) and the
     share of the baseline's gap closed, the held-out share of random-condition draws (mean over
-    training) and of all training samples, steps to the
-    baseline's final held-out MSE, and the v3 rule's verdict for continuity."""
+    training) and of all training samples, steps to the baseline's final held-out MSE, and the v3
+    rule's verdict for continuity."""
     from aria_hpc.eval.paired import gap_closure, paired
     from aria_hpc.eval.stats import METRICS, compare, format_summary, steps_to_reach, summarise
 
