@@ -279,13 +279,14 @@ def sample_share_rows(runs) -> list[str]:
     """Each split group's share of all training samples per arm (mean over seeds, at the end of
     training; `null` is the unconditional draws of classifier-free guidance), the protocol's reach
     measure for every group, not only the held-out one."""
-    labels = sorted({r.label for r in runs})
-    groups = [g for g in ("seen", "under", "unseen", "null")
-              if any(final_sample_share(runs, label, g) for label in labels)]
+    everything = ("seen", "under", "unseen", "null")
+    shares = {label: {g: final_sample_share(runs, label, g) for g in everything}
+              for label in sorted({r.label for r in runs})}
+    groups = [g for g in everything if any(s[g] for s in shares.values())]
     rows = ["| arm | " + " | ".join(f"{g} share of all samples" for g in groups) + " |",
             "|---|" + "---|" * len(groups)]
-    for label in labels:
-        cells = [final_sample_share(runs, label, g) for g in groups]
+    for label, s in shares.items():
+        cells = [s[g] for g in groups]
         if any(c is not None for c in cells):
             rows.append(f"| {label} | " + " | ".join("-" if c is None else f"{c:.2%}" for c in cells) + " |")
     return rows
@@ -458,11 +459,10 @@ def write_study_report(study: Study) -> Path:
         if study.rule == "paired":
             atomic_write_text(study.docs / name / "paired.json", json.dumps(facts, indent=1, default=str))
             selection_facts[name] = facts
+            rows += ["", *sample_share_rows(runs)]
         complete = complete and len(dirs) == len(study.seeds) * len(regime_arms(study))
         train_s = [json.loads((d / "summary.json").read_text()).get("train_s") or 0 for d in dirs
                    if (d / "summary.json").is_file()]
-        if study.rule == "paired":
-            rows += ["", *sample_share_rows(runs)]
         lines += [*rows, "", f"{len(dirs)} members; training {sum(train_s) / 60:.1f} min in all "
                   f"({max(train_s, default=0):.0f} s the longest). Full report: "
                   f"[{name}/report.md]({name}/report.md).", ""]
