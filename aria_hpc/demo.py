@@ -21,9 +21,11 @@ from aria_hpc.errors import UserError
 from aria_hpc.launch.stages import demo_overrides, ensure_embeddings, ensure_regions
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: configs/, docs/
-# the regime where the study finds RC's own held-out gap largest (docs/study/v3/*/README.md: RC seen -
+# the regime where study v3 found RC's own held-out gap largest (docs/study/v3/*/README.md: RC seen -
 # unseen accuracy +0.073 over 3 seeds, against -0.008 to +0.014 on the other three; v2 chose it too):
-# no ring has a paired image and rings are 1.6% of the pool; its settings are configs/demo.yaml's
+# no ring has a paired image and rings are 1.6% of the pool; its settings are configs/demo.yaml's.
+# Study v4 found no confirmed win for ARIA, so by its protocol (docs/study/v4/PROTOCOL.md) the demo
+# keeps these arms and this regime
 DEFAULT_CONFIG = ROOT / "configs" / "regimes" / "shape_holdout_diluted.yaml"
 # the study whose tables the demo prints beside its own run: the one run at the demo's settings (v3: 2,000 steps)
 HEADLINE_STUDIES = ROOT / "configs" / "studies" / "v3"
